@@ -1,0 +1,93 @@
+"""Configuration is data: one frozen dataclass built from flags and environment, printed at
+start and stored with every job. Nothing deeper in the code reads globals or os.environ."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path("graft-data")
+    data_roots: tuple[Path, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 9464  # 0 turns the /metrics endpoint off
+    worker_metrics_port: int = 9465
+    embedded_worker: bool = True
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_upload_bytes: int = 2 * 1024 * 1024 * 1024
+    max_predict_images: int = 256
+    lease_seconds: float = 30.0
+    poll_seconds: float = 0.5
+    grace_seconds: float = 10.0
+    model_cache_size: int = 4
+    small_dataset_threshold: int = 1000
+    advise_max_per_class: int = 50
+    advise_max_images: int = 2000
+    device: str = ""  # "" = cuda when available, else cpu
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "graft.sqlite3"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.data_dir / "registry"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.data_dir / "checkpoints"
+
+    @property
+    def weights_dir(self) -> Path:
+        """Where `graft backbones import` puts weight files."""
+        return self.data_dir / "weights"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["data_dir"] = str(self.data_dir)
+        d["data_roots"] = [str(p) for p in self.data_roots]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if "data_dir" in kw:
+            kw["data_dir"] = Path(kw["data_dir"])
+        if "data_roots" in kw:
+            kw["data_roots"] = tuple(Path(p) for p in kw["data_roots"])
+        return cls(**kw)
+
+
+def env_defaults(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """GRAFT_* environment variables as Config keyword arguments (flags override them)."""
+    env = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    if "GRAFT_DATA_DIR" in env:
+        out["data_dir"] = Path(env["GRAFT_DATA_DIR"])
+    if "GRAFT_DATA_ROOTS" in env:
+        out["data_roots"] = tuple(Path(p) for p in env["GRAFT_DATA_ROOTS"].split(os.pathsep) if p)
+    if "GRAFT_DEVICE" in env:
+        out["device"] = env["GRAFT_DEVICE"]
+    if "GRAFT_LEASE_SECONDS" in env:
+        out["lease_seconds"] = float(env["GRAFT_LEASE_SECONDS"])
+    return out

@@ -1,0 +1,219 @@
+"""Domain objects shared by the server, the worker, the store and the registry.
+
+They mirror the protobuf messages of `graft.v1` but carry no protobuf: conversion lives in
+`graft.api.convert` alone. Enum values equal the proto numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Strategy(enum.IntEnum):
+    UNSPECIFIED = 0
+    FULL_FINE_TUNE = 1
+    PARTIAL_FINE_TUNE = 2
+    FEATURE_EXTRACTION = 3
+
+
+class Quadrant(enum.IntEnum):
+    UNSPECIFIED = 0
+    LARGE_DIFFERENT = 1
+    LARGE_SIMILAR = 2
+    SMALL_DIFFERENT = 3
+    SMALL_SIMILAR = 4
+
+
+class JobState(enum.IntEnum):
+    UNSPECIFIED = 0
+    QUEUED = 1
+    RUNNING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+    CANCELLED = 5
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class EventKind(enum.IntEnum):
+    UNSPECIFIED = 0
+    STATE = 1
+    STEP = 2
+    EVALUATION = 3
+    MESSAGE = 4
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A dataset path inside a data root (`uri`) or an upload's id (`dataset_id`)."""
+
+    uri: str = ""
+    dataset_id: str = ""
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """A complete recipe for one job. Zero values mean "not set" until `resolved()`."""
+
+    backbone: str = ""
+    strategy: Strategy = Strategy.UNSPECIFIED
+    trainable_stages: int = 0
+    head_learning_rate: float = 0.0
+    base_learning_rate: float = 0.0
+    epochs: int = 0
+    batch_size: int = 0
+    image_size: int = 0
+    augmentation: bool = False
+    class_weighting: bool = False
+    early_stopping_patience: int = 0
+    seed: int = 0
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    warmup_epochs: float = 0.0
+    head_warmup_epochs: int = 0
+    validation_fraction: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["strategy"] = int(self.strategy)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainingPlan:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["strategy"] = Strategy(int(kw.get("strategy", 0)))
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class ClassMetrics:
+    label: str
+    precision: float
+    recall: float
+    support: int
+
+
+@dataclass(frozen=True)
+class EvaluationMetrics:
+    """Validation metrics after an epoch (and of a registered model)."""
+
+    accuracy: float = 0.0
+    top5_accuracy: float = 0.0
+    macro_f1: float = 0.0
+    loss: float = 0.0
+    per_class: tuple[ClassMetrics, ...] = ()
+    confusion: tuple[int, ...] = ()  # row-major, confusion[true * n + predicted]
+    labels: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> EvaluationMetrics | None:
+        if not d:
+            return None
+        return cls(
+            accuracy=d.get("accuracy", 0.0),
+            top5_accuracy=d.get("top5_accuracy", 0.0),
+            macro_f1=d.get("macro_f1", 0.0),
+            loss=d.get("loss", 0.0),
+            per_class=tuple(ClassMetrics(**c) for c in d.get("per_class", ())),
+            confusion=tuple(d.get("confusion", ())),
+            labels=tuple(d.get("labels", ())),
+        )
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One entry of a job's append-only log. `sequence` is assigned by the store."""
+
+    kind: EventKind
+    state: JobState
+    sequence: int = 0
+    job_id: str = ""
+    time: float = 0.0
+    epoch: int = 0
+    total_epochs: int = 0
+    step: int = 0
+    steps_per_epoch: int = 0
+    loss: float = 0.0
+    learning_rate: float = 0.0
+    images_per_second: float = 0.0
+    eta_seconds: float = 0.0
+    metrics: EvaluationMetrics | None = None
+    message: str = ""
+
+    def payload(self) -> dict[str, Any]:
+        """What the store keeps besides sequence, job_id and time."""
+        d = dataclasses.asdict(self)
+        for k in ("sequence", "job_id", "time"):
+            d.pop(k)
+        d["kind"] = int(self.kind)
+        d["state"] = int(self.state)
+        return d
+
+    @classmethod
+    def from_payload(
+        cls, sequence: int, job_id: str, time: float, d: dict[str, Any]
+    ) -> ProgressEvent:
+        d = dict(d)
+        metrics = EvaluationMetrics.from_dict(d.pop("metrics", None))
+        return cls(
+            sequence=sequence,
+            job_id=job_id,
+            time=time,
+            kind=EventKind(d.pop("kind")),
+            state=JobState(d.pop("state")),
+            metrics=metrics,
+            **d,
+        )
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: int = 0
+    alias: str = ""
+
+
+@dataclass
+class Job:
+    job_id: str
+    model_name: str
+    dataset: DatasetRef
+    plan: TrainingPlan
+    request_id: str
+    state: JobState
+    create_time: float
+    start_time: float | None = None
+    end_time: float | None = None
+    error: str = ""
+    model_version: int = 0
+    attempts: int = 0
+    cancel_requested: bool = False
+    last_sequence: int = 0
+    skipped_files: int = 0
+    metrics: EvaluationMetrics | None = None
+    lease_owner: str = ""
+    lease_expires: float = 0.0
+
+
+@dataclass
+class ModelVersion:
+    name: str
+    version: int
+    create_time: float
+    job_id: str
+    backbone: str
+    labels: tuple[str, ...]
+    sha256: str
+    card: dict[str, Any]
+    artifact_dir: str
+    aliases: list[str] = field(default_factory=list)
+    metrics: EvaluationMetrics | None = None
