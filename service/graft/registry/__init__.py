@@ -1,0 +1,21 @@
+"""The model registry: versioned safetensors artifacts + JSON cards, metadata in the store."""
+
+from __future__ import annotations
+
+from graft.registry.registry import (
+    CARD_FILE,
+    WEIGHTS_FILE,
+    ModelRegistry,
+    sha256_file,
+    validate_model_name,
+    validate_name,
+)
+
+__all__ = [
+    "CARD_FILE",
+    "WEIGHTS_FILE",
+    "ModelRegistry",
+    "sha256_file",
+    "validate_model_name",
+    "validate_name",
+]

@@ -1,0 +1,269 @@
+"""The model registry: name → versions (1, 2, …) → safetensors weights + JSON card, and
+aliases. Metadata lives in the job store; artifacts under `root/<name>/<version>/`.
+
+Crash ordering of `register` (docs/STORE.md has the full argument):
+
+1. The weights are written and fsynced into a private staging folder `root/.staging/…`,
+   and hashed. A crash here leaves only staging debris, swept after an hour.
+2. Inside the store's write transaction, once the version number is allocated, the card
+   (which names its version) is written into the staging folder, which is then renamed
+   into place as `root/<name>/<version>` — one atomic rename.
+3. The row is inserted and the transaction commits.
+
+So a committed row always points at a complete artifact. A crash between 2 and 3 leaves a
+folder no row points at; the write lock guarantees that the next registration of that
+name allocates the same version, finds the folder and discards it before its own rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
+
+from graft.domain import EvaluationMetrics, ModelRef, ModelVersion
+from graft.errors import FailedPrecondition, InvalidArgument
+from graft.store.protocol import JobStore
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "card.json"
+STAGING_DIR = ".staging"
+TRASH_DIR = ".trash"
+
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+
+
+def validate_name(value: str, field: str) -> None:
+    """Letters, digits, '-', '_', '.'; 1–100 characters; not starting with '.' (so never
+    '.', '..' or the registry's own hidden folders). Else InvalidArgument on `field`."""
+    if not _NAME.fullmatch(value) or value.startswith("."):
+        raise InvalidArgument.of(
+            field,
+            f"{value!r} is not a valid name: use 1-100 letters, digits, '-', '_' or '.',"
+            " not starting with '.'",
+        )
+
+
+def validate_model_name(name: str) -> None:
+    validate_name(name, "model_name")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        _fsync_file(path)
+    except OSError:  # some filesystems cannot fsync a directory; the rename still happened
+        log.debug("could not fsync directory %s", path)
+
+
+def _plain_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors, none sharing storage with another (safetensors
+    refuses shared storage, e.g. tied weights; each copy is saved on its own)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, tensor in state_dict.items():
+        t = tensor.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if t.numel() and ptr in seen:
+            t = t.clone()
+        seen.add(ptr)
+        out[key] = t
+    return out
+
+
+class ModelRegistry:
+    def __init__(self, store: JobStore, root: Path, *, staging_max_age_s: float = 3600.0) -> None:
+        self.store = store
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.sweep(staging_max_age_s)
+
+    # --- writing ----------------------------------------------------------------------
+
+    def register(
+        self,
+        *,
+        name: str,
+        job_id: str,
+        backbone: str,
+        labels: tuple[str, ...] | list[str],
+        state_dict: dict[str, torch.Tensor],
+        card: dict[str, Any],
+        metrics: EvaluationMetrics | None,
+    ) -> ModelVersion:
+        """Store the weights and card as the next version of `name`; see the module doc
+        for why a crash at any point leaves no row without its artifact."""
+        validate_model_name(name)
+        staging_root = self.root / STAGING_DIR
+        staging_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=staging_root))
+        try:
+            weights = staging / WEIGHTS_FILE
+            save_file(_plain_tensors(state_dict), str(weights), metadata={"format": "pt"})
+            _fsync_file(weights)
+            digest = sha256_file(weights)
+            full_card: dict[str, Any] = {
+                "backbone": backbone,
+                "labels": list(labels),
+                "job_id": job_id,
+                "metrics": metrics.to_dict() if metrics is not None else None,
+                "weights_file": WEIGHTS_FILE,
+                **card,
+            }
+
+            def publish(mv: ModelVersion) -> str:
+                # Runs under the store's write lock with mv.version allocated.
+                card_path = staging / CARD_FILE
+                card_path.write_text(json.dumps(mv.card, indent=2, sort_keys=True) + "\n")
+                _fsync_file(card_path)
+                target = self.root / name / str(mv.version)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.exists() or target.is_symlink():
+                    log.warning(
+                        "discarding %s, left by a registration that never committed", target
+                    )
+                    self._discard(target)
+                os.rename(staging, target)
+                _fsync_dir(target.parent)
+                return str(target.resolve())
+
+            return self.store.add_model_version(
+                name=name,
+                job_id=job_id,
+                backbone=backbone,
+                labels=tuple(labels),
+                sha256=digest,
+                card=full_card,
+                artifact_dir=str(self.root / name),  # replaced by publish's answer
+                metrics=metrics,
+                publish=publish,
+            )
+        finally:
+            # Gone after a successful rename. If the commit failed after the rename the
+            # folder in place is left alone: only the next registration, holding the lock,
+            # can tell for certain that no row points at it.
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _discard(self, path: Path) -> None:
+        """Move aside atomically (so a half-deleted folder is never at a version's place),
+        then delete."""
+        trash = self.root / TRASH_DIR
+        trash.mkdir(exist_ok=True)
+        aside = trash / f"{path.parent.name}-{path.name}-{uuid.uuid4().hex}"
+        os.rename(path, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def sweep(self, max_age_s: float = 3600.0) -> None:
+        """Delete staging folders older than `max_age_s` (their registration crashed or
+        hung; younger ones may belong to a registration in progress in another process)
+        and anything left in the trash."""
+        now = time.time()
+        staging_root = self.root / STAGING_DIR
+        if staging_root.is_dir():
+            for p in staging_root.iterdir():
+                try:
+                    if now - p.stat().st_mtime > max_age_s:
+                        shutil.rmtree(p, ignore_errors=True)
+                except FileNotFoundError:
+                    pass
+        trash = self.root / TRASH_DIR
+        if trash.is_dir():
+            shutil.rmtree(trash, ignore_errors=True)
+
+    # --- reading ----------------------------------------------------------------------
+
+    def artifact_dir(self, mv: ModelVersion) -> Path:
+        """Where `mv`'s files are: the recorded folder, or `root/<name>/<version>` if the
+        data directory has moved since."""
+        recorded = Path(mv.artifact_dir)
+        if recorded.is_dir():
+            return recorded
+        relocated = self.root / mv.name / str(mv.version)
+        return relocated if relocated.is_dir() else recorded
+
+    def load(self, ref: ModelRef) -> tuple[ModelVersion, dict[str, torch.Tensor], dict[str, Any]]:
+        """The version `ref` names, its weights (checked against the recorded sha256) and
+        its card. Never unpickles anything."""
+        mv = self.store.resolve_model(ref)
+        directory = self.artifact_dir(mv)
+        weights_path = directory / WEIGHTS_FILE
+        try:
+            data = weights_path.read_bytes()
+        except FileNotFoundError:
+            raise FailedPrecondition(
+                f"artifact missing: model {mv.name!r} version {mv.version} has no {weights_path}"
+            ) from None
+        # Hash the very bytes we deserialise, so nothing can change between check and use.
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != mv.sha256:
+            raise FailedPrecondition(
+                f"artifact corrupted: {weights_path} has sha256 {digest}, but model "
+                f"{mv.name!r} version {mv.version} was registered with {mv.sha256}"
+            )
+        try:
+            tensors = load_safetensors(data)
+        except Exception as e:  # a matching hash makes this very unlikely
+            raise FailedPrecondition(f"artifact corrupted: {weights_path}: {e}") from e
+        card = self._read_card(mv, directory / CARD_FILE)
+        return mv, tensors, card
+
+    @staticmethod
+    def _read_card(mv: ModelVersion, path: Path) -> dict[str, Any]:
+        try:
+            card: dict[str, Any] = json.loads(path.read_text())
+        except FileNotFoundError:
+            log.warning("%s is missing; using the card recorded in the store", path)
+            return dict(mv.card)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise FailedPrecondition(f"artifact corrupted: {path} is not JSON: {e}") from e
+        if card.get("sha256") != mv.sha256 or card.get("version") != mv.version:
+            raise FailedPrecondition(
+                f"artifact corrupted: {path} does not describe model {mv.name!r} "
+                f"version {mv.version}"
+            )
+        return card
+
+    # --- pass-throughs ----------------------------------------------------------------
+
+    def get(self, name: str, version: int) -> ModelVersion:
+        return self.store.get_model_version(name, version)
+
+    def resolve(self, ref: ModelRef) -> ModelVersion:
+        return self.store.resolve_model(ref)
+
+    def list_models(self, name_prefix: str = "") -> dict[str, list[ModelVersion]]:
+        return self.store.list_models(name_prefix)
+
+    def set_alias(self, name: str, alias: str, version: int) -> ModelVersion:
+        validate_name(alias, "alias")
+        return self.store.set_alias(name, alias, version)

@@ -1,0 +1,129 @@
+"""Domain objects <-> the column values every SQL store keeps (shared by all backends)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from graft.domain import (
+    DatasetRef,
+    EvaluationMetrics,
+    EventKind,
+    Job,
+    JobState,
+    ModelVersion,
+    ProgressEvent,
+    TrainingPlan,
+)
+
+# The jobs columns a Job is built from, in `job_from_row` order.
+JOB_COLUMNS = (
+    "job_id, model_name, dataset_uri, dataset_id, plan_json, request_id, state, create_time,"
+    " start_time, end_time, error, model_version, attempts, cancel_requested, last_sequence,"
+    " skipped_files, metrics_json, lease_owner, lease_expires"
+)
+
+MODEL_COLUMNS = (
+    "name, version, create_time, job_id, backbone, labels_json, sha256, card_json,"
+    " artifact_dir, metrics_json"
+)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def metrics_to_json(metrics: EvaluationMetrics | None) -> str:
+    return "" if metrics is None else dumps(metrics.to_dict())
+
+
+def metrics_from_json(text: str | None) -> EvaluationMetrics | None:
+    return EvaluationMetrics.from_dict(json.loads(text)) if text else None
+
+
+def job_from_row(row: tuple[Any, ...]) -> Job:
+    (
+        job_id,
+        model_name,
+        dataset_uri,
+        dataset_id,
+        plan_json,
+        request_id,
+        state,
+        create_time,
+        start_time,
+        end_time,
+        error,
+        model_version,
+        attempts,
+        cancel_requested,
+        last_sequence,
+        skipped_files,
+        metrics_json,
+        lease_owner,
+        lease_expires,
+    ) = row
+    return Job(
+        job_id=job_id,
+        model_name=model_name,
+        dataset=DatasetRef(uri=dataset_uri, dataset_id=dataset_id),
+        plan=TrainingPlan.from_dict(json.loads(plan_json)),
+        request_id=request_id,
+        state=JobState(state),
+        create_time=create_time,
+        start_time=start_time,
+        end_time=end_time,
+        error=error,
+        model_version=model_version,
+        attempts=attempts,
+        cancel_requested=bool(cancel_requested),
+        last_sequence=last_sequence,
+        skipped_files=skipped_files,
+        metrics=metrics_from_json(metrics_json),
+        lease_owner=lease_owner,
+        lease_expires=lease_expires,
+    )
+
+
+def event_to_json(event: ProgressEvent) -> str:
+    return dumps(event.payload())
+
+
+def event_from_row(row: tuple[Any, ...]) -> ProgressEvent:
+    job_id, sequence, time, payload_json = row
+    return ProgressEvent.from_payload(sequence, job_id, time, json.loads(payload_json))
+
+
+def state_event(state: JobState, message: str, metrics: EvaluationMetrics | None = None) -> str:
+    """The payload of a STATE event, as stored."""
+    return event_to_json(
+        ProgressEvent(kind=EventKind.STATE, state=state, message=message, metrics=metrics)
+    )
+
+
+def model_from_row(row: tuple[Any, ...], aliases: list[str]) -> ModelVersion:
+    (
+        name,
+        version,
+        create_time,
+        job_id,
+        backbone,
+        labels_json,
+        sha256,
+        card_json,
+        artifact_dir,
+        metrics_json,
+    ) = row
+    return ModelVersion(
+        name=name,
+        version=version,
+        create_time=create_time,
+        job_id=job_id,
+        backbone=backbone,
+        labels=tuple(json.loads(labels_json)),
+        sha256=sha256,
+        card=json.loads(card_json),
+        artifact_dir=artifact_dir,
+        aliases=sorted(aliases),
+        metrics=metrics_from_json(metrics_json),
+    )

@@ -1,0 +1,741 @@
+"""The SQLite job store: one file shared by the API server (many threads) and the workers
+(other processes) on one host.
+
+Concurrency, in short (docs/STORE.md has the reasons):
+
+- WAL journal, so readers never block the writer nor the writer the readers;
+  `synchronous=NORMAL` (a process crash loses nothing committed; a power cut may lose the
+  last commits, never corrupt the file).
+- One connection per thread (`threading.local`), opened lazily, closed together by
+  `close()`. A connection is never shared between threads, so no Python-side lock is held
+  while SQLite works, and a thread waiting on the write lock blocks nobody else's reads.
+- Every write is one short `BEGIN IMMEDIATE … COMMIT`: the write lock is taken up front,
+  so read-then-write sequences (next event sequence, next model version, claim the
+  oldest job) cannot interleave with another process's, and a busy database is waited on
+  by SQLite's busy handler (`busy_timeout`) at BEGIN rather than failing mid-transaction.
+  A lock still busy after the timeout surfaces as `graft.errors.Unavailable`.
+- Multi-statement reads run in a deferred `BEGIN`, so they see one snapshot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from graft.domain import (
+    DatasetRef,
+    EvaluationMetrics,
+    EventKind,
+    Job,
+    JobState,
+    ModelRef,
+    ModelVersion,
+    ProgressEvent,
+    TrainingPlan,
+)
+from graft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from graft.store.codec import (
+    JOB_COLUMNS,
+    MODEL_COLUMNS,
+    dumps,
+    event_from_row,
+    event_to_json,
+    job_from_row,
+    metrics_to_json,
+    model_from_row,
+    state_event,
+)
+from graft.store.protocol import PublishArtifact, UploadInfo, WorkerInfo
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# Applied in one transaction when the file has no schema yet. Later versions add
+# migrations keyed by the version they start from.
+_SCHEMA = (
+    """CREATE TABLE jobs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- insertion order: FIFO claims, newest-first lists
+        job_id TEXT NOT NULL UNIQUE,
+        model_name TEXT NOT NULL,
+        dataset_uri TEXT NOT NULL DEFAULT '',
+        dataset_id TEXT NOT NULL DEFAULT '',
+        plan_json TEXT NOT NULL,
+        request_id TEXT NOT NULL DEFAULT '',
+        config_json TEXT NOT NULL DEFAULT '',
+        state INTEGER NOT NULL,
+        create_time REAL NOT NULL,
+        start_time REAL,
+        end_time REAL,
+        error TEXT NOT NULL DEFAULT '',
+        model_version INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        last_sequence INTEGER NOT NULL DEFAULT 0,
+        skipped_files INTEGER NOT NULL DEFAULT 0,
+        metrics_json TEXT NOT NULL DEFAULT '',
+        lease_owner TEXT NOT NULL DEFAULT '',
+        lease_expires REAL NOT NULL DEFAULT 0
+    )""",
+    "CREATE UNIQUE INDEX jobs_request_id ON jobs (request_id) WHERE request_id <> ''",
+    "CREATE INDEX jobs_state ON jobs (state, seq)",
+    """CREATE TABLE events (
+        job_id TEXT NOT NULL REFERENCES jobs (job_id) ON DELETE CASCADE,
+        sequence INTEGER NOT NULL,
+        time REAL NOT NULL,
+        payload_json TEXT NOT NULL,
+        PRIMARY KEY (job_id, sequence)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE workers (
+        worker_id TEXT PRIMARY KEY,
+        pid INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        last_heartbeat REAL NOT NULL,
+        info_json TEXT NOT NULL
+    )""",
+    """CREATE TABLE model_versions (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        create_time REAL NOT NULL,
+        job_id TEXT NOT NULL,
+        backbone TEXT NOT NULL,
+        labels_json TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        card_json TEXT NOT NULL,
+        artifact_dir TEXT NOT NULL,
+        metrics_json TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (name, version)
+    )""",
+    """CREATE TABLE model_aliases (
+        name TEXT NOT NULL,
+        alias TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        PRIMARY KEY (name, alias),
+        FOREIGN KEY (name, version) REFERENCES model_versions (name, version)
+    )""",
+    """CREATE TABLE uploads (
+        dataset_id TEXT PRIMARY KEY,
+        path TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        fingerprint TEXT NOT NULL,
+        create_time REAL NOT NULL
+    )""",
+)
+
+
+class SqliteJobStore:
+    """`JobStore` on one SQLite file. Safe to use from many threads and processes.
+
+    `path` must be a file (not ":memory:": each thread has its own connection).
+    `clock` gives every time the store records, so tests can move time instead of sleeping.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout_s: float = 10.0,
+    ) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._lock = threading.Lock()  # guards _conns and _closed only
+        self._conns: dict[threading.Thread, sqlite3.Connection] = {}
+        self._pid = os.getpid()
+        self._closed = False
+        self._init_schema()
+
+    # --- connections and transactions -------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout_s,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # only so close() may close it from another thread
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as e:
+            raise Unavailable(f"job store {self.path} is unreachable: {e}") from e
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        pid = os.getpid()
+        if conn is not None and self._local.pid == pid:
+            return conn
+        with self._lock:
+            if self._closed:
+                raise Unavailable(f"job store {self.path} is closed")
+            if pid != self._pid:
+                # A forked child must not touch its parent's connections (SQLite forbids
+                # it); drop them unclosed and start afresh.
+                self._conns = {}
+                self._pid = pid
+            # Connections of threads that have ended are closed here, so a server whose
+            # thread pool churns does not accumulate file handles.
+            for thread in [t for t in self._conns if not t.is_alive()]:
+                self._conns.pop(thread).close()
+        conn = self._connect()
+        with self._lock:
+            self._conns[threading.current_thread()] = conn
+        self._local.conn = conn
+        self._local.pid = pid
+        return conn
+
+    @contextmanager
+    def _tx(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+        """One transaction: BEGIN IMMEDIATE for writes (the write lock up front), a
+        deferred BEGIN (one consistent snapshot) for reads. Commits on normal exit,
+        rolls back on any exception."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            # "database is locked" past busy_timeout, disk I/O errors, a vanished file.
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.exception("rollback failed")
+            raise Unavailable(f"job store {self.path}: {e}") from e
+
+    def _init_schema(self) -> None:
+        conn = self._conn()
+        # Switching to WAL needs a moment with no other connection mid-transaction; when
+        # several processes open a fresh file at once, one of them may find it busy.
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise Unavailable(f"job store {self.path}: {e}") from e
+                time.sleep(0.02)
+        if mode.lower() != "wal":
+            log.warning("job store %s: journal mode is %s, not WAL", self.path, mode)
+        with self._tx(write=True) as c:
+            c.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = c.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            found = row[0]
+            if found is None:
+                for statement in _SCHEMA:
+                    c.execute(statement)
+                c.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif found > SCHEMA_VERSION:
+                raise FailedPrecondition(
+                    f"job store {self.path} has schema version {found}, newer than this "
+                    f"Graft understands ({SCHEMA_VERSION}); upgrade Graft"
+                )
+
+    def ping(self) -> None:
+        try:
+            self._conn().execute("SELECT version FROM schema_version").fetchone()
+        except sqlite3.Error as e:
+            raise Unavailable(f"job store {self.path} is unreachable: {e}") from e
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conns, self._conns = self._conns, {}
+            same_process = self._pid == os.getpid()
+        if same_process:
+            for conn in conns.values():
+                conn.close()
+        self._local = threading.local()
+
+    def __enter__(self) -> SqliteJobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- jobs -------------------------------------------------------------------------
+
+    @staticmethod
+    def _get(c: sqlite3.Connection, job_id: str) -> Job:
+        row = c.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id!r} not found")
+        return job_from_row(row)
+
+    @staticmethod
+    def _append(c: sqlite3.Connection, job_id: str, payload_json: str, now: float) -> int:
+        """Append one event inside the caller's write transaction; returns its sequence.
+
+        The write lock is held (BEGIN IMMEDIATE), so no other connection can read the same
+        last_sequence before this one commits: sequences have no gap and no duplicate. The
+        events primary key (job_id, sequence) would reject a duplicate anyway."""
+        (last,) = c.execute("SELECT last_sequence FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        sequence = last + 1
+        c.execute(
+            "INSERT INTO events (job_id, sequence, time, payload_json) VALUES (?, ?, ?, ?)",
+            (job_id, sequence, now, payload_json),
+        )
+        c.execute("UPDATE jobs SET last_sequence = ? WHERE job_id = ?", (sequence, job_id))
+        return sequence
+
+    def _end(
+        self,
+        c: sqlite3.Connection,
+        job_id: str,
+        state: JobState,
+        now: float,
+        message: str,
+        *,
+        error: str = "",
+        model_version: int = 0,
+        metrics: EvaluationMetrics | None = None,
+    ) -> None:
+        """Move a job to terminal `state` and append its final STATE event."""
+        c.execute(
+            "UPDATE jobs SET state = ?, end_time = ?, error = ?, model_version = ?,"
+            " metrics_json = ?, lease_expires = 0 WHERE job_id = ?",
+            (int(state), now, error, model_version, metrics_to_json(metrics), job_id),
+        )
+        self._append(c, job_id, state_event(state, message, metrics), now)
+
+    def create_job(
+        self,
+        *,
+        model_name: str,
+        dataset: DatasetRef,
+        plan: TrainingPlan,
+        request_id: str,
+        config_json: str = "",
+    ) -> tuple[Job, bool]:
+        now = self._clock()
+        with self._tx(write=True) as c:
+            if request_id:
+                row = c.execute(
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE request_id = ?", (request_id,)
+                ).fetchone()
+                if row is not None:
+                    return job_from_row(row), False
+            job_id = uuid.uuid4().hex
+            c.execute(
+                "INSERT INTO jobs (job_id, model_name, dataset_uri, dataset_id, plan_json,"
+                " request_id, config_json, state, create_time)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    model_name,
+                    dataset.uri,
+                    dataset.dataset_id,
+                    dumps(plan.to_dict()),
+                    request_id,
+                    config_json,
+                    int(JobState.QUEUED),
+                    now,
+                ),
+            )
+            self._append(c, job_id, state_event(JobState.QUEUED, "queued"), now)
+            return self._get(c, job_id), True
+
+    def get_job(self, job_id: str) -> Job:
+        with self._tx(write=False) as c:
+            return self._get(c, job_id)
+
+    def get_job_config(self, job_id: str) -> str:
+        with self._tx(write=False) as c:
+            row = c.execute("SELECT config_json FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id!r} not found")
+        return str(row[0])
+
+    def list_jobs(self, state: JobState | None = None, limit: int = 100) -> list[Job]:
+        with self._tx(write=False) as c:
+            if state is None:
+                rows = c.execute(
+                    f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)
+                ).fetchall()
+            else:
+                rows = c.execute(
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = ? ORDER BY seq DESC LIMIT ?",
+                    (int(state), limit),
+                ).fetchall()
+        return [job_from_row(r) for r in rows]
+
+    def claim_job(self, worker_id: str, lease_seconds: float) -> Job | None:
+        now = self._clock()
+        with self._tx(write=True) as c:
+            while True:
+                # Oldest first across both kinds; an interrupted job is older than anything
+                # queued after it, so resumes go before fresh starts.
+                row = c.execute(
+                    "SELECT job_id, state, cancel_requested, lease_owner, attempts FROM jobs"
+                    " WHERE state = ? OR (state = ? AND lease_expires <= ?)"
+                    " ORDER BY seq LIMIT 1",
+                    (int(JobState.QUEUED), int(JobState.RUNNING), now),
+                ).fetchone()
+                if row is None:
+                    return None
+                job_id, state, cancel_requested, previous_owner, attempts = row
+                if cancel_requested:
+                    # Its worker died before it could stop the job: finish the cancel.
+                    self._end(
+                        c,
+                        job_id,
+                        JobState.CANCELLED,
+                        now,
+                        f"cancelled: the lease of worker {previous_owner} expired while the"
+                        " cancel was pending",
+                    )
+                    continue
+                attempts += 1
+                c.execute(
+                    "UPDATE jobs SET state = ?, lease_owner = ?, lease_expires = ?, attempts = ?,"
+                    " start_time = COALESCE(start_time, ?) WHERE job_id = ?",
+                    (int(JobState.RUNNING), worker_id, now + lease_seconds, attempts, now, job_id),
+                )
+                message = f"claimed by worker {worker_id} (attempt {attempts})"
+                if state == JobState.RUNNING:
+                    message += f" after the lease of worker {previous_owner} expired"
+                self._append(c, job_id, state_event(JobState.RUNNING, message), now)
+                return self._get(c, job_id)
+
+    def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> bool:
+        now = self._clock()
+        with self._tx(write=True) as c:
+            # Still ours if nobody reclaimed it, even if it lapsed a moment ago.
+            cur = c.execute(
+                "UPDATE jobs SET lease_expires = ? WHERE job_id = ? AND state = ?"
+                " AND lease_owner = ?",
+                (now + lease_seconds, job_id, int(JobState.RUNNING), worker_id),
+            )
+            return cur.rowcount == 1
+
+    def request_cancel(self, job_id: str) -> Job:
+        now = self._clock()
+        with self._tx(write=True) as c:
+            job = self._get(c, job_id)
+            if job.state.terminal:
+                raise FailedPrecondition(
+                    f"job {job_id} has already ended ({job.state.name.lower()})"
+                )
+            if job.state == JobState.QUEUED:
+                self._end(c, job_id, JobState.CANCELLED, now, "cancelled before it started")
+            elif not job.cancel_requested:
+                c.execute("UPDATE jobs SET cancel_requested = 1 WHERE job_id = ?", (job_id,))
+                message = f"cancel requested; worker {job.lease_owner} will stop the job"
+                payload = event_to_json(
+                    ProgressEvent(kind=EventKind.MESSAGE, state=job.state, message=message)
+                )
+                self._append(c, job_id, payload, now)
+            return self._get(c, job_id)
+
+    def finish_job(
+        self,
+        job_id: str,
+        worker_id: str,
+        state: JobState,
+        *,
+        error: str = "",
+        model_version: int = 0,
+        metrics: EvaluationMetrics | None = None,
+    ) -> Job:
+        if not state.terminal:
+            raise InvalidArgument.of("state", f"{state.name} is not a terminal state")
+        now = self._clock()
+        with self._tx(write=True) as c:
+            job = self._get(c, job_id)
+            if job.state != JobState.RUNNING or job.lease_owner != worker_id:
+                holder = job.lease_owner if job.state == JobState.RUNNING else "nobody"
+                raise FailedPrecondition(
+                    f"worker {worker_id} does not hold job {job_id} (it is "
+                    f"{job.state.name.lower()}, leased to {holder or 'nobody'})"
+                )
+            if state == JobState.SUCCEEDED:
+                message = "succeeded"
+                if model_version:
+                    message += f"; registered {job.model_name} version {model_version}"
+            elif state == JobState.FAILED:
+                message = f"failed: {error}" if error else "failed"
+            else:
+                message = "cancelled" + (" on request" if job.cancel_requested else "")
+            self._end(
+                c,
+                job_id,
+                state,
+                now,
+                message,
+                error=error,
+                model_version=model_version,
+                metrics=metrics,
+            )
+            return self._get(c, job_id)
+
+    def set_skipped_files(self, job_id: str, n: int) -> None:
+        with self._tx(write=True) as c:
+            cur = c.execute("UPDATE jobs SET skipped_files = ? WHERE job_id = ?", (n, job_id))
+            if cur.rowcount == 0:
+                raise NotFound(f"job {job_id!r} not found")
+
+    def queue_depth(self) -> int:
+        with self._tx(write=False) as c:
+            (n,) = c.execute(
+                "SELECT COUNT(*) FROM jobs WHERE state = ?", (int(JobState.QUEUED),)
+            ).fetchone()
+        return int(n)
+
+    def oldest_queued_age(self, now: float) -> float:
+        with self._tx(write=False) as c:
+            (oldest,) = c.execute(
+                "SELECT MIN(create_time) FROM jobs WHERE state = ?", (int(JobState.QUEUED),)
+            ).fetchone()
+        return 0.0 if oldest is None else max(0.0, now - oldest)
+
+    def count_jobs_by_state(self) -> dict[JobState, int]:
+        counts: dict[JobState, int] = {s: 0 for s in JobState if s != JobState.UNSPECIFIED}
+        with self._tx(write=False) as c:
+            for state, n in c.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+                counts[JobState(state)] = n
+        return counts
+
+    # --- progress events --------------------------------------------------------------
+
+    def append_event(self, job_id: str, event: ProgressEvent) -> ProgressEvent:
+        now = self._clock()
+        with self._tx(write=True) as c:
+            row = c.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"job {job_id!r} not found")
+            state = JobState(row[0])
+            if state.terminal:
+                raise FailedPrecondition(
+                    f"job {job_id} has ended ({state.name.lower()}); its log is closed"
+                )
+            if event.state == JobState.UNSPECIFIED:
+                event = dataclasses.replace(event, state=state)
+            sequence = self._append(c, job_id, event_to_json(event), now)
+        return dataclasses.replace(event, sequence=sequence, job_id=job_id, time=now)
+
+    def events_after(
+        self, job_id: str, after_sequence: int, limit: int = 1000
+    ) -> list[ProgressEvent]:
+        with self._tx(write=False) as c:
+            rows = c.execute(
+                "SELECT job_id, sequence, time, payload_json FROM events"
+                " WHERE job_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+                (job_id, after_sequence, limit),
+            ).fetchall()
+        return [event_from_row(r) for r in rows]
+
+    # --- workers ----------------------------------------------------------------------
+
+    def heartbeat_worker(self, worker_id: str, pid: int, host: str, info: dict[str, Any]) -> None:
+        now = self._clock()
+        with self._tx(write=True) as c:
+            c.execute(
+                "INSERT INTO workers (worker_id, pid, host, last_heartbeat, info_json)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (worker_id) DO UPDATE SET"
+                " pid = excluded.pid, host = excluded.host,"
+                " last_heartbeat = excluded.last_heartbeat, info_json = excluded.info_json",
+                (worker_id, pid, host, now, dumps(info)),
+            )
+
+    def list_workers(self) -> list[WorkerInfo]:
+        with self._tx(write=False) as c:
+            rows = c.execute(
+                "SELECT worker_id, pid, host, last_heartbeat, info_json FROM workers"
+                " ORDER BY worker_id"
+            ).fetchall()
+        return [WorkerInfo(w, p, h, t, json.loads(i)) for w, p, h, t, i in rows]
+
+    # --- registry metadata ------------------------------------------------------------
+
+    @staticmethod
+    def _aliases(c: sqlite3.Connection, name: str, version: int) -> list[str]:
+        rows = c.execute(
+            "SELECT alias FROM model_aliases WHERE name = ? AND version = ?", (name, version)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    @staticmethod
+    def _model_exists(c: sqlite3.Connection, name: str) -> bool:
+        row = c.execute("SELECT 1 FROM model_versions WHERE name = ? LIMIT 1", (name,)).fetchone()
+        return row is not None
+
+    def _get_version(self, c: sqlite3.Connection, name: str, version: int) -> ModelVersion:
+        row = c.execute(
+            f"SELECT {MODEL_COLUMNS} FROM model_versions WHERE name = ? AND version = ?",
+            (name, version),
+        ).fetchone()
+        if row is None:
+            if self._model_exists(c, name):
+                raise NotFound(f"model {name!r} has no version {version}")
+            raise NotFound(f"model {name!r} not found")
+        return model_from_row(row, self._aliases(c, name, version))
+
+    def add_model_version(
+        self,
+        *,
+        name: str,
+        job_id: str,
+        backbone: str,
+        labels: tuple[str, ...] | list[str],
+        sha256: str,
+        card: dict[str, Any],
+        artifact_dir: str,
+        metrics: EvaluationMetrics | None,
+        publish: PublishArtifact | None = None,
+    ) -> ModelVersion:
+        now = self._clock()
+        with self._tx(write=True) as c:
+            (latest,) = c.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM model_versions WHERE name = ?", (name,)
+            ).fetchone()
+            version = latest + 1
+            # Through JSON once: the card returned equals the one read back later, and a card
+            # that is not JSON fails here, before anything is published.
+            stored_card = json.loads(
+                dumps(
+                    {**card, "name": name, "version": version, "sha256": sha256, "create_time": now}
+                )
+            )
+            mv = ModelVersion(
+                name=name,
+                version=version,
+                create_time=now,
+                job_id=job_id,
+                backbone=backbone,
+                labels=tuple(labels),
+                sha256=sha256,
+                card=stored_card,
+                artifact_dir=artifact_dir,
+                metrics=metrics,
+            )
+            if publish is not None:
+                # Under the write lock: no other registration of `name` can run until we
+                # commit, so `version` is ours and anything already at its place is debris
+                # of a registration that crashed before its commit.
+                mv = dataclasses.replace(mv, artifact_dir=publish(mv))
+            c.execute(
+                f"INSERT INTO model_versions ({MODEL_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    version,
+                    now,
+                    job_id,
+                    backbone,
+                    dumps(list(mv.labels)),
+                    sha256,
+                    dumps(mv.card),
+                    mv.artifact_dir,
+                    metrics_to_json(metrics),
+                ),
+            )
+            return mv
+
+    def get_model_version(self, name: str, version: int) -> ModelVersion:
+        with self._tx(write=False) as c:
+            return self._get_version(c, name, version)
+
+    def resolve_model(self, ref: ModelRef) -> ModelVersion:
+        with self._tx(write=False) as c:
+            if ref.version:
+                return self._get_version(c, ref.name, ref.version)
+            if ref.alias:
+                row = c.execute(
+                    "SELECT version FROM model_aliases WHERE name = ? AND alias = ?",
+                    (ref.name, ref.alias),
+                ).fetchone()
+                if row is None:
+                    if self._model_exists(c, ref.name):
+                        raise NotFound(f"model {ref.name!r} has no alias {ref.alias!r}")
+                    raise NotFound(f"model {ref.name!r} not found")
+                return self._get_version(c, ref.name, row[0])
+            row = c.execute(
+                "SELECT MAX(version) FROM model_versions WHERE name = ?", (ref.name,)
+            ).fetchone()
+            if row[0] is None:
+                raise NotFound(f"model {ref.name!r} not found")
+            return self._get_version(c, ref.name, row[0])
+
+    def list_models(self, name_prefix: str = "") -> dict[str, list[ModelVersion]]:
+        where = "WHERE substr(name, 1, ?) = ?"
+        args = (len(name_prefix), name_prefix)
+        aliases: dict[tuple[str, int], list[str]] = {}
+        out: dict[str, list[ModelVersion]] = {}
+        with self._tx(write=False) as c:
+            for name, version, alias in c.execute(
+                f"SELECT name, version, alias FROM model_aliases {where}", args
+            ):
+                aliases.setdefault((name, version), []).append(alias)
+            for row in c.execute(
+                f"SELECT {MODEL_COLUMNS} FROM model_versions {where} ORDER BY name, version", args
+            ):
+                mv = model_from_row(row, aliases.get((row[0], row[1]), []))
+                out.setdefault(mv.name, []).append(mv)
+        return out
+
+    def set_alias(self, name: str, alias: str, version: int) -> ModelVersion:
+        if not alias:
+            raise InvalidArgument.of("alias", "must not be empty")
+        with self._tx(write=True) as c:
+            self._get_version(c, name, version)  # NotFound names what is missing
+            c.execute(
+                "INSERT INTO model_aliases (name, alias, version) VALUES (?, ?, ?)"
+                " ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version",
+                (name, alias, version),
+            )
+            return self._get_version(c, name, version)
+
+    def count_model_versions(self) -> int:
+        with self._tx(write=False) as c:
+            (n,) = c.execute("SELECT COUNT(*) FROM model_versions").fetchone()
+        return int(n)
+
+    # --- uploads ----------------------------------------------------------------------
+
+    def add_upload(self, dataset_id: str, path: str, size_bytes: int, fingerprint: str) -> None:
+        now = self._clock()
+        with self._tx(write=True) as c:
+            row = c.execute(
+                "SELECT fingerprint FROM uploads WHERE dataset_id = ?", (dataset_id,)
+            ).fetchone()
+            if row is not None:
+                if row[0] == fingerprint:
+                    return
+                raise AlreadyExists(f"dataset {dataset_id!r} exists with other contents")
+            c.execute(
+                "INSERT INTO uploads (dataset_id, path, size_bytes, fingerprint, create_time)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (dataset_id, path, size_bytes, fingerprint, now),
+            )
+
+    def get_upload(self, dataset_id: str) -> UploadInfo:
+        with self._tx(write=False) as c:
+            row = c.execute(
+                "SELECT dataset_id, path, size_bytes, fingerprint, create_time FROM uploads"
+                " WHERE dataset_id = ?",
+                (dataset_id,),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"dataset {dataset_id!r} not found")
+        return UploadInfo(*row)

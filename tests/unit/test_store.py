@@ -1,0 +1,677 @@
+"""The JobStore contract: every implementation must pass every test here.
+
+To add an implementation, add one `pytest.param` to IMPLEMENTATIONS: a function of the
+test's tmp_path returning a picklable opener, `opener(clock=...) -> JobStore`, where each
+call opens a new store object (its own connections) on the same, initially empty database.
+Openers must be picklable because the multi-process test sends them to spawned children.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from graft.config import Config
+from graft.domain import (
+    ClassMetrics,
+    DatasetRef,
+    EvaluationMetrics,
+    EventKind,
+    JobState,
+    ModelRef,
+    ModelVersion,
+    ProgressEvent,
+    Strategy,
+    TrainingPlan,
+)
+from graft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from graft.store import JobStore, SqliteJobStore, open_store
+from graft.store.sqlite import SCHEMA_VERSION
+
+Opener = Callable[..., JobStore]
+
+T0 = 1_700_000_000.0
+
+
+class FakeClock:
+    """A clock tests move by hand, so lease expiry needs no sleeping."""
+
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def _sqlite(tmp_path: Path) -> Opener:
+    return functools.partial(SqliteJobStore, tmp_path / "graft.sqlite3")
+
+
+IMPLEMENTATIONS = [
+    pytest.param(_sqlite, id="sqlite"),
+]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    factory: Callable[[Path], Opener] = request.param
+    return factory(tmp_path)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(opener: Opener, clock: FakeClock) -> Iterator[JobStore]:
+    s = opener(clock=clock)
+    yield s
+    s.close()
+
+
+PLAN = TrainingPlan(backbone="tiny", strategy=Strategy.PARTIAL_FINE_TUNE, epochs=3, seed=7)
+DATA = DatasetRef(uri="/data/flowers")
+
+
+def new_job(store: JobStore, request_id: str = "", name: str = "flowers") -> str:
+    job, created = store.create_job(model_name=name, dataset=DATA, plan=PLAN, request_id=request_id)
+    assert created
+    return job.job_id
+
+
+def metrics() -> EvaluationMetrics:
+    return EvaluationMetrics(
+        accuracy=0.9,
+        macro_f1=0.85,
+        loss=0.3,
+        per_class=(ClassMetrics("a", 1.0, 0.8, 5), ClassMetrics("b", 0.8, 1.0, 4)),
+        confusion=(4, 1, 0, 4),
+        labels=("a", "b"),
+    )
+
+
+def step(i: int, message: str = "") -> ProgressEvent:
+    return ProgressEvent(
+        kind=EventKind.STEP, state=JobState.RUNNING, step=i, loss=1.0 / (i + 1), message=message
+    )
+
+
+# --- jobs -----------------------------------------------------------------------------
+
+
+def test_is_a_job_store(store: JobStore) -> None:
+    assert isinstance(store, JobStore)
+
+
+def test_create_job_queues_it_with_event_1(store: JobStore, clock: FakeClock) -> None:
+    job, created = store.create_job(
+        model_name="flowers", dataset=DATA, plan=PLAN, request_id="r1", config_json='{"a": 1}'
+    )
+    assert created
+    assert len(job.job_id) == 32
+    assert job.state == JobState.QUEUED
+    assert (job.model_name, job.dataset, job.plan, job.request_id) == ("flowers", DATA, PLAN, "r1")
+    assert job.create_time == T0
+    assert job.start_time is None and job.end_time is None
+    assert job.attempts == 0 and job.last_sequence == 1
+    assert store.get_job(job.job_id) == job
+    assert store.get_job_config(job.job_id) == '{"a": 1}'
+
+    (event,) = store.events_after(job.job_id, 0)
+    assert (event.sequence, event.kind, event.state) == (1, EventKind.STATE, JobState.QUEUED)
+    assert (event.job_id, event.time) == (job.job_id, T0)
+
+
+def test_create_job_is_idempotent_on_request_id(store: JobStore, clock: FakeClock) -> None:
+    first, created = store.create_job(model_name="m", dataset=DATA, plan=PLAN, request_id="r")
+    clock.advance(5)
+    again, created_again = store.create_job(
+        model_name="other", dataset=DatasetRef(dataset_id="u1"), plan=TrainingPlan(), request_id="r"
+    )
+    assert created and not created_again
+    assert again == first
+    assert len(store.events_after(first.job_id, 0)) == 1
+    assert len(store.list_jobs()) == 1
+
+    # An empty request_id never deduplicates.
+    a, _ = store.create_job(model_name="m", dataset=DATA, plan=PLAN, request_id="")
+    b, _ = store.create_job(model_name="m", dataset=DATA, plan=PLAN, request_id="")
+    assert a.job_id != b.job_id
+    assert len(store.list_jobs()) == 3
+
+
+def test_get_job_unknown_is_not_found(store: JobStore) -> None:
+    with pytest.raises(NotFound, match="nope"):
+        store.get_job("nope")
+    with pytest.raises(NotFound):
+        store.get_job_config("nope")
+
+
+def test_list_jobs_newest_first_with_filter_and_limit(store: JobStore, clock: FakeClock) -> None:
+    ids = []
+    for _ in range(4):
+        ids.append(new_job(store))
+        clock.advance(1)
+    store.claim_job("w", 30)  # the oldest
+    assert [j.job_id for j in store.list_jobs()] == ids[::-1]
+    assert [j.job_id for j in store.list_jobs(limit=2)] == ids[:1:-1]
+    assert [j.job_id for j in store.list_jobs(JobState.QUEUED)] == ids[:0:-1]
+    assert [j.job_id for j in store.list_jobs(JobState.RUNNING)] == ids[:1]
+    assert store.list_jobs(JobState.SUCCEEDED) == []
+
+
+def test_claim_takes_oldest_queued_first(store: JobStore, clock: FakeClock) -> None:
+    ids = [new_job(store) for _ in range(3)]
+    clock.advance(2)
+    job = store.claim_job("w1", 30)
+    assert job is not None and job.job_id == ids[0]
+    assert job.state == JobState.RUNNING
+    assert (job.lease_owner, job.lease_expires, job.attempts) == ("w1", T0 + 32, 1)
+    assert job.start_time == T0 + 2
+    assert job.last_sequence == 2
+    event = store.events_after(job.job_id, 1)[0]
+    assert (event.sequence, event.kind, event.state) == (2, EventKind.STATE, JobState.RUNNING)
+    assert "w1" in event.message and "attempt 1" in event.message
+
+    claimed = [store.claim_job("w2", 30), store.claim_job("w3", 30)]
+    assert [j.job_id for j in claimed if j] == ids[1:]
+    assert store.claim_job("w4", 30) is None
+
+
+def test_expired_lease_is_reclaimed_as_attempt_2(store: JobStore, clock: FakeClock) -> None:
+    job_id = new_job(store)
+    first = store.claim_job("w1", 10)
+    assert first is not None
+    clock.advance(9)
+    assert store.claim_job("w2", 10) is None  # still leased
+    clock.advance(2)  # w1 crashed: its lease lapsed
+    second = store.claim_job("w2", 10)
+    assert second is not None and second.job_id == job_id
+    assert (second.state, second.lease_owner, second.attempts) == (JobState.RUNNING, "w2", 2)
+    assert second.start_time == first.start_time  # kept from the first attempt
+    assert second.lease_expires == T0 + 21
+    last = store.events_after(job_id, 2)[0]
+    assert last.state == JobState.RUNNING and "w2" in last.message and "attempt 2" in last.message
+
+    # The crashed worker's zombie can neither renew nor finish.
+    assert store.renew_lease(job_id, "w1", 10) is False
+    with pytest.raises(FailedPrecondition, match="w1"):
+        store.finish_job(job_id, "w1", JobState.SUCCEEDED)
+    assert store.finish_job(job_id, "w2", JobState.SUCCEEDED).state == JobState.SUCCEEDED
+
+
+def test_renew_lease(store: JobStore, clock: FakeClock) -> None:
+    job_id = new_job(store)
+    store.claim_job("w1", 10)
+    assert store.renew_lease(job_id, "w2", 10) is False
+    clock.advance(8)
+    assert store.renew_lease(job_id, "w1", 10) is True
+    assert store.get_job(job_id).lease_expires == T0 + 18
+    clock.advance(8)  # past the first expiry, within the renewed one
+    assert store.claim_job("w2", 10) is None
+    assert store.renew_lease("nope", "w1", 10) is False
+    store.finish_job(job_id, "w1", JobState.FAILED, error="boom")
+    assert store.renew_lease(job_id, "w1", 10) is False  # ended
+
+
+def test_cancel_queued_job_ends_it_at_once(store: JobStore, clock: FakeClock) -> None:
+    job_id = new_job(store)
+    clock.advance(3)
+    job = store.request_cancel(job_id)
+    assert job.state == JobState.CANCELLED
+    assert job.end_time == T0 + 3
+    last = store.events_after(job_id, 1)
+    assert [(e.sequence, e.kind, e.state) for e in last] == [
+        (2, EventKind.STATE, JobState.CANCELLED)
+    ]
+    assert store.claim_job("w", 10) is None
+    with pytest.raises(FailedPrecondition, match="already ended"):
+        store.request_cancel(job_id)
+    with pytest.raises(NotFound):
+        store.request_cancel("nope")
+
+
+def test_cancel_running_job_asks_the_worker(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.claim_job("w1", 10)
+    job = store.request_cancel(job_id)
+    assert (job.state, job.cancel_requested) == (JobState.RUNNING, True)
+    store.request_cancel(job_id)  # asking twice changes nothing
+    assert store.get_job(job_id).last_sequence == job.last_sequence
+    assert store.renew_lease(job_id, "w1", 10)  # the worker polls, sees the flag, stops
+    done = store.finish_job(job_id, "w1", JobState.CANCELLED)
+    assert done.state == JobState.CANCELLED and done.end_time is not None
+    final = store.events_after(job_id, done.last_sequence - 1)[0]
+    assert (final.kind, final.state) == (EventKind.STATE, JobState.CANCELLED)
+    with pytest.raises(FailedPrecondition):
+        store.request_cancel(job_id)
+
+
+def test_cancel_pending_when_lease_expires_cancels_instead_of_reclaiming(
+    store: JobStore, clock: FakeClock
+) -> None:
+    doomed = new_job(store)
+    waiting = new_job(store)
+    store.claim_job("w1", 10)
+    store.request_cancel(doomed)
+    clock.advance(11)  # w1 died before it could stop
+    job = store.claim_job("w2", 10)
+    assert job is not None and job.job_id == waiting
+    ended = store.get_job(doomed)
+    assert (ended.state, ended.attempts) == (JobState.CANCELLED, 1)
+    final = store.events_after(doomed, ended.last_sequence - 1)[0]
+    assert (final.kind, final.state) == (EventKind.STATE, JobState.CANCELLED)
+
+
+def test_finish_job(store: JobStore, clock: FakeClock) -> None:
+    job_id = new_job(store)
+    with pytest.raises(FailedPrecondition):  # queued: nobody holds it
+        store.finish_job(job_id, "w1", JobState.SUCCEEDED)
+    store.claim_job("w1", 10)
+    with pytest.raises(FailedPrecondition, match="w2"):
+        store.finish_job(job_id, "w2", JobState.SUCCEEDED)
+    with pytest.raises(InvalidArgument):
+        store.finish_job(job_id, "w1", JobState.RUNNING)
+    clock.advance(4)
+    m = metrics()
+    job = store.finish_job(job_id, "w1", JobState.SUCCEEDED, model_version=3, metrics=m)
+    assert (job.state, job.model_version, job.metrics, job.end_time) == (
+        JobState.SUCCEEDED,
+        3,
+        m,
+        T0 + 4,
+    )
+    assert store.get_job(job_id) == job
+    final = store.events_after(job_id, 0)[-1]
+    assert (final.sequence, final.kind, final.state) == (3, EventKind.STATE, JobState.SUCCEEDED)
+    assert final.metrics == m and "version 3" in final.message
+    with pytest.raises(FailedPrecondition):  # twice
+        store.finish_job(job_id, "w1", JobState.FAILED)
+    with pytest.raises(FailedPrecondition, match="ended"):  # the log is closed
+        store.append_event(job_id, step(1))
+
+
+def test_finish_failed_records_error(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.claim_job("w1", 10)
+    job = store.finish_job(job_id, "w1", JobState.FAILED, error="CUDA out of memory")
+    assert (job.state, job.error) == (JobState.FAILED, "CUDA out of memory")
+    assert "CUDA out of memory" in store.events_after(job_id, 0)[-1].message
+
+
+def test_counters(store: JobStore, clock: FakeClock) -> None:
+    assert store.queue_depth() == 0
+    assert store.oldest_queued_age(T0) == 0.0
+    a = new_job(store)
+    clock.advance(10)
+    new_job(store)
+    new_job(store)
+    assert store.queue_depth() == 3
+    assert store.oldest_queued_age(T0 + 25) == 25.0
+    store.claim_job("w", 30)  # a
+    assert store.oldest_queued_age(T0 + 25) == 15.0
+    store.finish_job(a, "w", JobState.FAILED, error="x")
+    counts = store.count_jobs_by_state()
+    assert counts == {
+        JobState.QUEUED: 2,
+        JobState.RUNNING: 0,
+        JobState.SUCCEEDED: 0,
+        JobState.FAILED: 1,
+        JobState.CANCELLED: 0,
+    }
+    store.set_skipped_files(a, 4)
+    assert store.get_job(a).skipped_files == 4
+    with pytest.raises(NotFound):
+        store.set_skipped_files("nope", 1)
+
+
+def test_threads_share_one_store_without_double_claims(store: JobStore) -> None:
+    ids = {new_job(store) for _ in range(20)}
+    claimed: list[str] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def work(worker: str) -> None:
+        try:
+            while (job := store.claim_job(worker, 30)) is not None:
+                with lock:
+                    claimed.append(job.job_id)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert sorted(claimed) == sorted(ids)
+
+
+# --- events ---------------------------------------------------------------------------
+
+
+def test_append_event_assigns_sequence_time_and_state(store: JobStore, clock: FakeClock) -> None:
+    job_id = new_job(store)
+    store.claim_job("w", 30)
+    clock.advance(1.5)
+    m = metrics()
+    stored = store.append_event(
+        job_id,
+        ProgressEvent(
+            kind=EventKind.EVALUATION,
+            state=JobState.UNSPECIFIED,  # filled from the job
+            sequence=99,  # ignored: the store numbers events
+            epoch=2,
+            total_epochs=3,
+            metrics=m,
+            eta_seconds=12.5,
+        ),
+    )
+    assert (stored.sequence, stored.job_id, stored.time) == (3, job_id, T0 + 1.5)
+    assert stored.state == JobState.RUNNING
+    assert store.events_after(job_id, 2) == [stored]
+    assert store.get_job(job_id).last_sequence == 3
+    with pytest.raises(NotFound):
+        store.append_event("nope", step(0))
+
+
+def test_events_after_pages(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.claim_job("w", 30)
+    for i in range(10):
+        store.append_event(job_id, step(i))
+    seen: list[int] = []
+    after = 0
+    while page := store.events_after(job_id, after, limit=4):
+        assert len(page) <= 4
+        seen += [e.sequence for e in page]
+        after = page[-1].sequence
+    assert seen == list(range(1, 13))
+    assert [e.step for e in store.events_after(job_id, 2)] == list(range(10))
+    assert store.events_after(job_id, 12) == []
+    assert store.events_after("nope", 0) == []
+
+
+def _append_many(opener: Opener, job_id: str, worker: int, n: int, go: Any) -> None:
+    """Child process body: open the store afresh and append n events as fast as it can."""
+    store = opener()
+    go.wait(30)
+    for i in range(n):
+        store.append_event(job_id, step(i, message=f"{worker}:{i}"))
+    store.close()
+
+
+def test_sequences_stay_contiguous_across_processes(opener: Opener, store: JobStore) -> None:
+    job_id = new_job(store)
+    store.claim_job("w", 300)
+    ctx = multiprocessing.get_context("spawn")
+    go = ctx.Event()
+    procs = [ctx.Process(target=_append_many, args=(opener, job_id, w, 50, go)) for w in range(4)]
+    for p in procs:
+        p.start()
+    go.set()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+
+    events = store.events_after(job_id, 0, limit=10_000)
+    assert [e.sequence for e in events] == list(range(1, 203))
+    assert store.get_job(job_id).last_sequence == 202
+    for w in range(4):  # each process's own events kept their order
+        mine = [e.message for e in events if e.message.startswith(f"{w}:")]
+        assert mine == [f"{w}:{i}" for i in range(50)]
+
+
+# --- workers --------------------------------------------------------------------------
+
+
+def test_worker_heartbeats_upsert(store: JobStore, clock: FakeClock) -> None:
+    store.heartbeat_worker("w1", 100, "host-a", {"device": "cpu"})
+    store.heartbeat_worker("w0", 200, "host-b", {})
+    clock.advance(5)
+    store.heartbeat_worker("w1", 101, "host-a", {"device": "cuda:0", "job": "j"})
+    workers = store.list_workers()
+    assert [w.worker_id for w in workers] == ["w0", "w1"]
+    w1 = workers[1]
+    assert (w1.pid, w1.host, w1.last_heartbeat) == (101, "host-a", T0 + 5)
+    assert w1.info == {"device": "cuda:0", "job": "j"}
+
+
+# --- registry metadata ----------------------------------------------------------------
+
+
+def add_version(store: JobStore, name: str = "flowers", job_id: str = "j") -> ModelVersion:
+    return store.add_model_version(
+        name=name,
+        job_id=job_id,
+        backbone="tiny",
+        labels=("a", "b"),
+        sha256="ab" * 32,
+        card={"preprocessing": {"size": 64}},
+        artifact_dir=f"/reg/{name}",
+        metrics=metrics(),
+    )
+
+
+def test_model_versions_count_from_1(store: JobStore, clock: FakeClock) -> None:
+    versions = [add_version(store, job_id=f"j{i}") for i in range(3)]
+    assert [v.version for v in versions] == [1, 2, 3]
+    v2 = store.get_model_version("flowers", 2)
+    assert v2 == versions[1]
+    assert (v2.job_id, v2.backbone, v2.labels, v2.metrics) == ("j1", "tiny", ("a", "b"), metrics())
+    assert v2.card == {
+        "preprocessing": {"size": 64},
+        "name": "flowers",
+        "version": 2,
+        "sha256": "ab" * 32,
+        "create_time": T0,
+    }
+    assert add_version(store, name="other").version == 1  # numbering is per name
+    assert store.count_model_versions() == 4
+
+
+def test_model_not_found_messages(store: JobStore) -> None:
+    with pytest.raises(NotFound, match="model 'x' not found"):
+        store.get_model_version("x", 1)
+    with pytest.raises(NotFound, match="model 'x' not found"):
+        store.resolve_model(ModelRef("x"))
+    with pytest.raises(NotFound, match="model 'x' not found"):
+        store.resolve_model(ModelRef("x", alias="production"))
+    with pytest.raises(NotFound, match="model 'x' not found"):
+        store.set_alias("x", "production", 1)
+    add_version(store, "x")
+    with pytest.raises(NotFound, match="model 'x' has no version 2"):
+        store.get_model_version("x", 2)
+    with pytest.raises(NotFound, match="model 'x' has no version 2"):
+        store.resolve_model(ModelRef("x", version=2))
+    with pytest.raises(NotFound, match="model 'x' has no alias 'production'"):
+        store.resolve_model(ModelRef("x", alias="production"))
+    with pytest.raises(NotFound, match="model 'x' has no version 5"):
+        store.set_alias("x", "production", 5)
+    with pytest.raises(InvalidArgument):
+        store.set_alias("x", "", 1)
+
+
+def test_aliases_and_resolution(store: JobStore) -> None:
+    for _ in range(3):
+        add_version(store)
+    assert store.resolve_model(ModelRef("flowers")).version == 3
+    assert store.resolve_model(ModelRef("flowers", version=1)).version == 1
+
+    mv = store.set_alias("flowers", "production", 1)
+    assert (mv.version, mv.aliases) == (1, ["production"])
+    store.set_alias("flowers", "staging", 1)
+    assert store.get_model_version("flowers", 1).aliases == ["production", "staging"]
+    assert store.resolve_model(ModelRef("flowers", alias="production")).version == 1
+
+    moved = store.set_alias("flowers", "production", 2)  # moves, not duplicates
+    assert moved.aliases == ["production"]
+    assert store.get_model_version("flowers", 1).aliases == ["staging"]
+    assert store.resolve_model(ModelRef("flowers", alias="production")).version == 2
+    # version wins over alias
+    assert store.resolve_model(ModelRef("flowers", version=3, alias="production")).version == 3
+
+
+def test_list_models_by_prefix(store: JobStore) -> None:
+    for name in ("flowers", "flowers-v2", "flowers", "birds", "flo_wers"):
+        add_version(store, name)
+    store.set_alias("flowers", "production", 2)
+    everything = store.list_models()
+    assert list(everything) == ["birds", "flo_wers", "flowers", "flowers-v2"]
+    flowers = store.list_models("flowers")
+    assert list(flowers) == ["flowers", "flowers-v2"]
+    assert [(v.version, v.aliases) for v in flowers["flowers"]] == [(1, []), (2, ["production"])]
+    assert list(store.list_models("flo_")) == ["flo_wers"]  # '_' is not a wildcard
+    assert store.list_models("zebra") == {}
+
+
+def test_publish_runs_inside_the_transaction(store: JobStore) -> None:
+    calls: list[ModelVersion] = []
+
+    def publish(mv: ModelVersion) -> str:
+        calls.append(mv)
+        return f"/published/{mv.name}/{mv.version}"
+
+    mv = store.add_model_version(
+        name="m",
+        job_id="j",
+        backbone="b",
+        labels=["x"],
+        sha256="s",
+        card={},
+        artifact_dir="/ignored",
+        metrics=None,
+        publish=publish,
+    )
+    assert calls[0].version == 1 and calls[0].card["version"] == 1
+    assert mv.artifact_dir == "/published/m/1"
+    assert store.get_model_version("m", 1).artifact_dir == "/published/m/1"
+
+    def broken(mv: ModelVersion) -> str:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        store.add_model_version(
+            name="m",
+            job_id="j",
+            backbone="b",
+            labels=["x"],
+            sha256="s",
+            card={},
+            artifact_dir="",
+            metrics=None,
+            publish=broken,
+        )
+    assert store.count_model_versions() == 1  # nothing committed
+    assert add_version(store, "m").version == 2  # and the number was not burnt
+
+
+# --- uploads --------------------------------------------------------------------------
+
+
+def test_uploads(store: JobStore, clock: FakeClock) -> None:
+    with pytest.raises(NotFound, match="u1"):
+        store.get_upload("u1")
+    store.add_upload("u1", "/up/u1", 1234, "f1")
+    store.add_upload("u1", "/up/u1", 1234, "f1")  # same contents again: fine
+    with pytest.raises(AlreadyExists):
+        store.add_upload("u1", "/up/u1b", 99, "f2")
+    up = store.get_upload("u1")
+    assert (up.dataset_id, up.path, up.size_bytes, up.fingerprint, up.create_time) == (
+        "u1",
+        "/up/u1",
+        1234,
+        "f1",
+        T0,
+    )
+
+
+# --- two store objects, lifecycle ------------------------------------------------------
+
+
+def test_two_store_objects_see_each_others_writes(opener: Opener, clock: FakeClock) -> None:
+    server, worker = opener(clock=clock), opener(clock=clock)
+    try:
+        job_id = new_job(server)
+        claimed = worker.claim_job("w1", 30)
+        assert claimed is not None and claimed.job_id == job_id
+        assert server.get_job(job_id).state == JobState.RUNNING
+        worker.append_event(job_id, step(0))
+        assert [e.sequence for e in server.events_after(job_id, 0)] == [1, 2, 3]
+        server.request_cancel(job_id)
+        assert worker.get_job(job_id).cancel_requested
+        mv = add_version(worker)
+        assert server.resolve_model(ModelRef("flowers")) == mv
+        worker.heartbeat_worker("w1", 1, "h", {})
+        assert [w.worker_id for w in server.list_workers()] == ["w1"]
+    finally:
+        server.close()
+        worker.close()
+
+
+def test_ping_and_close(opener: Opener) -> None:
+    s = opener()
+    s.ping()
+    s.close()
+    with pytest.raises(Unavailable):
+        s.ping()
+    with pytest.raises(Unavailable):
+        s.get_job("x")
+
+
+# --- SQLite specifics -----------------------------------------------------------------
+
+
+def test_sqlite_file_is_wal_with_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "graft.sqlite3"
+    s = open_store(Config(data_dir=path.parent))
+    assert isinstance(s, SqliteJobStore) and s.path == path
+    job_id = new_job(s)
+    s.close()
+    again = SqliteJobStore(path)  # reopening an existing file is a no-op for the schema
+    assert again.get_job(job_id).state == JobState.QUEUED
+    again.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "graft.sqlite3"
+    SqliteJobStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(FailedPrecondition, match="upgrade Graft"):
+        SqliteJobStore(path)
+
+
+def test_sqlite_unreachable_file_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(Unavailable):
+        SqliteJobStore(tmp_path / "missing-dir" / "graft.sqlite3")
+
+
+def test_sqlite_lock_held_too_long_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "graft.sqlite3"
+    s = SqliteJobStore(path, busy_timeout_s=0.05)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(Unavailable, match="locked"):
+            new_job(s)
+        assert s.list_jobs() == []  # reads go on under WAL while a writer holds the lock
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    new_job(s)  # and the store recovers once the lock is free
+    s.close()
