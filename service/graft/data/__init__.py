@@ -1,0 +1,23 @@
+"""Datasets: resolving a DatasetRef to local files, uploads, scanning and checking images,
+splitting, and THE preprocessing shared by training and Predict. See docs/DATA.md."""
+
+from graft.data.dataset import ImageDataset
+from graft.data.images import ImageDecodeError, load_image
+from graft.data.resolve import UploadInfo, resolve_dataset, save_upload
+from graft.data.scan import Sample, ScannedDataset, scan_dataset, split_dataset
+from graft.data.transforms import eval_transform, train_transform
+
+__all__ = [
+    "ImageDataset",
+    "ImageDecodeError",
+    "Sample",
+    "ScannedDataset",
+    "UploadInfo",
+    "eval_transform",
+    "load_image",
+    "resolve_dataset",
+    "save_upload",
+    "scan_dataset",
+    "split_dataset",
+    "train_transform",
+]

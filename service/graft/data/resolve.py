@@ -1,0 +1,341 @@
+"""Turning a DatasetRef into a local path: confinement to data roots, uploads, and the
+extracted-archive cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tarfile
+import uuid
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from graft.config import Config
+from graft.data.scan import scan_dataset
+from graft.domain import DatasetRef
+from graft.errors import InvalidArgument, NotFound, ResourceExhausted
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+UPLOAD_META = "upload.json"
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
+_CHUNK = 1 << 20
+# An archive may expand to at most this many times the upload limit (zip bombs), and hold
+# at most this many entries.
+_EXPANSION_FACTOR = 8
+_MAX_MEMBERS = 2_000_000
+
+
+class UnsafeArchive(Exception):
+    """An archive that is corrupt, too big once expanded, or tries to write outside its
+    target; callers turn it into InvalidArgument on their own field."""
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    """What UploadDataset reports back."""
+
+    dataset_id: str
+    size_bytes: int
+    images: int
+    classes: int
+    skipped_files: int
+
+
+def archive_suffix(name: str) -> str:
+    """The supported archive suffix `name` ends with (lower-cased), or ""."""
+    low = name.lower()
+    return next((s for s in ARCHIVE_SUFFIXES if low.endswith(s)), "")
+
+
+# --------------------------------------------------------------------------- resolving
+
+
+def resolve_dataset(ref: DatasetRef, config: Config) -> Path:
+    """A local path for `ref`: a folder to scan, or a CSV manifest.
+
+    `uri` must lie inside one of `config.data_roots` after resolving symlinks and `..`;
+    a relative `uri` is looked up under each data root in turn. `dataset_id` names an
+    upload. Archives are extracted once into `config.cache_dir/extracted/<sha256>`.
+    """
+    if bool(ref.uri) == bool(ref.dataset_id):
+        raise InvalidArgument.of("dataset", "set exactly one of uri or dataset_id")
+    known_sha = ""
+    if ref.uri:
+        path = _confined(ref.uri, config)
+        field = "dataset.uri"
+    else:
+        path, known_sha = _upload_archive(ref.dataset_id, config)
+        field = "dataset.dataset_id"
+    if path.is_dir():
+        return path
+    if path.suffix.lower() == ".csv":
+        return path
+    if archive_suffix(path.name):
+        try:
+            return extracted_root(path, config, known_sha)
+        except UnsafeArchive as e:
+            raise InvalidArgument.of(field, str(e)) from None
+    raise InvalidArgument.of(
+        field,
+        f"{path.name} is not a folder, a .zip/.tar/.tar.gz/.tgz archive or a .csv manifest",
+    )
+
+
+def _confined(uri: str, config: Config) -> Path:
+    raw = uri.removeprefix("file://")
+    roots = [Path(r).resolve() for r in config.data_roots]
+    allowed = ", ".join(str(r) for r in roots)
+    if not roots:
+        raise InvalidArgument.of(
+            "dataset.uri",
+            "no data roots are configured on this server (start it with --data-root DIR), "
+            "so only uploads (dataset_id) can be used",
+        )
+    if Path(raw).is_absolute():
+        options = [Path(raw)]
+    else:
+        options = [r / raw for r in roots]
+        options = [p for p in options if p.exists()] or options[:1]
+    path = options[0].resolve()  # follows symlinks: a link out of a root is outside
+    if not any(path.is_relative_to(r) for r in roots):
+        raise InvalidArgument.of(
+            "dataset.uri", f"{uri!r} is outside the allowed data roots ({allowed})"
+        )
+    if not path.exists():
+        raise NotFound(f"dataset {uri!r} does not exist")
+    return path
+
+
+def _upload_dir(dataset_id: str, config: Config) -> Path:
+    if not _ID_RE.match(dataset_id):
+        raise InvalidArgument.of(
+            "dataset.dataset_id",
+            "must be 1-64 letters, digits, '-' or '_' (as UploadDataset returned)",
+        )
+    return config.uploads_dir / dataset_id
+
+
+def _upload_archive(dataset_id: str, config: Config) -> tuple[Path, str]:
+    """The upload's archive and its sha256 (recorded when it was received)."""
+    d = _upload_dir(dataset_id, config)
+    try:
+        meta = json.loads((d / UPLOAD_META).read_text())
+        path = d / sanitise_filename(meta["filename"])
+        sha = str(meta.get("sha256", ""))
+    except (OSError, ValueError, KeyError, TypeError):
+        raise NotFound(f"no uploaded dataset with id {dataset_id!r}") from None
+    if not path.is_file():
+        raise NotFound(f"uploaded dataset {dataset_id!r} has lost its archive")
+    return path, sha if _SHA_RE.match(sha) else ""
+
+
+# --------------------------------------------------------------------------- archives
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _archive_sha256(path: Path, config: Config) -> str:
+    """sha256 of the archive, remembered by (path, size, mtime) so that a big archive is
+    not hashed again on every request."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
+    memo = config.cache_dir / "extracted" / "by-stat" / key
+    try:
+        digest = memo.read_text().strip()
+        if _SHA_RE.match(digest):
+            return digest
+    except OSError:
+        pass
+    digest = file_sha256(path)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_name(f"{key}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(digest)
+    os.replace(tmp, memo)
+    return digest
+
+
+def extracted_root(archive: Path, config: Config, sha256: str = "") -> Path:
+    """Extract `archive` once into `cache_dir/extracted/<sha256>` and return the dataset
+    folder inside it (the single top-level folder when the archive wraps one)."""
+    digest = sha256 or _archive_sha256(archive, config)
+    target = config.cache_dir / "extracted" / digest
+    if not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".tmp-{digest[:16]}-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            limit = _EXPANSION_FACTOR * config.max_upload_bytes
+            if archive_suffix(archive.name) == ".zip":
+                _extract_zip(archive, tmp, limit)
+            else:
+                _extract_tar(archive, tmp, limit)
+            try:
+                os.rename(tmp, target)  # atomic; another process may have won the race
+            except OSError:
+                if not target.is_dir():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return _descend(target).resolve()
+
+
+def _descend(target: Path) -> Path:
+    entries = [p for p in target.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
+    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
+        return entries[0]
+    return target
+
+
+def _check_member_name(name: str) -> None:
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or (parts and re.match(r"^[A-Za-z]:", parts[0])):
+        raise UnsafeArchive(f"archive entry {name!r} has an absolute path")
+    if ".." in parts:
+        raise UnsafeArchive(f"archive entry {name!r} points outside the archive ('..')")
+
+
+def _extract_zip(archive: Path, dest: Path, limit: int) -> None:
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UnsafeArchive(f"{archive.name} is not a readable zip archive: {e}") from None
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > _MAX_MEMBERS:
+            raise UnsafeArchive(f"archive has {len(infos)} entries, more than {_MAX_MEMBERS}")
+        total = 0
+        for info in infos:
+            _check_member_name(info.filename)
+            total += info.file_size
+        if total > limit:
+            raise UnsafeArchive(f"archive expands to {total} bytes, more than {limit}")
+        root = dest.resolve()
+        for info in infos:
+            out = (dest / info.filename).resolve()
+            if not out.is_relative_to(root):
+                raise UnsafeArchive(f"archive entry {info.filename!r} points outside the archive")
+            try:
+                # Symlink entries are written as small regular files, never as links.
+                zf.extract(info, dest)
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+                raise UnsafeArchive(f"cannot extract {info.filename!r}: {e}") from None
+
+
+def _extract_tar(archive: Path, dest: Path, limit: int) -> None:
+    try:
+        with tarfile.open(archive, "r:*") as tf:
+            members = tf.getmembers()
+            if len(members) > _MAX_MEMBERS:
+                raise UnsafeArchive(f"archive has {len(members)} entries, more than {_MAX_MEMBERS}")
+            total = 0
+            for m in members:
+                _check_member_name(m.name)
+                tarfile.data_filter(m, str(dest))  # absolute, '..', escaping links, devices
+                total += m.size
+            if total > limit:
+                raise UnsafeArchive(f"archive expands to {total} bytes, more than {limit}")
+            tf.extractall(dest, filter="data")
+    except tarfile.FilterError as e:
+        raise UnsafeArchive(f"unsafe archive entry: {e}") from None
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise UnsafeArchive(f"{archive.name} is not a readable tar archive: {e}") from None
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def sanitise_filename(filename: str) -> str:
+    """The base name with anything but letters, digits, '.', '-' and '_' replaced."""
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    safe = _SAFE_NAME_RE.sub("_", base).lstrip(".")
+    suffix = archive_suffix(safe)
+    if not safe or safe.lower() == suffix:
+        safe = "upload" + suffix
+    return safe[-200:]
+
+
+def save_upload(
+    config: Config, filename: str, chunks: Iterable[bytes], sha256: str = ""
+) -> UploadInfo:
+    """Store an uploaded archive under `uploads_dir/<new id>/`, check it, and scan it.
+
+    Raises InvalidArgument (`filename`, `sha256`, `chunk`), ResourceExhausted past
+    `config.max_upload_bytes`, or FailedPrecondition when the archive holds no usable
+    dataset. Nothing is kept of a rejected upload.
+    """
+    if not archive_suffix(filename):
+        raise InvalidArgument.of(
+            "filename", f"{filename!r} is not a .zip, .tar, .tar.gz or .tgz archive"
+        )
+    if sha256 and not _SHA_RE.match(sha256):
+        raise InvalidArgument.of("sha256", "must be 64 hexadecimal digits")
+    name = sanitise_filename(filename)
+    dataset_id = uuid.uuid4().hex
+    d = config.uploads_dir / dataset_id
+    d.mkdir(parents=True)
+    try:
+        size, digest = _write_chunks(d / (name + ".part"), chunks, config.max_upload_bytes)
+        if sha256 and digest != sha256.lower():
+            raise InvalidArgument.of(
+                "sha256", f"the received {size} bytes hash to {digest}, not {sha256.lower()}"
+            )
+        path = d / name
+        os.replace(d / (name + ".part"), path)
+        try:
+            root = extracted_root(path, config, digest)
+        except UnsafeArchive as e:
+            raise InvalidArgument.of("chunk", str(e)) from None
+        ds = scan_dataset(root)
+        meta = {"filename": name, "original_filename": filename, "size_bytes": size}
+        meta |= {"sha256": digest, "fingerprint": ds.fingerprint}
+        (d / (UPLOAD_META + ".tmp")).write_text(json.dumps(meta, indent=1))
+        os.replace(d / (UPLOAD_META + ".tmp"), d / UPLOAD_META)
+    except BaseException:
+        shutil.rmtree(d, ignore_errors=True)
+        raise
+    return UploadInfo(
+        dataset_id=dataset_id,
+        size_bytes=size,
+        images=len(ds.samples),
+        classes=len(ds.classes),
+        skipped_files=len(ds.skipped),
+    )
+
+
+def _write_chunks(path: Path, chunks: Iterable[bytes], limit: int) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "wb") as fh:
+        for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise ResourceExhausted(
+                    f"upload exceeds the limit of {limit} bytes (max_upload_bytes)"
+                )
+            h.update(chunk)
+            fh.write(chunk)
+    if size == 0:
+        raise InvalidArgument.of("chunk", "the upload is empty")
+    return size, h.hexdigest()
+
+
+def delete_upload(dataset_id: str, config: Config) -> None:
+    """Remove an upload (its extracted copy stays in the cache, shared by content)."""
+    d = _upload_dir(dataset_id, config)
+    if not (d / UPLOAD_META).is_file():
+        raise NotFound(f"no uploaded dataset with id {dataset_id!r}")
+    shutil.rmtree(d)
