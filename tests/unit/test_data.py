@@ -12,11 +12,13 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import graft.data.resolve as resolve_mod
-import graft.data.scan as scan_mod
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+import graft.data.resolve as resolve_mod
+import graft.data.scan as scan_mod
 from graft.backbones.spec import PretrainedSpec, WeightSource
 from graft.config import Config
 from graft.data import (
@@ -42,7 +44,6 @@ from graft.data.demo import (
 )
 from graft.domain import DatasetRef
 from graft.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from PIL import Image
 
 RNG = np.random.default_rng(0)
 
