@@ -299,7 +299,7 @@ def test_uri_must_stay_inside_data_roots(tmp_path: Path) -> None:
         with pytest.raises(InvalidArgument) as info:
             resolve_dataset(DatasetRef(uri=uri), cfg)
         assert field_of(info.value) == "dataset.uri"
-        assert str((tmp_path / "root").resolve()) in info.value.message
+        assert str(tmp_path / "root") in info.value.message
 
     (tmp_path / "root" / "link").symlink_to(outside, target_is_directory=True)
     with pytest.raises(InvalidArgument) as info:
@@ -454,6 +454,7 @@ def test_save_upload_rejections_leave_nothing_behind(tmp_path: Path) -> None:
         save_upload(cfg, "ds.zip", [one_class])
 
     assert list(cfg.uploads_dir.iterdir()) == []
+    assert [p.name for p in (cfg.cache_dir / "extracted").iterdir()] == []
     assert save_upload(cfg, "ok.zip", chunked(small)).images == 2
 
 

@@ -91,7 +91,7 @@ def resolve_dataset(ref: DatasetRef, config: Config) -> Path:
 def _confined(uri: str, config: Config) -> Path:
     raw = uri.removeprefix("file://")
     roots = [Path(r).resolve() for r in config.data_roots]
-    allowed = ", ".join(str(r) for r in roots)
+    allowed = ", ".join(str(r) for r in config.data_roots)  # as the operator named them
     if not roots:
         raise InvalidArgument.of(
             "dataset.uri",
@@ -295,11 +295,16 @@ def save_upload(
             )
         path = d / name
         os.replace(d / (name + ".part"), path)
+        extracted = config.cache_dir / "extracted" / digest
+        fresh = not extracted.is_dir()
         try:
-            root = extracted_root(path, config, digest)
+            ds = scan_dataset(extracted_root(path, config, digest))
         except UnsafeArchive as e:
             raise InvalidArgument.of("chunk", str(e)) from None
-        ds = scan_dataset(root)
+        except BaseException:
+            if fresh:  # don't let rejected uploads fill the cache
+                shutil.rmtree(extracted, ignore_errors=True)
+            raise
         meta = {"filename": name, "original_filename": filename, "size_bytes": size}
         meta |= {"sha256": digest, "fingerprint": ds.fingerprint}
         (d / (UPLOAD_META + ".tmp")).write_text(json.dumps(meta, indent=1))
