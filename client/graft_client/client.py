@@ -87,7 +87,10 @@ def parse_model_ref(text: str) -> pb.ModelRef:
     """`name`, `name:VERSION` or `name@ALIAS` as a ModelRef."""
     match = _MODEL_REF.match(text.strip())
     if not match:
-        raise ValueError(f"model must be NAME, NAME:VERSION or NAME@ALIAS, got {text!r}")
+        raise InvalidArgument(
+            f"model must be NAME, NAME:VERSION or NAME@ALIAS, got {text!r}",
+            field_violations=[("model", "NAME, NAME:VERSION or NAME@ALIAS")],
+        )
     return pb.ModelRef(
         name=match["name"],
         version=int(match["version"] or 0),

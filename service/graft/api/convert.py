@@ -1,0 +1,180 @@
+"""protobuf <-> domain conversion, in one place. Domain code never sees protobuf."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from graft.advisor import Advice
+from graft.domain import (
+    DatasetRef,
+    EvaluationMetrics,
+    Job,
+    ModelRef,
+    ModelVersion,
+    ProgressEvent,
+    Strategy,
+    TrainingPlan,
+)
+from graft_client.v1 import adaptation_pb2 as pb
+
+_PLAN_FIELDS = [
+    "backbone", "trainable_stages", "head_learning_rate", "base_learning_rate", "epochs",
+    "batch_size", "image_size", "augmentation", "class_weighting", "early_stopping_patience",
+    "seed", "weight_decay", "label_smoothing", "warmup_epochs", "head_warmup_epochs",
+    "validation_fraction",
+]  # fmt: skip
+
+
+def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if not seconds:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def dataset_from_pb(msg: pb.DatasetRef) -> DatasetRef:
+    return DatasetRef(uri=msg.uri.strip(), dataset_id=msg.dataset_id.strip())
+
+
+def dataset_to_pb(ref: DatasetRef) -> pb.DatasetRef:
+    return pb.DatasetRef(uri=ref.uri, dataset_id=ref.dataset_id)
+
+
+def plan_from_pb(msg: pb.TrainingPlan) -> TrainingPlan:
+    kw: dict[str, Any] = {name: getattr(msg, name) for name in _PLAN_FIELDS}
+    kw["backbone"] = msg.backbone.strip()
+    return TrainingPlan(strategy=Strategy(msg.strategy), **kw)
+
+
+def plan_to_pb(plan: TrainingPlan) -> pb.TrainingPlan:
+    return pb.TrainingPlan(
+        strategy=int(plan.strategy),  # type: ignore[arg-type]
+        **{name: getattr(plan, name) for name in _PLAN_FIELDS},
+    )
+
+
+def metrics_to_pb(m: EvaluationMetrics | None) -> pb.EvaluationMetrics | None:
+    if m is None:
+        return None
+    return pb.EvaluationMetrics(
+        accuracy=m.accuracy,
+        top5_accuracy=m.top5_accuracy,
+        macro_f1=m.macro_f1,
+        loss=m.loss,
+        per_class=[
+            pb.ClassMetrics(
+                label=c.label, precision=c.precision, recall=c.recall, support=c.support
+            )
+            for c in m.per_class
+        ],
+        confusion=list(m.confusion),
+        labels=list(m.labels),
+    )
+
+
+def job_to_pb(job: Job) -> pb.Job:
+    return pb.Job(
+        job_id=job.job_id,
+        state=int(job.state),  # type: ignore[arg-type]
+        model_name=job.model_name,
+        dataset=dataset_to_pb(job.dataset),
+        plan=plan_to_pb(job.plan),
+        request_id=job.request_id,
+        create_time=timestamp(job.create_time),
+        start_time=timestamp(job.start_time),
+        end_time=timestamp(job.end_time),
+        error=job.error,
+        model=pb.ModelRef(name=job.model_name, version=job.model_version)
+        if job.model_version
+        else None,
+        attempts=job.attempts,
+        cancel_requested=job.cancel_requested,
+        last_sequence=job.last_sequence,
+        skipped_files=job.skipped_files,
+        metrics=metrics_to_pb(job.metrics),
+    )
+
+
+def event_to_pb(ev: ProgressEvent) -> pb.ProgressEvent:
+    return pb.ProgressEvent(
+        sequence=ev.sequence,
+        job_id=ev.job_id,
+        state=int(ev.state),  # type: ignore[arg-type]
+        kind=int(ev.kind),  # type: ignore[arg-type]
+        time=timestamp(ev.time),
+        epoch=ev.epoch,
+        total_epochs=ev.total_epochs,
+        step=ev.step,
+        steps_per_epoch=ev.steps_per_epoch,
+        loss=ev.loss,
+        learning_rate=ev.learning_rate,
+        images_per_second=ev.images_per_second,
+        eta_seconds=ev.eta_seconds,
+        metrics=metrics_to_pb(ev.metrics),
+        message=ev.message,
+    )
+
+
+def model_ref_from_pb(msg: pb.ModelRef) -> ModelRef:
+    return ModelRef(name=msg.name.strip(), version=msg.version, alias=msg.alias.strip())
+
+
+def model_version_to_pb(mv: ModelVersion) -> pb.ModelVersion:
+    import json
+
+    return pb.ModelVersion(
+        name=mv.name,
+        version=mv.version,
+        aliases=sorted(mv.aliases),
+        create_time=timestamp(mv.create_time),
+        job_id=mv.job_id,
+        backbone=mv.backbone,
+        labels=list(mv.labels),
+        metrics=metrics_to_pb(mv.metrics),
+        card_json=json.dumps(mv.card, sort_keys=True),
+        sha256=mv.sha256,
+    )
+
+
+def advice_to_pb(advice: Advice) -> pb.AdviseResponse:
+    report = None
+    if advice.report is not None:
+        r = advice.report
+        report = pb.DatasetReport(
+            classes=[pb.ClassCount(label=label, count=count) for label, count in r.classes],
+            total_images=r.total_images,
+            skipped_files=r.skipped_files,
+            imbalance_ratio=r.imbalance_ratio,
+            median_width=r.median_width,
+            median_height=r.median_height,
+            fingerprint=r.fingerprint,
+            skipped_examples=list(r.skipped_examples),
+        )
+    return pb.AdviseResponse(
+        quadrant=int(advice.quadrant),  # type: ignore[arg-type]
+        plan=plan_to_pb(advice.plan),
+        similarity=advice.similarity,
+        report=report,
+        similarity_signals=[
+            pb.SimilaritySignal(
+                name=s.name, value=s.value, score=s.score, description=s.description
+            )
+            for s in advice.signals
+        ],
+        backbones=[
+            pb.BackboneScore(
+                backbone=b.backbone,
+                probe_accuracy=b.probe_accuracy,
+                params_millions=b.params_millions,
+                images_per_second=b.images_per_second,
+            )
+            for b in advice.backbones
+        ],
+        rationale=advice.rationale,
+        small_dataset_threshold=advice.small_threshold,
+        estimated_training_seconds=advice.estimated_training_seconds,
+        matrix_strategy=int(advice.matrix_strategy),  # type: ignore[arg-type]
+    )

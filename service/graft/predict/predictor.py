@@ -1,0 +1,154 @@
+"""Predict, staged: decode/preprocess → infer (under inference_mode) → postprocess.
+
+Models are loaded from the registry on first use and kept in a bounded LRU cache. Each
+image's failure (undecodable bytes, say) is attached to that image alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from graft import errors
+from graft.backbones import GraftModel, create_model, get_spec
+from graft.data import eval_transform, load_image
+from graft.domain import ModelRef, ModelVersion
+from graft.registry import ModelRegistry
+from graft.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    version: ModelVersion
+    model: GraftModel
+    transform: Callable[[Any], torch.Tensor]
+    labels: tuple[str, ...]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class ImageResult:
+    """Top-k (label, probability) pairs, or the error that stopped this one image."""
+
+    classes: list[tuple[str, float]] = field(default_factory=list)
+    error: errors.GraftError | None = None
+
+
+@dataclass
+class PredictResult:
+    version: ModelVersion
+    results: list[ImageResult]
+    stage_seconds: dict[str, float]
+
+
+def build_model(
+    version: ModelVersion, state: dict[str, torch.Tensor], card: dict[str, Any]
+) -> LoadedModel:
+    """A servable model from a registered artifact: the architecture with random init, then
+    the artifact's weights, strictly; preprocessing exactly as the card recorded it."""
+    spec = get_spec(card["backbone"])
+    pre = card.get("preprocessing", {})
+    spec = dataclasses.replace(
+        spec,
+        mean=tuple(pre.get("mean", spec.mean)),
+        std=tuple(pre.get("std", spec.std)),
+        interpolation=pre.get("interpolation", spec.interpolation),
+        crop_pct=pre.get("crop_pct", spec.crop_pct),
+    )
+    labels = tuple(card["labels"])
+    model = create_model(spec.name, len(labels), pretrained=False)
+    model.load_state_dict(state, strict=True)
+    model.eval().to(memory_format=torch.channels_last)
+    image_size = int(pre.get("image_size") or card["plan"]["image_size"])
+    return LoadedModel(version, model, eval_transform(spec, image_size), labels)
+
+
+class Predictor:
+    def __init__(self, registry: ModelRegistry, store: JobStore, cache_size: int = 4) -> None:
+        self._registry = registry
+        self._store = store
+        self._cache_size = max(1, cache_size)
+        self._cache: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def loaded(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return list(self._cache)
+
+    def _get(self, ref: ModelRef) -> LoadedModel:
+        version = self._store.resolve_model(ref)
+        key = (version.name, version.version)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                self.hits += 1
+                return hit
+        # Load outside the cache lock: a slow load must not block Predict on other models.
+        loaded_version, state, card = self._registry.load(
+            ModelRef(name=version.name, version=version.version)
+        )
+        loaded = build_model(loaded_version, state, card)
+        with self._lock:
+            self.misses += 1
+            self._cache[key] = loaded
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._cache_size:
+                evicted, _ = self._cache.popitem(last=False)
+                self.evictions += 1
+                log.info("evicted model %s:%d from the Predict cache", *evicted)
+        return loaded
+
+    def predict(self, ref: ModelRef, images: Sequence[bytes], top_k: int) -> PredictResult:
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        loaded = self._get(ref)
+        timings["load"] = time.perf_counter() - started
+
+        # Stage 1: decode + preprocess; failures stay with their image.
+        t0 = time.perf_counter()
+        results = [ImageResult() for _ in images]
+        tensors: list[torch.Tensor] = []
+        index: list[int] = []
+        for i, data in enumerate(images):
+            try:
+                tensors.append(loaded.transform(load_image(data)))
+                index.append(i)
+            except errors.GraftError as exc:
+                results[i].error = exc
+        timings["preprocess"] = time.perf_counter() - t0
+
+        # Stage 2: inference.
+        t0 = time.perf_counter()
+        probs = torch.empty(0)
+        if tensors:
+            batch = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
+            with loaded.lock, torch.inference_mode():
+                probs = torch.softmax(loaded.model(batch).float(), dim=1)
+        timings["inference"] = time.perf_counter() - t0
+
+        # Stage 3: postprocess.
+        t0 = time.perf_counter()
+        k = min(top_k or 5, len(loaded.labels))
+        if tensors:
+            scores, classes = probs.topk(k, dim=1)
+            for row, i in enumerate(index):
+                results[i].classes = [
+                    (loaded.labels[c], float(s))
+                    for s, c in zip(scores[row].tolist(), classes[row].tolist(), strict=True)
+                ]
+        timings["postprocess"] = time.perf_counter() - t0
+        return PredictResult(loaded.version, results, timings)

@@ -1,0 +1,258 @@
+"""`graft worker`: a trainer process. It claims queued jobs from the store with a lease it
+renews, trains (CUDA when present, else CPU), checkpoints every epoch, appends progress
+events and registers the trained model. A job whose lease expired (its worker died) is
+claimed again by the next worker and resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from graft import errors
+from graft.backbones import get_spec
+from graft.config import Config
+from graft.data import resolve_dataset, scan_dataset, split_dataset
+from graft.domain import EventKind, Job, JobState, ProgressEvent
+from graft.registry import ModelRegistry
+from graft.store import JobStore, open_store
+from graft.training.loop import TrainingCancelled, train
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(config: Config) -> torch.device:
+    if config.device:
+        return torch.device(config.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class LeaseKeeper:
+    """Renews a job's lease in the background and notices cancel requests; training asks
+    `should_stop()` before every step, so a cancel takes effect within one step."""
+
+    def __init__(self, store: JobStore, job: Job, worker_id: str, lease_seconds: float) -> None:
+        self.store, self.job_id, self.worker_id = store, job.job_id, worker_id
+        self.lease_seconds = lease_seconds
+        self.cancelled = threading.Event()
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        interval = max(0.2, self.lease_seconds / 3)
+        while not self._done.wait(interval):
+            try:
+                if not self.store.renew_lease(self.job_id, self.worker_id, self.lease_seconds):
+                    log.error("lost the lease on job %s", self.job_id)
+                    self.lost.set()
+                    return
+                if self.store.get_job(self.job_id).cancel_requested:
+                    self.cancelled.set()
+            except Exception:  # a store hiccup: keep trying until the lease runs out
+                log.exception("lease renewal of job %s failed", self.job_id)
+
+    def should_stop(self) -> bool:
+        return self.cancelled.is_set() or self.lost.is_set()
+
+
+class Worker:
+    def __init__(self, config: Config, worker_id: str | None = None) -> None:
+        self.config = config
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.store = open_store(config)
+        self.registry = ModelRegistry(self.store, config.registry_dir)
+        self.device = pick_device(config)
+        self.stopping = threading.Event()
+
+    def heartbeat(self, busy_job: str = "") -> None:
+        self.store.heartbeat_worker(
+            self.worker_id,
+            os.getpid(),
+            socket.gethostname(),
+            {"device": str(self.device), "job_id": busy_job},
+        )
+
+    def run(self) -> int:
+        log.info("worker %s on %s polling %s", self.worker_id, self.device, self.config.store_path)
+        while not self.stopping.is_set():
+            self.heartbeat()
+            job = self.store.claim_job(self.worker_id, self.config.lease_seconds)
+            if job is None:
+                self.stopping.wait(self.config.poll_seconds)
+                continue
+            self.heartbeat(job.job_id)
+            self.run_job(job)
+        return 0
+
+    def run_job(self, job: Job) -> None:
+        def emit(event: ProgressEvent) -> None:
+            self.store.append_event(job.job_id, dataclasses.replace(event, state=JobState.RUNNING))
+
+        checkpoint_dir = self.config.checkpoints_dir / job.job_id
+        with LeaseKeeper(self.store, job, self.worker_id, self.config.lease_seconds) as lease:
+            try:
+                self._train_and_register(job, emit, checkpoint_dir, lease)
+            except TrainingCancelled:
+                if lease.lost.is_set():
+                    log.warning("job %s: lease lost; another worker will resume it", job.job_id)
+                    return
+                self.store.finish_job(job.job_id, self.worker_id, JobState.CANCELLED)
+            except errors.GraftError as exc:
+                log.warning("job %s failed: %s", job.job_id, exc.message)
+                self.store.finish_job(
+                    job.job_id, self.worker_id, JobState.FAILED, error=exc.message
+                )
+            except Exception as exc:  # a crash in training must end the job, not the worker
+                log.exception("job %s failed unexpectedly", job.job_id)
+                message = f"{type(exc).__name__}: {exc}"
+                self.store.finish_job(job.job_id, self.worker_id, JobState.FAILED, error=message)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    def _train_and_register(
+        self, job: Job, emit: Any, checkpoint_dir: Path, lease: LeaseKeeper
+    ) -> None:
+        dataset = scan_dataset(resolve_dataset(job.dataset, self.config))
+        self.store.set_skipped_files(job.job_id, len(dataset.skipped))
+        plan = job.plan
+        train_samples, val_samples = split_dataset(dataset, plan.validation_fraction, plan.seed)
+        counts = dataset.counts()
+        emit(
+            ProgressEvent(
+                kind=EventKind.MESSAGE,
+                state=JobState.RUNNING,
+                message=(
+                    f"dataset: {len(dataset.samples)} images in {len(dataset.classes)} classes "
+                    f"({min(counts.values())}-{max(counts.values())} per class), "
+                    f"{len(dataset.skipped)} files skipped; {len(train_samples)} train / "
+                    f"{len(val_samples)} validation; {plan.strategy.name.lower()} of "
+                    f"{plan.backbone} at {plan.image_size}px on {self.device}"
+                ),
+            )
+        )
+        result = train(
+            job_id=job.job_id,
+            plan=plan,
+            classes=dataset.classes,
+            train_samples=train_samples,
+            val_samples=val_samples,
+            dataset_fingerprint=dataset.fingerprint,
+            weights_dir=self.config.weights_dir,
+            checkpoint_dir=checkpoint_dir,
+            device=self.device,
+            emit=emit,
+            should_stop=lease.should_stop,
+        )
+        if lease.should_stop():
+            raise TrainingCancelled()
+        spec = get_spec(plan.backbone)
+        card = {
+            "backbone": plan.backbone,
+            "architecture": spec.architecture,
+            "labels": list(dataset.classes),
+            "preprocessing": {
+                "image_size": plan.image_size,
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+                "interpolation": spec.interpolation,
+                "crop_pct": spec.crop_pct,
+            },
+            "plan": plan.to_dict(),
+            "metrics": result.metrics.to_dict(),
+            "dataset": {
+                "fingerprint": dataset.fingerprint,
+                "images": len(dataset.samples),
+                "skipped_files": len(dataset.skipped),
+                "counts": counts,
+            },
+            "training": {
+                "epochs_run": result.epochs_run,
+                "best_epoch": result.best_epoch,
+                "resumed_from_epoch": result.resumed_from_epoch,
+                "train_seconds": result.train_seconds,
+                "device": str(self.device),
+                "attempts": job.attempts,
+            },
+            "job_id": job.job_id,
+        }
+        version = self.registry.register(
+            name=job.model_name,
+            job_id=job.job_id,
+            backbone=plan.backbone,
+            labels=list(dataset.classes),
+            state_dict=result.model.state_dict(),
+            card=card,
+            metrics=result.metrics,
+        )
+        emit(
+            ProgressEvent(
+                kind=EventKind.MESSAGE,
+                state=JobState.RUNNING,
+                message=(
+                    f"registered {version.name} version {version.version} "
+                    f"(validation accuracy {result.metrics.accuracy:.3f})"
+                ),
+            )
+        )
+        self.store.finish_job(
+            job.job_id,
+            self.worker_id,
+            JobState.SUCCEEDED,
+            model_version=version.version,
+            metrics=result.metrics,
+        )
+
+
+def run_worker(config: Config, worker_id: str | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s worker %(name)s: %(message)s"
+    )
+    worker = Worker(config, worker_id)
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("worker received signal %d: stopping after the current job", signum)
+        worker.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if config.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(config.worker_metrics_port, addr=config.host)
+        except OSError as exc:
+            log.warning("worker metrics port %d unavailable: %s", config.worker_metrics_port, exc)
+    return worker.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="graft-worker", description=__doc__)
+    parser.add_argument("--config-file", type=Path, required=True)
+    parser.add_argument("--worker-id")
+    args = parser.parse_args(argv)
+    config = Config.from_dict(json.loads(args.config_file.read_text()))
+    return run_worker(config, args.worker_id)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Every bad request gets its own status code and a message a person can act on; none
+becomes INTERNAL. Real server process, real SDK."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from graft_client import (
+    FailedPrecondition,
+    GraftError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    pb,
+)
+from tests.integration.conftest import RunningServer
+
+pytestmark = pytest.mark.slow
+
+
+def _fields(exc: GraftError) -> set[str]:
+    return {field for field, _ in exc.field_violations}
+
+
+def test_dataset_outside_data_roots(server: RunningServer, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        server.client().advise(str(tmp_path))
+    assert "dataset.uri" in _fields(err.value)
+    assert str(server.data_root) in err.value.message  # says which roots are allowed
+
+
+def test_dataset_missing(server: RunningServer) -> None:
+    with pytest.raises(NotFound):
+        server.client().advise(str(server.data_root / "nope"))
+
+
+def test_dataset_ref_empty(server: RunningServer) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        server.client().start_fine_tune("m", "")
+    assert any(f.startswith("dataset") for f in _fields(err.value))
+
+
+def test_single_class_and_empty_datasets(server: RunningServer, fashion: dict[str, Path]) -> None:
+    one = server.data_root / "one-class"
+    shutil.copytree(next(fashion["train"].iterdir()), one / "only")
+    with pytest.raises(FailedPrecondition) as err:
+        server.client().start_fine_tune("m", str(one))
+    assert "class" in err.value.message
+    empty = server.data_root / "no-images" / "a"
+    empty.mkdir(parents=True)
+    (empty / "notes.txt").write_text("not an image")
+    with pytest.raises(FailedPrecondition):
+        server.client().advise(str(empty.parent))
+
+
+def test_bad_model_name(server: RunningServer, fashion: dict[str, Path]) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        server.client().start_fine_tune("bad name/..", str(fashion["train"]))
+    assert _fields(err.value) == {"model_name"}
+
+
+def test_bad_plan_fields(server: RunningServer, fashion: dict[str, Path]) -> None:
+    plan = pb.TrainingPlan(strategy=pb.STRATEGY_PARTIAL_FINE_TUNE, epochs=-1)
+    with pytest.raises(InvalidArgument) as err:
+        server.client().start_fine_tune("m", str(fashion["train"]), plan=plan)
+    assert "plan.epochs" in _fields(err.value)
+    plan = pb.TrainingPlan(backbone="no_such_net", strategy=pb.STRATEGY_FEATURE_EXTRACTION)
+    with pytest.raises(InvalidArgument) as err:
+        server.client().start_fine_tune("m", str(fashion["train"]), plan=plan)
+    assert "plan.backbone" in _fields(err.value)
+
+
+def test_backbone_without_weights(server: RunningServer, fashion: dict[str, Path]) -> None:
+    plan = pb.TrainingPlan(backbone="resnet18", strategy=pb.STRATEGY_FEATURE_EXTRACTION, epochs=1)
+    with pytest.raises(FailedPrecondition) as err:
+        server.client().start_fine_tune("m", str(fashion["train"]), plan=plan)
+    assert "graft backbones import" in err.value.message
+
+
+def test_jobs_unknown_and_malformed(server: RunningServer) -> None:
+    client = server.client()
+    with pytest.raises(NotFound):
+        client.get_job("0" * 32)
+    with pytest.raises(InvalidArgument) as err:
+        client.get_job("not-a-job")
+    assert _fields(err.value) == {"job_id"}
+    with pytest.raises(NotFound):
+        list(client.stream_progress("f" * 32))
+    with pytest.raises(NotFound):
+        client.cancel_job("1" * 32)
+
+
+def test_predict_errors(server: RunningServer) -> None:
+    client = server.client()
+    with pytest.raises(NotFound) as err:
+        client.predict("no-such-model", [b"x"])
+    assert "no-such-model" in err.value.message
+    with pytest.raises(InvalidArgument):
+        client.predict(pb.ModelRef(name=""), [b"x"])  # the server's own check
+    with pytest.raises(ResourceExhausted):
+        client.predict("no-such-model", [b"x"] * 1000)
+
+
+def test_model_alias_errors(server: RunningServer) -> None:
+    client = server.client()
+    with pytest.raises(InvalidArgument) as err:
+        client.set_model_alias("m", "bad alias!", 1)
+    assert _fields(err.value) == {"alias"}
+    with pytest.raises(NotFound):
+        client.set_model_alias("no-such-model", "production", 1)
+
+
+def test_declared_statistics_validated(server: RunningServer) -> None:
+    client = server.client()
+    advice = client.advise(
+        "",
+        declared=pb.DeclaredStatistics(num_classes=5, images_per_class=2000, similarity_hint=0.9),
+    )
+    assert advice.quadrant == pb.QUADRANT_LARGE_SIMILAR
+    assert advice.plan.strategy == pb.STRATEGY_PARTIAL_FINE_TUNE
+    with pytest.raises(InvalidArgument) as err:
+        client.advise("", declared=pb.DeclaredStatistics(num_classes=1, images_per_class=10))
+    assert "declared.num_classes" in _fields(err.value)
+
+
+def test_undecodable_image_fails_only_its_entry(
+    server: RunningServer, fashion: dict[str, Path]
+) -> None:
+    """Needs a registered model: trains a one-epoch feature-extraction model first."""
+    client = server.client()
+    plan = pb.TrainingPlan(strategy=pb.STRATEGY_FEATURE_EXTRACTION, epochs=1, image_size=32)
+    job = client.wait(client.start_fine_tune("tiny", str(fashion["train"]), plan=plan).job_id)
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
+    good = io.BytesIO()
+    Image.new("L", (28, 28), 128).save(good, format="PNG")
+    response = client.predict("tiny", [good.getvalue(), b"definitely not an image"])
+    assert len(response.predictions[0].classes) > 0 and response.predictions[0].error.code == 0
+    assert not response.predictions[1].classes
+    assert response.predictions[1].error.code == 3  # INVALID_ARGUMENT, for that image alone
+    with pytest.raises(FailedPrecondition):
+        client.cancel_job(job.job_id)  # already finished
