@@ -1,0 +1,184 @@
+"""Feature extraction (strategy 3): the body is a fixed function, so run it once.
+
+Each training and validation image goes through the frozen body exactly once (eval
+transform, no augmentation: augmented copies would each need their own forward pass, which
+is the cost this strategy exists to avoid). The pooled features are cached in
+`checkpoint_dir/features.safetensors`; the head then trains on them for `plan.epochs` epochs
+in milliseconds per epoch, and a resumed job reads the cache instead of recomputing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import DataLoader
+
+from graft.data import ImageDataset, Sample
+from graft.training.errors import TrainingCancelled
+
+FEATURES_FILE = "features.safetensors"
+_META_KEY = "graft.features"
+
+
+@dataclass
+class FeatureSet:
+    """Pooled body features (float32, N x num_features) with their integer labels."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+
+
+def feature_key(
+    *,
+    backbone: str,
+    image_size: int,
+    pretrained: bool,
+    dataset_fingerprint: str,
+    classes: Sequence[str],
+    train_samples: Sequence[Sample],
+    val_samples: Sequence[Sample],
+) -> str:
+    """Identity of a feature cache: everything the features depend on, hashed. The sample
+    lists are part of it because the split (validation fraction, seed) decides which image
+    lands where."""
+    h = hashlib.sha256()
+    h.update(
+        json.dumps(
+            {
+                "backbone": backbone,
+                "image_size": image_size,
+                "pretrained": pretrained,
+                "fingerprint": dataset_fingerprint,
+                "classes": list(classes),
+            },
+            sort_keys=True,
+        ).encode()
+    )
+    for split, samples in (("train", train_samples), ("val", val_samples)):
+        for s in samples:
+            h.update(f"{split}\0{s.path}\0{s.label}\n".encode())
+    return h.hexdigest()
+
+
+@torch.inference_mode()
+def compute_features(
+    body: nn.Module,
+    samples: Sequence[Sample],
+    transform: Callable[..., torch.Tensor],
+    *,
+    batch_size: int,
+    device: torch.device,
+    should_stop: Callable[[], bool],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features float32 on CPU, labels int64) of `samples` through `body` in eval mode."""
+    body.eval()
+    loader = DataLoader(
+        ImageDataset(samples, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=0,
+        pin_memory=device.type == "cuda",
+    )
+    feats: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    for images, targets in loader:
+        if should_stop():
+            raise TrainingCancelled("cancelled while computing features")
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = body(images)
+        # Move to CPU per batch: the cache is written from CPU memory, and this keeps GPU
+        # memory flat. (The copy syncs with the GPU once per batch, which is fine here.)
+        feats.append(out.float().cpu())
+        labels.append(targets.long())
+    width = feats[0].shape[1] if feats else 0
+    x = torch.cat(feats) if feats else torch.zeros(0, width)
+    y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+    return x, y
+
+
+def save_features(path: Path, features: FeatureSet, key: str) -> None:
+    """Write the cache atomically (temporary file, then os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "train_x": features.train_x.contiguous(),
+        "train_y": features.train_y.contiguous(),
+        "val_x": features.val_x.contiguous(),
+        "val_y": features.val_y.contiguous(),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={_META_KEY: key})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_features(path: Path, key: str) -> FeatureSet | None:
+    """The cached features when `path` holds them for `key`; None otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get(_META_KEY) != key:
+                return None
+            return FeatureSet(
+                train_x=f.get_tensor("train_x"),
+                train_y=f.get_tensor("train_y"),
+                val_x=f.get_tensor("val_x"),
+                val_y=f.get_tensor("val_y"),
+            )
+    except Exception:  # a torn or foreign file: recompute
+        return None
+
+
+def load_or_compute_features(
+    body: nn.Module,
+    transform: Callable[..., torch.Tensor],
+    *,
+    key: str,
+    batch_size: int,
+    train_samples: Sequence[Sample],
+    val_samples: Sequence[Sample],
+    checkpoint_dir: Path,
+    device: torch.device,
+    should_stop: Callable[[], bool],
+) -> tuple[FeatureSet, bool]:
+    """(features, True when they came from the cache). Computes and caches them otherwise."""
+    path = checkpoint_dir / FEATURES_FILE
+    cached = load_features(path, key)
+    if cached is not None:
+        return cached, True
+    tx, ty = compute_features(
+        body,
+        train_samples,
+        transform,
+        batch_size=batch_size,
+        device=device,
+        should_stop=should_stop,
+    )
+    vx, vy = compute_features(
+        body,
+        val_samples,
+        transform,
+        batch_size=batch_size,
+        device=device,
+        should_stop=should_stop,
+    )
+    features = FeatureSet(tx, ty, vx, vy)
+    save_features(path, features, key)
+    return features, False

@@ -1,0 +1,577 @@
+"""The training loop: `train_one_epoch` and `evaluate`, and `train`, which runs a job.
+
+Read it top to bottom: `train` builds the model and the data, restores a checkpoint when one
+fits, then for each epoch trains, evaluates, keeps the best weights and checkpoints. Full
+and partial fine-tuning train the whole model on images; feature extraction trains only the
+head, on body features computed once (features.py). Both go through the same two functions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from graft.backbones import create_model, get_spec
+from graft.backbones.spec import GraftModel
+from graft.data import ImageDataset, Sample, eval_transform, train_transform
+from graft.domain import (
+    EvaluationMetrics,
+    EventKind,
+    JobState,
+    ProgressEvent,
+    Strategy,
+    TrainingPlan,
+)
+from graft.errors import FailedPrecondition
+from graft.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    RngState,
+    load_checkpoint,
+    save_checkpoint,
+)
+from graft.training.errors import TrainingCancelled
+from graft.training.features import feature_key, load_or_compute_features
+from graft.training.metrics import evaluate_predictions
+from graft.training.strategies import (
+    apply_strategy,
+    set_train_mode,
+    set_trainable,
+    trained_stage_count,
+)
+
+Emit = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class TrainResult:
+    model: GraftModel  # best weights loaded, eval mode, on CPU, contiguous memory format
+    metrics: EvaluationMetrics  # validation metrics of the best epoch
+    epochs_run: int  # completed epochs, including those before a resume
+    best_epoch: int  # 1-based
+    resumed_from_epoch: int  # completed epochs found in the checkpoint (0: fresh start)
+    train_seconds: float  # wall time of all attempts together
+
+
+def select_device(preference: str = "") -> torch.device:
+    """`preference` ("cpu", "cuda", "cuda:1"), or CUDA when available, else the CPU."""
+    if preference:
+        return torch.device(preference)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    # bf16 autocast on CUDA only: it halves activation memory and uses tensor cores, and
+    # bf16 has fp32's range so no GradScaler is needed. On CPU, bf16 is slower than fp32
+    # on most hosts, so CPU runs in fp32.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # non_blocking with pinned host memory lets the copy overlap the previous step on CUDA.
+    # Image batches go channels_last (NHWC): convolutions are about 1.8x faster that way on
+    # this CPU and use tensor cores on GPUs. Cached features (N x C) stay as they are.
+    if x.ndim == 4:
+        return x.to(device, non_blocking=True, memory_format=torch.channels_last)
+    return x.to(device, non_blocking=True)
+
+
+class Progress:
+    """Turns steps into STEP events, at most one per `interval` seconds plus the last step
+    of every epoch, each carrying the mean loss since the previous event."""
+
+    def __init__(self, job_id: str, emit: Emit, *, total_epochs: int, interval: float) -> None:
+        self.job_id, self.emit, self.interval = job_id, emit, interval
+        self.total_epochs = total_epochs
+        self.steps_per_epoch = 0
+        self.start(0, 0)
+
+    def start(self, steps_per_epoch: int, first_epoch: int) -> None:
+        """Begin counting: `first_epoch` completed epochs (0-based index of the next one)."""
+        self.steps_per_epoch = steps_per_epoch
+        self.t0 = self.last = time.monotonic()
+        self.steps_left_at_start = (self.total_epochs - first_epoch) * steps_per_epoch
+        self.steps_done = 0
+        self.loss_sum: torch.Tensor | None = None
+        self.loss_count = 0
+        self.images = 0
+
+    def event(self, kind: EventKind, **fields: object) -> None:
+        self.emit(
+            ProgressEvent(
+                kind=kind,
+                state=JobState.RUNNING,
+                job_id=self.job_id,
+                time=time.time(),
+                total_epochs=self.total_epochs,
+                steps_per_epoch=self.steps_per_epoch,
+                **fields,  # type: ignore[arg-type]
+            )
+        )
+
+    def message(self, text: str, *, epoch: int = 0) -> None:
+        self.event(EventKind.MESSAGE, message=text, epoch=epoch)
+
+    def step(
+        self, epoch: int, step: int, loss: torch.Tensor, images: int, learning_rate: float
+    ) -> None:
+        """Record step `step` (1-based) of epoch `epoch` (1-based)."""
+        # Summing on the device keeps the loop free of GPU syncs; `.item()` below is the one
+        # sync, once per event.
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+        self.loss_count += 1
+        self.images += images
+        self.steps_done += 1
+        now = time.monotonic()
+        if now - self.last < self.interval and step != self.steps_per_epoch:
+            return
+        assert self.loss_sum is not None
+        mean_loss = self.loss_sum.item() / self.loss_count
+        elapsed = now - self.last
+        per_step = (now - self.t0) / self.steps_done
+        self.event(
+            EventKind.STEP,
+            epoch=epoch,
+            step=step,
+            loss=mean_loss,
+            learning_rate=learning_rate,
+            images_per_second=self.images / elapsed if elapsed > 0 else 0.0,
+            eta_seconds=per_step * (self.steps_left_at_start - self.steps_done),
+        )
+        self.last, self.loss_sum, self.loss_count, self.images = now, None, 0, 0
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LambdaLR,
+    loss_fn: nn.Module,
+    device: torch.device,
+    epoch: int,
+    progress: Progress,
+    should_stop: Callable[[], bool],
+) -> float:
+    """One pass over `loader`; returns the mean training loss. The caller has put `model`
+    in train mode with frozen stages in eval mode (strategies.set_train_mode)."""
+    total = torch.zeros((), device=device)
+    steps = 0
+    for step, (inputs, targets) in enumerate(loader, start=1):
+        if should_stop():  # "CancelJob stops a running job within one step"
+            raise TrainingCancelled(f"cancelled at epoch {epoch}, step {step}")
+        inputs = _to_device(inputs, device)
+        targets = targets.to(device, non_blocking=True)
+        with _autocast(device):
+            logits = model(inputs)
+        loss = loss_fn(logits.float(), targets)  # the loss in fp32 even under autocast
+        optimizer.zero_grad(set_to_none=True)  # None, not 0: frozen params stay gradient-free
+        loss.backward()
+        lr = optimizer.param_groups[0]["lr"]  # the head's rate for this step
+        optimizer.step()
+        scheduler.step()  # the schedule is per step: warm-up, then cosine decay
+        loss = loss.detach()
+        total += loss
+        steps += 1
+        progress.step(epoch, step, loss, len(targets), lr)
+    return total.item() / max(1, steps)  # syncs once per epoch
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    labels: Sequence[str],
+    device: torch.device,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> EvaluationMetrics:
+    """Metrics of `model` (put in eval mode here) on `loader`."""
+    model.eval()
+    all_logits: list[torch.Tensor] = []
+    all_targets: list[torch.Tensor] = []
+    for inputs, targets in loader:
+        if should_stop():
+            raise TrainingCancelled("cancelled during evaluation")
+        with _autocast(device):
+            logits = model(_to_device(inputs, device))
+        all_logits.append(logits.float().cpu())  # syncs per batch; evaluation is short
+        all_targets.append(targets)
+    if not all_logits:
+        return evaluate_predictions(torch.zeros(0, len(labels)), torch.zeros(0), labels)
+    return evaluate_predictions(torch.cat(all_logits), torch.cat(all_targets), labels)
+
+
+def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, scaled so that the mean weight over the training images is
+    1 (the loss keeps its usual size): w_c = N / (C_present * n_c). Absent classes get 1."""
+    counts = torch.bincount(torch.as_tensor(list(labels), dtype=torch.long), minlength=num_classes)
+    present = int((counts > 0).sum())
+    w = torch.ones(num_classes)
+    mask = counts > 0
+    w[mask] = len(labels) / (present * counts[mask].double()).float()
+    return w
+
+
+def _lr_factor(start: int, warmup: int, total: int) -> Callable[[int], float]:
+    """Learning-rate multiplier at step `s`: 0 before `start` (a group still frozen by the
+    head warm-up), linear warm-up over `warmup` steps, then cosine decay to the last step."""
+
+    def f(s: int) -> float:
+        s -= start
+        if s < 0:
+            return 0.0
+        if s < warmup:
+            return (s + 1) / warmup
+        decay_steps = max(1, total - start - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (s - warmup) / decay_steps)))
+
+    return f
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # Shuffling order depends on (seed, epoch) only, so a resumed epoch sees the same order
+    # as an uninterrupted run without storing the generator.
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + epoch) % 2**63)
+    return g
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def train(
+    *,
+    job_id: str,
+    plan: TrainingPlan,
+    classes: list[str],
+    train_samples: Sequence[Sample],
+    val_samples: Sequence[Sample],
+    dataset_fingerprint: str,
+    weights_dir: Path | None,
+    checkpoint_dir: Path,
+    device: torch.device,
+    emit: Emit,
+    should_stop: Callable[[], bool],
+    pretrained: bool = True,
+    step_event_interval: float = 1.0,
+) -> TrainResult:
+    """Train `plan` (resolved: see plan.resolve_plan) on the samples and return the best
+    epoch's model. Resumes from `checkpoint_dir` when it holds a checkpoint of this same
+    job; raises TrainingCancelled when `should_stop()` turns True (checked before each step).
+    """
+    started = time.monotonic()
+    if len(classes) < 2:
+        raise FailedPrecondition(f"training needs at least 2 classes, got {len(classes)}")
+    if not train_samples:
+        raise FailedPrecondition("no training images")
+    if not val_samples:
+        raise FailedPrecondition(
+            "no validation images: every class has a single image, or the split left none"
+        )
+    fe = plan.strategy == Strategy.FEATURE_EXTRACTION
+    spec = get_spec(plan.backbone)
+    # Pretrained BatchNorm statistics are kept (see strategies.set_train_mode); a random
+    # init has none worth keeping.
+    update_bn_statistics = not pretrained
+
+    # --- model: pretrained body + fresh head, initialised from the seed -------------------
+    torch.manual_seed(plan.seed)
+    model = create_model(
+        plan.backbone, len(classes), pretrained=pretrained, weights_dir=weights_dir
+    )
+    groups = apply_strategy(model, plan)
+    model.to(device).to(memory_format=torch.channels_last)
+    trained_module = model.head if fe else model  # what train_one_epoch and evaluate run
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(job_id, emit, total_epochs=plan.epochs, interval=step_event_interval)
+
+    # --- data -------------------------------------------------------------------------
+    # num_workers=0: datasets here are small and decoded images are cached in memory after
+    # the first epoch (ImageDataset), and on a 2-core host worker processes only compete
+    # with the training threads. It also keeps augmentation on the main process's RNG,
+    # which the checkpoint saves, so a resumed run draws the same augmentations.
+    pin = device.type == "cuda"
+    if fe:
+        key = feature_key(
+            backbone=plan.backbone,
+            image_size=plan.image_size,
+            pretrained=pretrained,
+            dataset_fingerprint=dataset_fingerprint,
+            classes=classes,
+            train_samples=train_samples,
+            val_samples=val_samples,
+        )
+        t0 = time.monotonic()
+        features, from_cache = load_or_compute_features(
+            model.body,
+            eval_transform(spec, plan.image_size),
+            key=key,
+            batch_size=plan.batch_size,
+            train_samples=train_samples,
+            val_samples=val_samples,
+            checkpoint_dir=checkpoint_dir,
+            device=device,
+            should_stop=should_stop,
+        )
+        counts = f"{len(features.train_y)} train / {len(features.val_y)} val"
+        if from_cache:
+            msg = f"features read from the cache: {counts}"
+        else:
+            msg = f"features computed and cached: {counts} ({time.monotonic() - t0:.1f} s)"
+        progress.message(msg)
+        train_data: Dataset = TensorDataset(features.train_x, features.train_y)
+        val_data: Dataset = TensorDataset(features.val_x, features.val_y)
+        drop_last = False  # the head alone has no BatchNorm
+    else:
+        train_data = ImageDataset(
+            train_samples, train_transform(spec, plan.image_size, plan.augmentation)
+        )
+        val_data = ImageDataset(val_samples, eval_transform(spec, plan.image_size))
+        # BatchNorm cannot normalise one image whose final feature map is 1x1; drop a last
+        # batch of exactly one image (a different one each epoch, as the order is shuffled).
+        drop_last = (
+            len(train_samples) > plan.batch_size and len(train_samples) % plan.batch_size == 1
+        )
+    n_train = len(train_samples)
+    steps_per_epoch = (
+        n_train // plan.batch_size if drop_last else math.ceil(n_train / plan.batch_size)
+    )
+    val_loader = DataLoader(val_data, batch_size=plan.batch_size, shuffle=False, pin_memory=pin)
+
+    def train_loader(epoch: int) -> DataLoader:
+        return DataLoader(
+            train_data,
+            batch_size=plan.batch_size,
+            shuffle=True,
+            generator=_epoch_generator(plan.seed, epoch),
+            drop_last=drop_last,
+            num_workers=0,
+            pin_memory=pin,
+        )
+
+    # --- loss, optimizer, schedule ------------------------------------------------------
+    weight = (
+        class_weights([s.label for s in train_samples], len(classes)).to(device)
+        if plan.class_weighting
+        else None
+    )
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=plan.label_smoothing)
+    optimizer = torch.optim.AdamW(groups, lr=plan.head_learning_rate)
+    total_steps = plan.epochs * steps_per_epoch
+    warmup_steps = round(plan.warmup_epochs * steps_per_epoch)
+    base_start = plan.head_warmup_epochs * steps_per_epoch
+    scheduler = LambdaLR(
+        optimizer,
+        [
+            _lr_factor(0 if g["name"].startswith("head") else base_start, warmup_steps, total_steps)
+            for g in groups
+        ],
+    )
+
+    # --- resume ---------------------------------------------------------------------
+    start_epoch, best_epoch = 0, 0
+    best_acc, best_loss = -1.0, math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    best_metrics: EvaluationMetrics | None = None
+    history: list[dict[str, object]] = []
+    previous_seconds = 0.0
+    ckpt = _usable_checkpoint(checkpoint_dir, plan, dataset_fingerprint, classes, pretrained)
+    if isinstance(ckpt, str):
+        if ckpt:
+            progress.message(ckpt)
+    else:
+        model.load_state_dict(ckpt.model_state)
+        if ckpt.optimizer_state is not None:
+            optimizer.load_state_dict(ckpt.optimizer_state)
+        if ckpt.scheduler_state is not None:
+            scheduler.load_state_dict(ckpt.scheduler_state)
+        if ckpt.rng is not None:
+            ckpt.rng.restore()
+        start_epoch, best_epoch = ckpt.epoch, ckpt.best_epoch
+        best_acc, best_loss = ckpt.best_metric, ckpt.best_loss
+        best_state = {k: v.clone() for k, v in ckpt.best_weights().items()}
+        best_metrics, history = ckpt.best_metrics, ckpt.history
+        previous_seconds = ckpt.train_seconds
+        progress.message(
+            f"resumed from checkpoint at epoch {ckpt.epoch} "
+            f"(best so far: epoch {best_epoch}, accuracy {best_acc:.4f})",
+            epoch=ckpt.epoch,
+        )
+    resumed_from = start_epoch
+
+    if not fe and plan.base_learning_rate > plan.head_learning_rate:
+        progress.message(
+            "base learning rate exceeds the head's: pretrained layers may lose what they "
+            "learned (discriminative rates usually keep the base ~10x lower)"
+        )
+    if start_epoch == 0:
+        progress.message(
+            _describe(model, plan, n_train, len(val_samples), device, update_bn_statistics)
+        )
+
+    progress.start(steps_per_epoch, start_epoch)
+
+    # --- epochs -------------------------------------------------------------------
+    epochs_done = start_epoch
+    for epoch in range(start_epoch, plan.epochs):
+        patience = plan.early_stopping_patience
+        if patience and epochs_done - best_epoch >= patience:
+            progress.message(
+                f"early stopping at epoch {epochs_done}: no better validation accuracy in "
+                f"{patience} epochs (best: epoch {best_epoch}, accuracy {best_acc:.4f})",
+                epoch=epochs_done,
+            )
+            break
+        epoch_start = time.monotonic()
+        head_warmup = epoch < plan.head_warmup_epochs
+        if not fe and epoch == plan.head_warmup_epochs and epoch > 0:
+            progress.message("head warm-up done: the base starts training", epoch=epoch + 1)
+        set_trainable(model, plan, head_warmup=head_warmup)
+        set_train_mode(
+            model, plan, head_warmup=head_warmup, update_bn_statistics=update_bn_statistics
+        )
+
+        train_loss = train_one_epoch(
+            trained_module,
+            train_loader(epoch),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loss_fn=loss_fn,
+            device=device,
+            epoch=epoch + 1,
+            progress=progress,
+            should_stop=should_stop,
+        )
+        metrics = evaluate(
+            trained_module, val_loader, labels=classes, device=device, should_stop=should_stop
+        )
+        epochs_done = epoch + 1
+        progress.event(
+            EventKind.EVALUATION,
+            epoch=epochs_done,
+            step=steps_per_epoch,
+            loss=metrics.loss,
+            learning_rate=optimizer.param_groups[0]["lr"],
+            metrics=metrics,
+        )
+
+        # Best epoch by validation accuracy; ties go to the lower validation loss.
+        if metrics.accuracy > best_acc or (
+            metrics.accuracy == best_acc and metrics.loss < best_loss
+        ):
+            best_acc, best_loss, best_epoch, best_metrics = (
+                metrics.accuracy,
+                metrics.loss,
+                epochs_done,
+                metrics,
+            )
+            best_state = _cpu_state(model)
+        history.append(
+            {
+                "epoch": epochs_done,
+                "train_loss": train_loss,
+                "val_loss": metrics.loss,
+                "accuracy": metrics.accuracy,
+                "macro_f1": metrics.macro_f1,
+                "seconds": time.monotonic() - epoch_start,
+            }
+        )
+        save_checkpoint(
+            checkpoint_dir,
+            Checkpoint(
+                job_id=job_id,
+                backbone=plan.backbone,
+                classes=list(classes),
+                dataset_fingerprint=dataset_fingerprint,
+                plan=plan,
+                epoch=epochs_done,
+                model_state=model.state_dict(),
+                optimizer_state=optimizer.state_dict(),
+                scheduler_state=scheduler.state_dict(),
+                rng=RngState.capture(),
+                best_metric=best_acc,
+                best_loss=best_loss,
+                best_epoch=best_epoch,
+                best_metrics=best_metrics,
+                best_state=None if best_epoch == epochs_done else best_state,
+                history=history,
+                train_seconds=previous_seconds + time.monotonic() - started,
+                extra={"pretrained": pretrained, "spec": spec.architecture},
+            ),
+        )
+
+    # --- result: the best epoch's weights, ready to serve ------------------------------
+    assert best_state is not None and best_metrics is not None
+    model.load_state_dict(best_state)
+    model.to("cpu").to(memory_format=torch.contiguous_format)  # safetensors wants contiguous
+    model.eval()
+    return TrainResult(
+        model=model,
+        metrics=best_metrics,
+        epochs_run=epochs_done,
+        best_epoch=best_epoch,
+        resumed_from_epoch=resumed_from,
+        train_seconds=previous_seconds + time.monotonic() - started,
+    )
+
+
+def _usable_checkpoint(
+    directory: Path,
+    plan: TrainingPlan,
+    fingerprint: str,
+    classes: list[str],
+    pretrained: bool,
+) -> Checkpoint | str:
+    """The checkpoint to resume from, or why there is none ("" when there is simply none)."""
+    try:
+        ckpt = load_checkpoint(directory)
+    except CheckpointError as e:
+        return f"ignoring an unreadable checkpoint, starting over: {e}"
+    if ckpt is None:
+        return ""
+    why = ckpt.mismatch(plan, fingerprint, classes)
+    if not why and ckpt.extra.get("pretrained", pretrained) != pretrained:
+        why = "it was trained from different initial weights"
+    if why:
+        return f"ignoring the checkpoint in {directory}, starting over: {why}"
+    return ckpt
+
+
+def _describe(
+    model: GraftModel,
+    plan: TrainingPlan,
+    n_train: int,
+    n_val: int,
+    device: torch.device,
+    update_bn_statistics: bool,
+) -> str:
+    n_stages = len(model.spec.stages)
+    trained = trained_stage_count(model, plan)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    what = {
+        Strategy.FULL_FINE_TUNE: "full fine-tune",
+        Strategy.PARTIAL_FINE_TUNE: f"partial fine-tune, top {trained} of {n_stages} stages",
+        Strategy.FEATURE_EXTRACTION: "feature extraction, head only",
+    }[plan.strategy]
+    warm = (
+        f", head alone for the first {plan.head_warmup_epochs} epoch(s)"
+        if plan.head_warmup_epochs and plan.strategy != Strategy.FEATURE_EXTRACTION
+        else ""
+    )
+    if plan.strategy != Strategy.FEATURE_EXTRACTION:
+        warm += ", BatchNorm statistics " + ("updated" if update_bn_statistics else "kept")
+    return (
+        f"training {plan.backbone} ({what}{warm}): {trainable:,} of {total:,} parameters "
+        f"trainable; {n_train} train / {n_val} val images at {plan.image_size} px on {device}"
+    )

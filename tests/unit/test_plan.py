@@ -1,0 +1,191 @@
+"""graft.training.plan: defaults, the image-size rule, and every validation violation."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from graft.backbones import DEFAULT_BACKBONE, get_spec
+from graft.domain import Strategy, TrainingPlan
+from graft.errors import InvalidArgument
+from graft.training.plan import DEFAULTS, default_image_size, resolve_plan, validate_plan
+
+LITE0 = get_spec("efficientnet_lite0")  # 224 px, 9 stages
+R18 = get_spec("resnet18")  # 224 px, 5 stages
+
+
+def resolve(plan: TrainingPlan, spec: Any = LITE0, n: int = 1000, **kw: Any) -> TrainingPlan:
+    return resolve_plan(plan, spec, num_train_images=n, **kw)
+
+
+def test_partial_is_the_default_strategy_with_discriminative_rates() -> None:
+    p = resolve(TrainingPlan(), median_size=(28, 28))
+    assert p.backbone == "efficientnet_lite0" == DEFAULT_BACKBONE
+    assert p.strategy == Strategy.PARTIAL_FINE_TUNE
+    assert p.trainable_stages == 3
+    assert p.head_learning_rate == 1e-3 and p.base_learning_rate == pytest.approx(1e-4)
+    assert p.epochs == DEFAULTS.fine_tune_epochs
+    assert p.batch_size == 64 and p.image_size == 64
+    assert p.validation_fraction == 0.2 and p.weight_decay == 0.01
+    assert p.warmup_epochs == 1.0 and p.head_warmup_epochs == 0
+    assert p.seed == 0 and p.label_smoothing == 0 and p.early_stopping_patience == 0
+    validate_plan(p, LITE0)
+    assert resolve(p, median_size=(28, 28)) == p  # idempotent
+
+
+def test_full_fine_tune_defaults() -> None:
+    p = resolve(TrainingPlan(strategy=Strategy.FULL_FINE_TUNE), R18)
+    assert p.trainable_stages == 5 and p.head_warmup_epochs == 1
+    assert p.base_learning_rate < p.head_learning_rate
+    # One epoch only: no room for a head-only epoch.
+    assert resolve(TrainingPlan(strategy=Strategy.FULL_FINE_TUNE, epochs=1)).head_warmup_epochs == 0
+    # A short run warms up for a tenth of it.
+    assert resolve(TrainingPlan(strategy=Strategy.FULL_FINE_TUNE, epochs=4)).warmup_epochs == 0.4
+
+
+def test_feature_extraction_defaults() -> None:
+    p = resolve(TrainingPlan(strategy=Strategy.FEATURE_EXTRACTION))
+    assert p.trainable_stages == 0 and p.base_learning_rate == 0.0
+    assert p.head_learning_rate == 3e-3 and p.weight_decay == 0.05
+    assert p.epochs == DEFAULTS.feature_extraction_epochs
+    assert p.warmup_epochs == 0 and p.head_warmup_epochs == 0
+    validate_plan(p, LITE0)
+
+
+def test_set_fields_are_kept() -> None:
+    given = TrainingPlan(
+        backbone="resnet18",
+        strategy=Strategy.PARTIAL_FINE_TUNE,
+        trainable_stages=1,
+        head_learning_rate=0.01,
+        base_learning_rate=0.02,  # above the head's: allowed (train() says it is unusual)
+        epochs=3,
+        batch_size=16,
+        image_size=96,
+        augmentation=True,
+        class_weighting=True,
+        early_stopping_patience=2,
+        seed=42,
+        weight_decay=0.1,
+        label_smoothing=0.1,
+        warmup_epochs=0.5,
+        head_warmup_epochs=1,
+        validation_fraction=0.3,
+    )
+    assert resolve(given, R18) == given
+    # Only the head's rate given: the base's is 10x lower.
+    assert resolve(TrainingPlan(head_learning_rate=0.02)).base_learning_rate == pytest.approx(2e-3)
+
+
+@pytest.mark.parametrize(
+    "median,expected",
+    [
+        (None, 224),  # unknown: the backbone's pretraining size
+        ((28, 28), 64),  # tiny images: at least 64
+        ((70, 90), 96),  # shorter side 70, up to a multiple of 32
+        ((128, 128), 128),
+        ((129, 300), 160),
+        ((500, 375), 224),  # large photos: never above the pretraining size
+        ((0, 0), 224),
+    ],
+)
+def test_image_size_rule(median: tuple[int, int] | None, expected: int) -> None:
+    assert default_image_size(LITE0, median) == expected
+    assert resolve(TrainingPlan(), median_size=median).image_size == expected
+
+
+def test_batch_size_rule() -> None:
+    assert resolve(TrainingPlan(), median_size=(500, 375)).batch_size == 32  # 224 px
+    assert resolve(TrainingPlan(), median_size=(28, 28)).batch_size == 64
+    assert resolve(TrainingPlan(), n=20, median_size=(28, 28)).batch_size == 20
+    assert resolve(TrainingPlan(), n=1, median_size=(28, 28)).batch_size == 2
+
+
+def violations(plan: TrainingPlan, spec: Any = LITE0) -> dict[str, str]:
+    with pytest.raises(InvalidArgument) as info:
+        validate_plan(plan, spec)
+    return {v.field: v.description for v in info.value.violations}
+
+
+@pytest.mark.parametrize(
+    "changes,field",
+    [
+        ({"epochs": -1}, "plan.epochs"),
+        ({"epochs": 1001}, "plan.epochs"),
+        ({"batch_size": -4}, "plan.batch_size"),
+        ({"batch_size": 1}, "plan.batch_size"),
+        ({"batch_size": 4096}, "plan.batch_size"),
+        ({"head_learning_rate": -1e-3}, "plan.head_learning_rate"),
+        ({"head_learning_rate": 1.0}, "plan.head_learning_rate"),
+        ({"head_learning_rate": float("nan")}, "plan.head_learning_rate"),
+        ({"base_learning_rate": 2.0}, "plan.base_learning_rate"),
+        ({"base_learning_rate": -0.1}, "plan.base_learning_rate"),
+        ({"trainable_stages": 10}, "plan.trainable_stages"),  # Lite0 has 9
+        ({"trainable_stages": -1}, "plan.trainable_stages"),
+        ({"image_size": 16}, "plan.image_size"),
+        ({"image_size": 2048}, "plan.image_size"),
+        ({"label_smoothing": 1.0}, "plan.label_smoothing"),
+        ({"label_smoothing": -0.1}, "plan.label_smoothing"),
+        ({"validation_fraction": 0.6}, "plan.validation_fraction"),
+        ({"validation_fraction": -0.1}, "plan.validation_fraction"),
+        ({"weight_decay": -0.01}, "plan.weight_decay"),
+        ({"weight_decay": 1.5}, "plan.weight_decay"),
+        ({"early_stopping_patience": -1}, "plan.early_stopping_patience"),
+        ({"seed": -1}, "plan.seed"),
+        ({"seed": 2**63}, "plan.seed"),
+        ({"warmup_epochs": -1.0}, "plan.warmup_epochs"),
+        ({"epochs": 2, "warmup_epochs": 3.0}, "plan.warmup_epochs"),
+        ({"head_warmup_epochs": -1}, "plan.head_warmup_epochs"),
+        ({"epochs": 2, "head_warmup_epochs": 2}, "plan.head_warmup_epochs"),
+        ({"backbone": "resnet18"}, "plan.backbone"),  # checked against Lite0's spec
+    ],
+)
+def test_each_violation_names_its_field(changes: dict[str, Any], field: str) -> None:
+    plan = dataclasses.replace(TrainingPlan(strategy=Strategy.PARTIAL_FINE_TUNE), **changes)
+    found = violations(plan)
+    assert list(found) == [field], found
+    assert found[field]
+
+
+def test_strategy_specific_violations() -> None:
+    fe = TrainingPlan(strategy=Strategy.FEATURE_EXTRACTION)
+    assert (
+        "only the head"
+        in violations(dataclasses.replace(fe, trainable_stages=2))["plan.trainable_stages"]
+    )
+    assert "plan.base_learning_rate" in violations(dataclasses.replace(fe, base_learning_rate=0.1))
+    assert "plan.head_warmup_epochs" in violations(dataclasses.replace(fe, head_warmup_epochs=1))
+    full = TrainingPlan(strategy=Strategy.FULL_FINE_TUNE)
+    assert "plan.trainable_stages" in violations(dataclasses.replace(full, trainable_stages=4))
+    validate_plan(dataclasses.replace(full, trainable_stages=9), LITE0)
+    validate_plan(TrainingPlan(strategy=Strategy.PARTIAL_FINE_TUNE, trainable_stages=5), R18)
+    assert "plan.trainable_stages" in violations(
+        TrainingPlan(strategy=Strategy.PARTIAL_FINE_TUNE, trainable_stages=6), R18
+    )
+
+
+def test_all_violations_are_reported_at_once() -> None:
+    bad = TrainingPlan(epochs=-1, batch_size=-1, image_size=8, label_smoothing=2.0)
+    found = violations(bad)
+    assert set(found) == {
+        "plan.epochs",
+        "plan.batch_size",
+        "plan.image_size",
+        "plan.label_smoothing",
+    }
+
+
+def test_unknown_backbone_is_invalid_argument_on_plan_backbone() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate_plan(TrainingPlan(backbone="no-such-net"))
+    assert [v.field for v in info.value.violations] == ["plan.backbone"]
+    validate_plan(TrainingPlan())  # empty backbone: the default, which exists
+
+
+def test_unset_plan_is_valid_and_prefix_is_configurable() -> None:
+    validate_plan(TrainingPlan(), LITE0)
+    with pytest.raises(InvalidArgument) as info:
+        validate_plan(TrainingPlan(epochs=-1), LITE0, prefix="request.plan")
+    assert info.value.violations[0].field == "request.plan.epochs"
