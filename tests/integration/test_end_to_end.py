@@ -66,7 +66,7 @@ def test_advise_train_follow_predict(server: RunningServer, fashion: dict[str, P
     assert accuracy >= 0.7, f"held-out accuracy {accuracy:.2f} (chance 0.25)"
     assert all(len(p.classes) == 2 for p in response.predictions)
 
-    names = {m.name: m for m in client.list_models().models}
+    names = {m.name: m for m in client.list_models()}
     assert "fashion" in names and names["fashion"].versions[0].job_id == job.job_id
 
 
