@@ -8,16 +8,17 @@ import hashlib
 import math
 from pathlib import Path
 
-import graft.backbones as bb
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
+import graft.backbones as bb
 from graft.backbones import registry
 from graft.backbones.convert import lukemelas_to_timm
 from graft.backbones.sanity import top_k
 from graft.backbones.weights import hash_prefix
 from graft.errors import FailedPrecondition, InvalidArgument, NotFound
-from torch import nn
 
 EXPECTED_CATALOG = [
     "efficientnet_lite0",

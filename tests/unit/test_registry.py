@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import pytest
 import torch
+
 from graft.domain import EvaluationMetrics, ModelRef, ModelVersion
 from graft.errors import FailedPrecondition, InvalidArgument
 from graft.registry import CARD_FILE, WEIGHTS_FILE, ModelRegistry, sha256_file

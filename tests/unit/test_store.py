@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from graft.config import Config
 from graft.domain import (
     ClassMetrics,
