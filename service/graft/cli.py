@@ -310,11 +310,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-worker", action="store_true", help="do not start the embedded worker")
     p.add_argument("--lease-seconds", type=float, help="job lease length (default 30)")
     p.add_argument("--device", help="torch device for the embedded worker (default: auto)")
+    p.add_argument(
+        "--worker-metrics-port", type=int, help="embedded worker's Prometheus port (default 9465)"
+    )
+    p.add_argument("--max-message-bytes", type=int, help="gRPC message size limit (default 64 MiB)")
+    p.add_argument("--max-upload-bytes", type=int, help="largest dataset upload (default 2 GiB)")
+    p.add_argument(
+        "--grace-seconds", type=float, help="drain time for in-flight RPCs on SIGTERM (default 10)"
+    )
     p.set_defaults(handler=cmd_serve, command_parser=p)
 
     p = commands.add_parser("worker", help="run a training worker")
     p.add_argument("--data-dir", type=Path, help="the server's data directory")
     p.add_argument("--worker-id", help="name in leases and logs (default: host-pid)")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        action="append",
+        dest="data_roots",
+        metavar="PATH",
+        help="a folder dataset URIs may point into (repeatable; same as the server's)",
+    )
     p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off (default 9465)")
     p.add_argument("--lease-seconds", type=float, help="job lease length (default 30)")
     p.add_argument("--device", help="torch device, e.g. cuda:1 (default: auto)")
@@ -462,6 +478,10 @@ def cmd_serve(ctx: Context) -> int:
         embedded_worker=False if a.no_worker else None,
         lease_seconds=a.lease_seconds,
         device=a.device,
+        worker_metrics_port=a.worker_metrics_port,
+        max_message_bytes=a.max_message_bytes,
+        max_upload_bytes=a.max_upload_bytes,
+        grace_seconds=a.grace_seconds,
     )
     from graft.server import run_server
 
@@ -472,6 +492,7 @@ def cmd_worker(ctx: Context) -> int:
     a = ctx.args
     config = _config(
         data_dir=a.data_dir.expanduser().resolve() if a.data_dir else None,
+        data_roots=tuple(p.expanduser().resolve() for p in a.data_roots) if a.data_roots else None,
         worker_metrics_port=a.metrics_port,
         lease_seconds=a.lease_seconds,
         device=a.device,
