@@ -58,7 +58,8 @@ def start_server(tmp: Path, *extra: str, lease_seconds: float = 3.0) -> RunningS
     log_path = tmp / "server.log"
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
     cmd = [
-        sys.executable, "-m", "graft", "serve", "--port", "0", "--metrics-port", "0", "--worker-metrics-port", "0",
+        sys.executable, "-m", "graft", "serve", "--port", "0", "--metrics-port", "0",
+        "--worker-metrics-port", "0",
         "--data-dir", str(data_dir), "--data-root", str(data_root),
         "--lease-seconds", str(lease_seconds), *extra,
     ]  # fmt: skip

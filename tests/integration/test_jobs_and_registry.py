@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from graft_client import pb
 
+from graft_client import pb
 from tests.integration.conftest import RunningServer
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,122 @@
+"""Accuracy and wall time of each strategy on the walk-through's demo dataset, measured
+through the real service (server process + worker process + SDK).
+
+    .venv/bin/python bench/demo_strategies.py [--per-class 100] [--epochs 4] [--image-size 64]
+
+Writes Fashion-MNIST train/test folders (Debian's dataset-fashion-mnist), starts
+`graft serve` on a free port in a temporary data dir, asks Advise, trains the advised plan
+and each of the three strategies with the same epoch budget, and predicts the held-out test
+images with every resulting model. Prints a Markdown table (docs/WALKTHROUGH.md has it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from graft.data.demo import write_fashion_mnist_folder
+from graft_client import Client, pb
+
+
+def start_server(tmp: Path, data_root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    data_dir = tmp / "graft-data"
+    cmd = [
+        sys.executable, "-m", "graft", "serve", "--port", "0", "--metrics-port", "0",
+        "--worker-metrics-port", "0", "--data-dir", str(data_dir), "--data-root", str(data_root),
+    ]  # fmt: skip
+    log = (tmp / "server.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    ready = data_dir / "server.json"
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise SystemExit(f"server failed:\n{(tmp / 'server.log').read_text()}")
+        time.sleep(0.1)
+    return proc, f"127.0.0.1:{json.loads(ready.read_text())['port']}"
+
+
+def held_out_accuracy(client: Client, model: str, test_dir: Path) -> float:
+    paths = sorted(test_dir.rglob("*.png"))
+    correct = 0
+    for start in range(0, len(paths), 64):
+        batch = paths[start : start + 64]
+        response = client.predict(model, batch, top_k=1)
+        correct += sum(
+            p.classes[0].label == path.parent.name
+            for p, path in zip(response.predictions, batch, strict=True)
+        )
+    return correct / len(paths)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=int, default=100)
+    parser.add_argument("--test-per-class", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--image-size", type=int, default=64)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="graft-demo-") as tmp_name:
+        tmp = Path(tmp_name)
+        root = tmp / "datasets"
+        train = write_fashion_mnist_folder(root / "train", per_class=args.per_class, split="train")
+        test = write_fashion_mnist_folder(
+            root / "test", per_class=args.test_per_class, split="test"
+        )
+        proc, target = start_server(tmp, root)
+        try:
+            client = Client(target, timeout=600)
+            t0 = time.perf_counter()
+            advice = client.advise(str(train))
+            advise_s = time.perf_counter() - t0
+            print(
+                f"Advise: {pb.Quadrant.Name(advice.quadrant)}, "
+                f"{pb.Strategy.Name(advice.plan.strategy)}, similarity {advice.similarity:.2f}, "
+                f"backbone {advice.plan.backbone} ({advise_s:.0f} s)"
+            )
+            print(f"rationale: {advice.rationale}\n")
+            runs: list[tuple[str, pb.TrainingPlan]] = []
+            advised = pb.TrainingPlan()
+            advised.CopyFrom(advice.plan)
+            runs.append(("advised plan (as returned)", advised))
+            for strategy, stages in (
+                (pb.STRATEGY_FEATURE_EXTRACTION, 0),
+                (pb.STRATEGY_PARTIAL_FINE_TUNE, 3),
+                (pb.STRATEGY_FULL_FINE_TUNE, 0),
+            ):
+                plan = pb.TrainingPlan(
+                    backbone="efficientnet_lite0", strategy=strategy, trainable_stages=stages,
+                    epochs=args.epochs, image_size=args.image_size,
+                )  # fmt: skip
+                runs.append((pb.Strategy.Name(strategy), plan))
+            print("| run | backbone | strategy | epochs run | val acc | held-out acc | wall s |")
+            print("|---|---|---|---|---|---|---|")
+            for i, (label, plan) in enumerate(runs):
+                t0 = time.perf_counter()
+                job = client.start_fine_tune(f"demo-{i}", str(train), plan=plan)
+                job = client.wait(job.job_id)
+                wall = time.perf_counter() - t0
+                if job.state != pb.JOB_STATE_SUCCEEDED:
+                    print(f"| {label} | failed: {job.error} |")
+                    continue
+                card = json.loads(client.get_model(f"demo-{i}").card_json)
+                acc = held_out_accuracy(client, f"demo-{i}", test)
+                print(
+                    f"| {label} | {job.plan.backbone} | {pb.Strategy.Name(job.plan.strategy)} | "
+                    f"{card['training']['epochs_run']} | {job.metrics.accuracy:.3f} | {acc:.3f} | "
+                    f"{wall:.0f} |",
+                    flush=True,
+                )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(120)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
