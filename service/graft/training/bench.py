@@ -34,7 +34,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--strategies", default="3,2,1", help="strategy numbers, in order")
     ap.add_argument("--device", default="")
     ap.add_argument("--no-pretrained", action="store_true")
+    ap.add_argument(
+        "--update-bn-statistics", action="store_true", help="let trained stages' BN re-estimate"
+    )
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = select_device(args.device)
     spec = get_spec(args.backbone)
@@ -78,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                 emit=emit,
                 should_stop=lambda: False,
                 pretrained=not args.no_pretrained,
+                update_bn_statistics=True if args.update_bn_statistics else None,
             )
             seconds = time.monotonic() - t0
             size_mb = (ckpt / FILENAME).stat().st_size / 1e6

@@ -135,9 +135,21 @@ class Checkpoint:
 
 
 def _clean(t: torch.Tensor) -> torch.Tensor:
-    # safetensors wants dense, contiguous CPU tensors that share no storage with another key;
-    # channels_last weights are not contiguous, and a CPU tensor must not alias a parameter.
-    return t.detach().to("cpu").contiguous().clone()
+    # safetensors wants dense, contiguous CPU tensors; channels_last weights are not
+    # contiguous. No copy when the tensor already is one (a checkpoint is written every
+    # epoch, and copying the whole model each time is measurable on CPU).
+    return t.detach().to("cpu").contiguous()
+
+
+def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses two keys on one storage (tied weights would be); copy the later.
+    seen: set[int] = set()
+    out = {}
+    for k, t in tensors.items():
+        ptr = t.untyped_storage().data_ptr()
+        out[k] = t.clone() if ptr in seen and t.numel() else t
+        seen.add(ptr)
+    return out
 
 
 def _split_optimizer(
@@ -233,7 +245,7 @@ def save_checkpoint(directory: Path, ckpt: Checkpoint) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        save_file(_unshare(tensors), tmp, metadata=meta)
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

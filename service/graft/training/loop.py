@@ -264,12 +264,24 @@ def train(
     should_stop: Callable[[], bool],
     pretrained: bool = True,
     step_event_interval: float = 1.0,
+    update_bn_statistics: bool | None = None,
 ) -> TrainResult:
     """Train `plan` (resolved: see plan.resolve_plan) on the samples and return the best
     epoch's model. Resumes from `checkpoint_dir` when it holds a checkpoint of this same
     job; raises TrainingCancelled when `should_stop()` turns True (checked before each step).
+
+    `pretrained=False` builds the backbone with random weights (tests). STEP events come at
+    most every `step_event_interval` seconds. `update_bn_statistics` lets trained stages'
+    BatchNorm layers re-estimate their running statistics (default: only without pretrained
+    weights; see strategies.set_train_mode).
     """
     started = time.monotonic()
+    if (
+        plan.strategy == Strategy.UNSPECIFIED
+        or min(plan.epochs, plan.batch_size, plan.image_size) < 1
+        or not plan.backbone
+    ):
+        raise ValueError(f"train() needs a resolved plan (see resolve_plan), got {plan}")
     if len(classes) < 2:
         raise FailedPrecondition(f"training needs at least 2 classes, got {len(classes)}")
     if not train_samples:
@@ -282,7 +294,8 @@ def train(
     spec = get_spec(plan.backbone)
     # Pretrained BatchNorm statistics are kept (see strategies.set_train_mode); a random
     # init has none worth keeping.
-    update_bn_statistics = not pretrained
+    if update_bn_statistics is None:
+        update_bn_statistics = not pretrained
 
     # --- model: pretrained body + fresh head, initialised from the seed -------------------
     torch.manual_seed(plan.seed)
@@ -385,7 +398,9 @@ def train(
     best_metrics: EvaluationMetrics | None = None
     history: list[dict[str, object]] = []
     previous_seconds = 0.0
-    ckpt = _usable_checkpoint(checkpoint_dir, plan, dataset_fingerprint, classes, pretrained)
+    ckpt = _usable_checkpoint(
+        checkpoint_dir, plan, dataset_fingerprint, classes, pretrained, update_bn_statistics
+    )
     if isinstance(ckpt, str):
         if ckpt:
             progress.message(ckpt)
@@ -506,7 +521,11 @@ def train(
                 best_state=None if best_epoch == epochs_done else best_state,
                 history=history,
                 train_seconds=previous_seconds + time.monotonic() - started,
-                extra={"pretrained": pretrained, "spec": spec.architecture},
+                extra={
+                    "pretrained": pretrained,
+                    "update_bn_statistics": update_bn_statistics,
+                    "architecture": spec.architecture,
+                },
             ),
         )
 
@@ -531,6 +550,7 @@ def _usable_checkpoint(
     fingerprint: str,
     classes: list[str],
     pretrained: bool,
+    update_bn: bool,
 ) -> Checkpoint | str:
     """The checkpoint to resume from, or why there is none ("" when there is simply none)."""
     try:
@@ -542,6 +562,8 @@ def _usable_checkpoint(
     why = ckpt.mismatch(plan, fingerprint, classes)
     if not why and ckpt.extra.get("pretrained", pretrained) != pretrained:
         why = "it was trained from different initial weights"
+    if not why and ckpt.extra.get("update_bn_statistics", update_bn) != update_bn:
+        why = "it was trained with a different BatchNorm statistics setting"
     if why:
         return f"ignoring the checkpoint in {directory}, starting over: {why}"
     return ckpt

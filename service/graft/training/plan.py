@@ -36,8 +36,8 @@ class PlanDefaults:
     fine_tune_epochs: int = 10
     # Head-only epochs on cached features cost milliseconds each.
     feature_extraction_epochs: int = 30
-    # Batches above 64 do not speed up CPU training (and on CPU can be slower per image);
-    # large images get 32 to bound activation memory.
+    # On CPU a bigger batch is not faster per image (DESIGN.md's measurements); large images
+    # get 32 to bound activation memory.
     batch_size_small_images: int = 64
     batch_size_large_images: int = 32
     large_image_threshold: int = 160
@@ -76,7 +76,7 @@ def default_image_size(
     least 64, and never above the backbone's pretraining input size. Fashion-MNIST's 28x28
     gives 64; 500x375 photos give 224 for EfficientNet-Lite0. With no size known: the
     backbone's input size. Compute grows with the square of the side, so this matters: 64 px
-    trains about 12x faster than 224 px on the same images.
+    has 12x fewer pixels than 224 px.
     """
     if not median_size or min(median_size) <= 0:
         return spec.input_size
