@@ -1,0 +1,368 @@
+"""What Advise measures on a bounded sample: decoding it once, and one pass of each
+candidate's pretrained network that yields everything the signals, the probe and the time
+estimate need (docs/ADVISOR.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from graft.advisor.signals import BatchNormRecorder, ImageNetResponse
+from graft.backbones import create_imagenet_model, create_model
+from graft.backbones.spec import PretrainedSpec
+from graft.data import ImageDecodeError, Sample, eval_transform, load_image, train_transform
+from graft.data.transforms import resize_size
+from graft.domain import Strategy, TrainingPlan
+from graft.training.strategies import apply_strategy, set_train_mode
+
+log = logging.getLogger(__name__)
+
+# The similarity signals read at most this many images (a stratified prefix of the sample):
+# they are means over images and channels, and the pass at the pretraining resolution they
+# need costs about 20 ms per image on two CPU cores.
+SIGNAL_MAX_IMAGES = 256
+# Batches timed for images/s: at least TIMING_BATCHES, more (up to TIMING_MAX_BATCHES)
+# until TIMING_MIN_SECONDS have passed. The fastest batch counts (as timeit does): slower
+# repeats measure other processes competing for the cores, not the network.
+TIMING_BATCHES = 3
+TIMING_MAX_BATCHES = 10
+TIMING_MIN_SECONDS = 0.5
+
+
+@dataclass
+class DecodedSample:
+    """The bounded sample, decoded once: RGB images (shrunk to what the largest transform
+    needs) and their labels, interleaved class by class so that every prefix is
+    stratified."""
+
+    samples: list[Sample]
+    images: list[Image.Image]
+    labels: list[int]
+    decode_seconds_per_image: float
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def select_sample(
+    samples: Sequence[Sample], *, max_per_class: int, max_images: int, seed: int = 0
+) -> list[Sample]:
+    """A seeded, stratified subset: at most `max_per_class` per class and `max_images` in
+    all (each class then gets an equal share), interleaved round-robin over the classes."""
+    by_class: dict[int, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_class[s.label].append(s)
+    if not by_class:
+        return []
+    per_class = max(1, min(max_per_class, max_images // len(by_class)))
+    rng = random.Random(seed)
+    picked = []
+    for label in sorted(by_class):
+        items = sorted(by_class[label], key=lambda s: s.path.as_posix())
+        rng.shuffle(items)
+        picked.append(items[:per_class])
+    interleaved = [group[i] for i in range(per_class) for group in picked if i < len(group)]
+    return interleaved[: max(1, max_images)]
+
+
+def _shrink(image: Image.Image, short_side: int) -> Image.Image:
+    w, h = image.size
+    if min(w, h) <= short_side:
+        return image
+    s = short_side / min(w, h)
+    size = (max(short_side, round(w * s)), max(short_side, round(h * s)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def decode_sample(
+    samples: Sequence[Sample],
+    *,
+    max_short_side: int,
+    loader: Callable[[Path], Image.Image] | None = None,
+) -> DecodedSample:
+    """Decode every sample once with graft.data.load_image; images whose shorter side is
+    above `max_short_side` are shrunk to it (no transform downstream needs more), which
+    bounds memory. A file that no longer decodes is left out."""
+    load = loader or load_image
+    kept: list[Sample] = []
+    images: list[Image.Image] = []
+    t0 = time.perf_counter()
+    for s in samples:
+        try:
+            images.append(_shrink(load(s.path), max_short_side))
+        except (ImageDecodeError, OSError) as e:
+            log.warning("advise: leaving out %s: %s", s.path, e)
+            continue
+        kept.append(s)
+    seconds = time.perf_counter() - t0
+    return DecodedSample(
+        samples=kept,
+        images=images,
+        labels=[s.label for s in kept],
+        decode_seconds_per_image=seconds / max(1, len(samples)),
+    )
+
+
+def transform_seconds(
+    spec: PretrainedSpec, sample: DecodedSample, image_size: int, *, augment: bool, n: int = 32
+) -> float:
+    """Seconds per image of the training (`augment`: with augmentation) or evaluation
+    transform at `image_size`, timed on up to `n` sample images. The worker's data loader
+    runs these in the training process, once per image per epoch."""
+    images = sample.images[:n]
+    if not images:
+        return 0.0
+    tf = train_transform(spec, image_size, augment) if augment else eval_transform(spec, image_size)
+    t0 = time.perf_counter()
+    for im in images:
+        tf(im)
+    return (time.perf_counter() - t0) / len(images)
+
+
+def time_training_step(
+    plan: TrainingPlan,
+    sample: DecodedSample,
+    num_classes: int,
+    *,
+    weights_dir: Path | None = None,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Seconds per image of one optimisation step of `plan` (resolved: backbone, strategy,
+    trainable stages, batch and image size), measured: the model the worker builds, frozen
+    and put in train mode by the worker's own graft.training.strategies, AdamW, a
+    forward, backward and step on a batch of sample images. The mean of TIMING_BATCHES
+    steps after one warm-up counts (the mean, not the fastest: the estimate should hold for
+    a whole run, competing processes included). Preprocessing is not included (see
+    transform_seconds).
+    """
+    if plan.strategy == Strategy.FEATURE_EXTRACTION or len(sample) == 0:
+        return 0.0
+    device = torch.device(device)
+    model = create_model(plan.backbone, num_classes, weights_dir=weights_dir)
+    groups = apply_strategy(model, plan)
+    model.to(device).to(memory_format=torch.channels_last)
+    set_train_mode(model, plan)
+    optimizer = torch.optim.AdamW(groups, lr=plan.head_learning_rate)
+    loss_fn = nn.CrossEntropyLoss()
+    n = len(sample)
+    tf = eval_transform(model.spec, plan.image_size)
+    idx = [i % n for i in range(plan.batch_size)]
+    x = torch.stack([tf(sample.images[i]) for i in idx]).to(device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([sample.labels[i] for i in idx], device=device)
+    spent = 0.0
+    for i in range(TIMING_BATCHES + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        if i:  # the first step is a warm-up (allocations, AdamW state)
+            spent += time.perf_counter() - t0
+    return spent / (TIMING_BATCHES * plan.batch_size)
+
+
+def needed_short_side(specs: Sequence[PretrainedSpec], image_sizes: Sequence[int]) -> int:
+    """The largest shorter side any transform of the measurement resizes to."""
+    return max(resize_size(spec, size) for spec in specs for size in image_sizes)
+
+
+@dataclass
+class BackboneMeasurement:
+    """One candidate, measured: frozen pooled features of the sample at the plan's image
+    size, inference speed there, where the forward time goes stage by stage, and (for the
+    backbone the similarity is measured with) its ImageNet response."""
+
+    spec: PretrainedSpec
+    image_size: int
+    batch_size: int
+    features: torch.Tensor  # (n, spec.num_features), float32 on the CPU
+    images_per_second: float
+    stage_fractions: tuple[float, ...]  # share of forward time per spec stage, input first
+    stage_fractions_measured: bool  # False: estimated from parameter counts instead
+    response: ImageNetResponse | None
+    seconds: float
+
+
+def _batches(n: int, size: int, start: int = 0) -> list[tuple[int, int]]:
+    return [(i, min(i + size, n)) for i in range(start, n, size)]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_backbone(
+    spec: PretrainedSpec,
+    sample: DecodedSample,
+    *,
+    image_size: int,
+    batch_size: int,
+    signal_images: int = 0,
+    weights_dir: Path | None = None,
+    device: torch.device | str = "cpu",
+) -> BackboneMeasurement:
+    """Run `spec`'s pretrained ImageNet network over the sample.
+
+    One pass at `image_size` captures the pooled features (the classifier's input: exactly
+    what GraftModel.body returns). With `signal_images` > 0, the logits and BatchNorm input
+    moments of the first `signal_images` images are recorded at the pretraining resolution
+    `spec.input_size` — in the same pass when `image_size` is that, else in a second pass
+    over that prefix only. Then a few batches are timed at `image_size`.
+    """
+    started = time.perf_counter()
+    device = torch.device(device)
+    net = create_imagenet_model(spec.name, weights_dir)
+    net = net.to(device).to(memory_format=torch.channels_last).eval()
+    classifier = net.get_submodule(spec.classifier)
+    pooled: list[torch.Tensor] = []
+
+    def keep_pooled(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        pooled.append(inputs[0].detach().flatten(1).float().cpu())
+
+    n = len(sample)
+    signal_images = min(signal_images, n)
+    transform = eval_transform(spec, image_size)
+
+    def run(lo: int, hi: int, tf: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+        x = torch.stack([tf(im) for im in sample.images[lo:hi]]).to(device)
+        out: torch.Tensor = net(x.contiguous(memory_format=torch.channels_last))
+        return out.float().cpu()
+
+    logits: list[torch.Tensor] = []
+    response = None
+    with torch.no_grad():
+        handle = classifier.register_forward_pre_hook(keep_pooled)
+        try:
+            if signal_images and image_size == spec.input_size:
+                with BatchNormRecorder(net) as rec:
+                    for lo, hi in _batches(signal_images, batch_size):
+                        logits.append(run(lo, hi, transform))
+                    rec.enabled = False
+                    for lo, hi in _batches(n, batch_size, signal_images):
+                        run(lo, hi, transform)
+                    moments = rec.moments()
+            else:
+                for lo, hi in _batches(n, batch_size):
+                    run(lo, hi, transform)
+        finally:
+            handle.remove()
+        features = torch.cat(pooled) if pooled else torch.empty(0, spec.num_features)
+        if signal_images and image_size != spec.input_size:
+            native = eval_transform(spec, spec.input_size)
+            with BatchNormRecorder(net) as rec:
+                for lo, hi in _batches(signal_images, batch_size):
+                    logits.append(run(lo, hi, native))
+                moments = rec.moments()
+        if signal_images:
+            response = ImageNetResponse(
+                backbone=spec.name,
+                image_size=spec.input_size,
+                logits=torch.cat(logits),
+                batchnorm=moments,
+            )
+        ips, fractions, measured = _time_inference(net, spec, sample, transform, batch_size, device)
+    return BackboneMeasurement(
+        spec=spec,
+        image_size=image_size,
+        batch_size=batch_size,
+        features=features,
+        images_per_second=ips,
+        stage_fractions=fractions,
+        stage_fractions_measured=measured,
+        response=response,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _time_inference(
+    net: nn.Module,
+    spec: PretrainedSpec,
+    sample: DecodedSample,
+    transform: Callable[[Image.Image], torch.Tensor],
+    batch_size: int,
+    device: torch.device,
+) -> tuple[float, tuple[float, ...], bool]:
+    """(images/s, forward-time share of each stage, whether that share was measured).
+
+    Batches of `batch_size` (images repeated to fill one; see TIMING_BATCHES) run with
+    timing hooks on every stage module; the fastest batch gives images/s, and each stage's
+    fastest time over the batches gives its share."""
+    n = len(sample)
+    if n == 0:
+        return 0.0, _parameter_fractions(net, spec), False
+    idx = [i % n for i in range(batch_size)]
+    x = torch.stack([transform(sample.images[i]) for i in idx]).to(device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    net(x)  # warm-up at exactly this shape (allocator, kernel selection)
+    try:
+        stages = [[net.get_submodule(name) for name in stage] for stage in spec.stages]
+    except AttributeError:
+        stages = []
+    spent = [0.0] * len(stages)
+    starts: dict[int, float] = {}
+
+    def pre(module: nn.Module, inputs: object) -> None:
+        _sync(device)
+        starts[id(module)] = time.perf_counter()
+
+    def post_for(i: int) -> Callable[[nn.Module, object, object], None]:
+        def post(module: nn.Module, inputs: object, output: object) -> None:
+            _sync(device)
+            spent[i] += time.perf_counter() - starts.pop(id(module))
+
+        return post
+
+    handles = []
+    for i, modules in enumerate(stages):
+        for m in modules:
+            handles.append(m.register_forward_pre_hook(pre))
+            handles.append(m.register_forward_hook(post_for(i)))
+    best = float("inf")
+    best_stage = [float("inf")] * len(stages)
+    timed_from = time.perf_counter()
+    try:
+        for i in range(TIMING_MAX_BATCHES):
+            if i >= TIMING_BATCHES and time.perf_counter() - timed_from >= TIMING_MIN_SECONDS:
+                break
+            spent[:] = [0.0] * len(stages)
+            _sync(device)
+            t0 = time.perf_counter()
+            net(x)
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+            best_stage = [min(a, b) for a, b in zip(best_stage, spent, strict=True)]
+    finally:
+        for h in handles:
+            h.remove()
+    ips = batch_size / max(best, 1e-9)
+    total = sum(best_stage)
+    if not stages or total <= 0:
+        return ips, _parameter_fractions(net, spec), False
+    return ips, tuple(t / total for t in best_stage), True
+
+
+def _parameter_fractions(net: nn.Module, spec: PretrainedSpec) -> tuple[float, ...]:
+    """Fallback share per stage: its parameter count (a poor proxy for compute)."""
+    counts = []
+    for stage in spec.stages:
+        c = 0
+        for name in stage:
+            with contextlib.suppress(AttributeError):
+                c += sum(p.numel() for p in net.get_submodule(name).parameters())
+        counts.append(c)
+    total = sum(counts) or 1
+    return tuple(c / total for c in counts)

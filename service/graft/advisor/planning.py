@@ -1,0 +1,177 @@
+"""From a quadrant to a complete TrainingPlan, and the plan's estimated training time.
+
+The rules (docs/ADVISOR.md § Plan rules):
+
+- strategy: the matrix's, always (v1 never departs from it);
+- trainable stages: all for full fine-tune; the top TOP_STAGES_LARGE_SIMILAR (2) for
+  quadrant 2 ("small K": the generic lower stages of a net pretrained on similar data need
+  no change); about half the stages, ceil(n/2), for quadrant 3 (different data needs
+  deeper adaptation, and augmentation guards the extra capacity on few images); 0 for
+  feature extraction;
+- augmentation on in quadrant 3 only (the matrix's "plus data augmentation"); class
+  weighting on when the largest class has more than IMBALANCE_CLASS_WEIGHTING (3) times the
+  images of the smallest;
+- epochs: enough for about MIN_OPTIMIZER_STEPS steps (more epochs on tiny sets, up to
+  MAX_FINE_TUNE_EPOCHS) but no more than fit TIME_BUDGET_SECONDS at the measured speed (at
+  least MIN_FINE_TUNE_EPOCHS); early stopping after EARLY_STOPPING_PATIENCE epochs;
+- everything else (learning rates, batch size, image size, warm-up, weight decay,
+  validation fraction) from graft.training.plan.resolve_plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from graft.advisor.matrix import MATRIX
+from graft.backbones.spec import PretrainedSpec
+from graft.domain import Quadrant, Strategy, TrainingPlan
+from graft.training.plan import resolve_plan, validate_plan
+
+TOP_STAGES_LARGE_SIMILAR = 2
+IMBALANCE_CLASS_WEIGHTING = 3.0
+MIN_OPTIMIZER_STEPS = 100
+MIN_FINE_TUNE_EPOCHS = 3
+MAX_FINE_TUNE_EPOCHS = 30
+TIME_BUDGET_SECONDS = 3600.0
+EARLY_STOPPING_PATIENCE = 3
+# A training step (forward in train mode + backward + AdamW) costs about 3 forward passes on
+# top of the forward itself: DESIGN.md measured 1188 img/s inference vs 288 img/s training
+# of the full EfficientNet-Lite0 at 64 px on this machine's 2 cores (4.1x).
+BACKWARD_COST = 3.0
+
+
+def trainable_stages_for(quadrant: Quadrant, num_stages: int) -> int:
+    strategy = MATRIX[quadrant]
+    if strategy == Strategy.FULL_FINE_TUNE:
+        return num_stages
+    if strategy == Strategy.FEATURE_EXTRACTION:
+        return 0
+    if quadrant == Quadrant.LARGE_SIMILAR:
+        return min(TOP_STAGES_LARGE_SIMILAR, num_stages)
+    return min(num_stages, max(TOP_STAGES_LARGE_SIMILAR + 1, math.ceil(num_stages / 2)))
+
+
+@dataclass(frozen=True)
+class Speed:
+    """What the estimate needs from a measurement of the plan's backbone on this host."""
+
+    images_per_second: float  # inference at the plan's image size and batch size
+    stage_fractions: tuple[float, ...]  # share of forward time per stage, input side first
+    decode_seconds_per_image: float = 0.0
+    # One optimisation step of the plan, measured, per image; 0: not measured, then
+    # c · (1 + BACKWARD_COST · f) stands in for it.
+    train_seconds_per_image: float = 0.0
+    # Preprocessing per image (PIL resize/crop, tensor conversion), serial in the worker.
+    eval_transform_seconds: float = 0.0
+    augment_transform_seconds: float = 0.0
+    # The worker keeps decoded images in memory up to a pixel budget; above it, every epoch
+    # decodes them again.
+    decode_every_epoch: bool = False
+
+    def trainable_fraction(self, trainable_stages: int) -> float:
+        if trainable_stages <= 0:
+            return 0.0
+        return min(1.0, sum(self.stage_fractions[-trainable_stages:]))
+
+
+def estimate_training_seconds(
+    plan: TrainingPlan, speed: Speed, *, num_train: int, num_val: int
+) -> float:
+    """Seconds the plan should take on the host it was measured on (an upper bound: early
+    stopping may end it sooner). Per image: c = 1 / inference images/s, s = one measured
+    training step of this plan (forward, backward through the trainable part, AdamW),
+    p = evaluation preprocessing and a = training preprocessing (with augmentation when the
+    plan has it):
+
+    - feature extraction: one forward pass over every image (features cached) plus head
+      epochs on cached features, which are negligible: (n_train + n_val) · (c + p);
+    - fine-tuning: per epoch n_train · (s + a) for training and n_val · (c + p) for
+      validation; full fine-tune's head-warm-up epochs train at about c per image. Without
+      a measured s, c · (1 + 3f) with f = the trainable stages' share of forward time;
+    - plus decoding: n · d (d = decode time per image measured on the sample), once, or
+      once per epoch when the dataset is too big for the worker's decoded-image cache.
+    """
+    if speed.images_per_second <= 0:
+        return 0.0
+    c = 1.0 / speed.images_per_second
+    p = speed.eval_transform_seconds
+    a = speed.augment_transform_seconds if plan.augmentation else p
+    decode = (num_train + num_val) * speed.decode_seconds_per_image
+    if plan.strategy == Strategy.FEATURE_EXTRACTION:
+        return (num_train + num_val) * (c + p) + decode
+    if speed.decode_every_epoch:
+        decode *= max(1, plan.epochs)
+    step = speed.train_seconds_per_image or c * (
+        1 + BACKWARD_COST * speed.trainable_fraction(plan.trainable_stages)
+    )
+    warm = min(plan.head_warmup_epochs, plan.epochs)
+    train = (plan.epochs - warm) * num_train * (step + a)
+    train += warm * num_train * (c + a)
+    return train + plan.epochs * num_val * (c + p) + decode
+
+
+def _epochs(
+    strategy: Strategy, num_train: int, batch_size: int, epoch_seconds: float | None
+) -> int:
+    if strategy == Strategy.FEATURE_EXTRACTION:
+        return 0  # resolve_plan's default: head epochs on cached features cost milliseconds
+    steps_per_epoch = max(1, math.ceil(num_train / max(1, batch_size)))
+    epochs = max(10, math.ceil(MIN_OPTIMIZER_STEPS / steps_per_epoch))
+    epochs = min(MAX_FINE_TUNE_EPOCHS, epochs)
+    if epoch_seconds and epoch_seconds > 0:
+        epochs = min(epochs, max(MIN_FINE_TUNE_EPOCHS, int(TIME_BUDGET_SECONDS // epoch_seconds)))
+    return epochs
+
+
+def build_plan(
+    quadrant: Quadrant,
+    spec: PretrainedSpec,
+    *,
+    num_train: int,
+    num_val: int,
+    median_size: tuple[int, int] | None,
+    imbalance_ratio: float,
+    speed: Speed | None = None,
+    seed: int = 0,
+) -> TrainingPlan:
+    """A complete plan (every field set; validate_plan accepts it) for `quadrant`."""
+    strategy = MATRIX[quadrant]
+    fe = strategy == Strategy.FEATURE_EXTRACTION
+    draft = TrainingPlan(
+        backbone=spec.name,
+        strategy=strategy,
+        trainable_stages=trainable_stages_for(quadrant, len(spec.stages)),
+        augmentation=quadrant == Quadrant.SMALL_DIFFERENT,
+        class_weighting=imbalance_ratio > IMBALANCE_CLASS_WEIGHTING,
+        early_stopping_patience=0 if fe else EARLY_STOPPING_PATIENCE,
+        seed=seed,
+    )
+    plan = resolve_plan(draft, spec, num_train_images=num_train, median_size=median_size)
+    epoch_seconds = None
+    if speed is not None:
+        one = dataclasses.replace(plan, epochs=1, head_warmup_epochs=0)
+        epoch_seconds = estimate_training_seconds(one, speed, num_train=num_train, num_val=num_val)
+        if not speed.decode_every_epoch:
+            epoch_seconds -= (num_train + num_val) * speed.decode_seconds_per_image
+    epochs = _epochs(strategy, num_train, plan.batch_size, epoch_seconds)
+    if epochs:
+        # Re-resolve so that warm-up and head warm-up follow the chosen number of epochs.
+        plan = resolve_plan(
+            dataclasses.replace(draft, epochs=epochs),
+            spec,
+            num_train_images=num_train,
+            median_size=median_size,
+        )
+    validate_plan(plan, spec)
+    return plan
+
+
+def imbalance_ratio(counts: Sequence[int]) -> float:
+    """Largest over smallest class count (1.0 for balanced data)."""
+    positive = [c for c in counts if c > 0]
+    if not positive:
+        return 1.0
+    return max(positive) / min(positive)
