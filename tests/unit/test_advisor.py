@@ -214,8 +214,8 @@ def test_probe_folds_follow_the_smallest_class() -> None:
         }
 
 
-def test_backbone_choice_needs_a_significant_gain_to_pay_for_speed() -> None:
-    from graft.advisor.advise import BackboneScore, _choose
+def test_ranking_needs_a_significant_gain_to_put_a_slower_backbone_first() -> None:
+    from graft.advisor.advise import BackboneScore, _rank
     from graft.advisor.probe import ProbeResult, paired_sign_test
 
     def probe(correct: list[bool]) -> ProbeResult:
@@ -232,17 +232,28 @@ def test_backbone_choice_needs_a_significant_gain_to_pay_for_speed() -> None:
     # 4 wins, no loss: p = 1/16, not significant at 0.05.
     assert paired_sign_test(slow_bit_better, fast) == (4, 0, pytest.approx(1 / 16))
     assert paired_sign_test(fast, slow_bit_better)[2] == 1.0
-    chosen = _choose(
+
+    order, note = _rank(
         [(score("slow", slow_bit_better, 100), slow_bit_better), (score("fast", fast, 1000), fast)]
     )
-    assert chosen.backbone == "fast"
-    chosen = _choose(
+    assert [s.backbone for s in order] == ["fast", "slow"]
+    assert "not significant" in note and "p = 0.06" in note and "1000 vs 100 img/s" in note
+    order, note = _rank(
         [
             (score("slow", slow_much_better, 100), slow_much_better),
             (score("fast", fast, 1000), fast),
         ]
     )
-    assert chosen.backbone == "slow"
+    assert [s.backbone for s in order] == ["slow", "fast"]
+    assert note == "slow has the best probe."
+    # Speeds within 1.25x are a tie: the default backbone wins it, else the better probe.
+    tie = [
+        (score("other", slow_bit_better, 1100), slow_bit_better),
+        (score(DEFAULT_BACKBONE, fast, 1000), fast),
+    ]
+    assert _rank(tie)[0][0].backbone == DEFAULT_BACKBONE
+    tie[1] = (score("third", fast, 1000), fast)
+    assert _rank(tie)[0][0].backbone == "other"
 
 
 def test_probe_matches_scikit_learn_objective() -> None:
@@ -373,8 +384,7 @@ def test_advise_dataset_on_fashion_mnist(
     assert {b.backbone for b in advice.backbones} == {"efficientnet_lite0", "efficientnet_lite1"}
     assert plan.backbone in {"efficientnet_lite0", "efficientnet_lite1"}
     assert advice.similarity_backbone == DEFAULT_BACKBONE
-    accs = [b.probe_accuracy for b in advice.backbones]
-    assert accs == sorted(accs, reverse=True)
+    assert plan.backbone == advice.backbones[0].backbone  # the plan uses the top-ranked
     assert all(b.probe_accuracy > 0.3 for b in advice.backbones)  # chance is 0.1
     assert all(b.images_per_second > 0 and b.params_millions > 0 for b in advice.backbones)
     assert advice.estimated_training_seconds > 0

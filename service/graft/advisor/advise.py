@@ -61,6 +61,8 @@ SEED = 0
 # A slower backbone is chosen over a faster one only when its probe is better with a
 # one-sided sign-test p-value below this.
 SIGNIFICANCE = 0.05
+# Measured speeds closer than this factor count as a tie (see _rank).
+SPEED_TIE = 1.25
 
 
 @dataclass(frozen=True)
@@ -244,18 +246,39 @@ def _report(ds: ScannedDataset) -> DatasetReportData:
     )
 
 
-def _choose(ranked: list[tuple[BackboneScore, ProbeResult]]) -> BackboneScore:
-    """The plan's backbone: the fastest candidate whose probe is not significantly worse
-    than the best one's (exact one-sided sign test on the images exactly one of the two
-    gets right, same images and folds, at level SIGNIFICANCE). A smaller gap is noise on a
-    sample this size, and the faster backbone trains and serves for less."""
-    best, best_probe = ranked[0]
-    eligible = [
-        score
-        for score, probe in ranked
-        if score is best or paired_sign_test(best_probe, probe)[2] >= SIGNIFICANCE
-    ]
-    return max(eligible, key=lambda s: s.images_per_second)
+def _rank(by_probe: list[tuple[BackboneScore, ProbeResult]]) -> tuple[list[BackboneScore], str]:
+    """The ranking Advise reports (best first; the plan uses the first) and a sentence on
+    why the first is first.
+
+    `by_probe` is sorted by probe accuracy. A candidate whose probe is not significantly
+    worse than the top one's (exact one-sided sign test on the images exactly one of the
+    two gets right — same images, same folds — p >= SIGNIFICANCE) is tied with it: the gap
+    is noise on a sample this size. Among the tied, the fastest ranks first (it trains and
+    serves for less); speeds within SPEED_TIE of each other count as equal (timings on a
+    shared host move by more than that), and then the default backbone, else the better
+    probe, goes first. Everyone else keeps probe order."""
+    top, top_probe = by_probe[0]
+    tests = {s.backbone: paired_sign_test(top_probe, p) for s, p in by_probe}
+    tied = [s for s, _ in by_probe if s is top or tests[s.backbone][2] >= SIGNIFICANCE]
+    fastest = max(s.images_per_second for s in tied)
+    quick = [s for s in tied if s.images_per_second * SPEED_TIE >= fastest]
+    default = [s for s in quick if s.backbone == DEFAULT_BACKBONE]
+    first = default[0] if default else quick[0]
+    order = [first] + [s for s, _ in by_probe if s is not first]
+    if first is top:
+        return order, f"{first.backbone} has the best probe."
+    wins, losses, p = tests[first.backbone]
+    speed = (
+        f"is faster ({first.images_per_second:.0f} vs {top.images_per_second:.0f} img/s)"
+        if first.images_per_second >= top.images_per_second * SPEED_TIE
+        else "is the default and about as fast"
+    )
+    return order, (
+        f"{top.backbone} probes highest, but its lead over {first.backbone} is not "
+        f"significant (sign test: right on {wins} images the other missed, wrong on "
+        f"{losses} it got, p = {p:.2f} >= {SIGNIFICANCE}) and {first.backbone} {speed}, "
+        f"so {first.backbone} ranks first."
+    )
 
 
 def advise_dataset(
@@ -351,7 +374,8 @@ def advise_dataset(
         )
         ranked.append((score, probe))
     ranked.sort(key=lambda sp: (-sp[0].probe_accuracy, -sp[0].images_per_second))
-    chosen = _choose(ranked)
+    scores, ranking_note = _rank(ranked)
+    chosen = scores[0]
 
     response = measurements[signal_name].response
     assert response is not None
@@ -391,7 +415,6 @@ def advise_dataset(
     )
     plan = plan_for(speed)
     estimate = estimate_training_seconds(plan, speed, num_train=len(train), num_val=len(val))
-    scores = [s for s, _ in ranked]
     advice = Advice(
         quadrant=quadrant,
         matrix_strategy=MATRIX[quadrant],
@@ -410,7 +433,7 @@ def advise_dataset(
         measure_seconds=time.perf_counter() - started,
         speed=speed,
     )
-    advice.rationale = _rationale(advice, counts, m, chosen, len(train), len(val))
+    advice.rationale = _rationale(advice, counts, m, ranking_note, len(train), len(val))
     return advice
 
 
@@ -440,7 +463,7 @@ def _rationale(
     advice: Advice,
     counts: list[int],
     m: BackboneMeasurement,
-    chosen: BackboneScore,
+    ranking_note: str,
     num_train: int,
     num_val: int,
 ) -> str:
@@ -477,19 +500,10 @@ def _rationale(
         f"({s.images_per_second:.0f} img/s at {s.image_size} px)"
         for s in advice.backbones
     )
-    best = advice.backbones[0]
-    why = (
-        "the best"
-        if chosen.backbone == best.backbone
-        else (
-            f"the fastest of those not significantly below the best ({best.backbone}; "
-            f"paired sign test on the sampled images, p >= {SIGNIFICANCE})"
-        )
-    )
     parts.append(
-        f"Backbones by {advice.backbones[0].probe_folds}-fold linear-probe accuracy on frozen "
-        f"features of {advice.sample_images} sampled images: {ranking}; "
-        f"{chosen.backbone} is {why}."
+        f"Backbones ranked, with their {advice.backbones[0].probe_folds}-fold linear-probe "
+        f"accuracy on frozen features of {advice.sample_images} sampled images: {ranking}. "
+        + ranking_note
     )
     parts.append(_plan_sentence(advice.plan, m.spec))
     if advice.plan.class_weighting:
@@ -500,6 +514,6 @@ def _rationale(
     parts.append(
         f"Estimated training time on this host: {advice.estimated_training_seconds:.0f} s "
         f"({num_train} training and {num_val} validation images, inference measured at "
-        f"{chosen.images_per_second:.0f} img/s)."
+        f"{advice.backbones[0].images_per_second:.0f} img/s)."
     )
     return " ".join(parts)
