@@ -506,6 +506,7 @@ def test_image_dataset_returns_tensors_and_caches(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ demo data
 
+
 # `make test` installs Debian's dataset-fashion-mnist first; no skip: a missing package fails.
 def test_fashion_mnist_reader_and_folder(tmp_path: Path) -> None:
     train_x, train_y = read_fashion_mnist("train")
