@@ -631,8 +631,9 @@ def test_predict_model_references(fake: FakeGraft, client: Client) -> None:
     assert fake.predict_requests[-1].model == pb.ModelRef(name="flowers", alias="staging")
     with pytest.raises(graft_client.NotFound):
         client.predict("tulips", image)
-    with pytest.raises(ValueError):
+    with pytest.raises(graft_client.InvalidArgument, match="NAME:VERSION") as bad:
         client.predict("a:b:c", image)
+    assert bad.value.field_violations == [("model", "NAME, NAME:VERSION or NAME@ALIAS")]
 
 
 def test_png_writer_round_trips_pixels() -> None:
