@@ -63,9 +63,10 @@ def start_server(tmp: Path, *extra: str, lease_seconds: float = 3.0) -> RunningS
         "--data-dir", str(data_dir), "--data-root", str(data_root),
         "--lease-seconds", str(lease_seconds), *extra,
     ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     ready = data_dir / "server.json"
+    ready.unlink(missing_ok=True)  # a previous server's, when a test restarts on this data
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 120
     while not ready.exists():
         if process.poll() is not None or time.monotonic() > deadline:

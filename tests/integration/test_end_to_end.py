@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -74,8 +73,13 @@ def test_worker_killed_mid_job_resumes_from_checkpoint(
     server: RunningServer, fashion: dict[str, Path]
 ) -> None:
     client = server.client()
+    # Enough epochs that the job is still running when the stream shows epoch 2 started.
     plan = pb.TrainingPlan(
-        strategy=pb.STRATEGY_PARTIAL_FINE_TUNE, trainable_stages=2, epochs=4, image_size=64
+        strategy=pb.STRATEGY_PARTIAL_FINE_TUNE,
+        trainable_stages=2,
+        epochs=10,
+        image_size=64,
+        early_stopping_patience=100,
     )
     job = client.start_fine_tune("resumed", str(fashion["train"]), plan=plan)
 
@@ -83,11 +87,11 @@ def test_worker_killed_mid_job_resumes_from_checkpoint(
     killed_at = 0
     for event in client.stream_progress(job.job_id):
         seen.append(event)
-        if not killed_at and event.kind == pb.EVENT_KIND_EVALUATION and event.epoch == 1:
-            time.sleep(0.5)  # the epoch's checkpoint is written right after its evaluation
+        if not killed_at and event.kind == pb.EVENT_KIND_STEP and event.epoch >= 2:
+            # A step of epoch 2: epoch 1's checkpoint was written before it began.
             os.kill(server.worker_pid(), signal.SIGKILL)
             killed_at = event.sequence
-    assert killed_at, "the job never reached its first evaluation"
+    assert killed_at, "the job never reached its second epoch"
 
     assert [e.sequence for e in seen] == list(range(1, len(seen) + 1))
     assert seen[-1].state == pb.JOB_STATE_SUCCEEDED
