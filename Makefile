@@ -16,11 +16,14 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PY) -m pip install -q -e client -e '.[dev,more-weights]'
 	touch $@
 
-# Real image data for the tests and the walk-through (Debian's dataset-fashion-mnist, MIT).
+# Debian packages the tests use: real image data for the tests and the walk-through
+# (dataset-fashion-mnist, MIT) and a real Prometheus server + promtool (prometheus).
+SYSTEM_PACKAGES := dataset-fashion-mnist prometheus
 system-deps:
-	@if [ ! -d $(FASHION_MNIST) ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q dataset-fashion-mnist; \
-	  else sudo apt-get update -q && sudo apt-get install -y -q dataset-fashion-mnist; fi; \
+	@if [ ! -d $(FASHION_MNIST) ] || ! command -v promtool >/dev/null; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES); \
 	fi
 
 serve: setup system-deps demo-data

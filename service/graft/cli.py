@@ -294,7 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
     json_opt = argparse.ArgumentParser(add_help=False)
     json_opt.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    p = commands.add_parser("serve", help="run the API server (and one embedded worker)")
+    log_opts = argparse.ArgumentParser(add_help=False)
+    log_opts.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        help="json lines (default) or human-readable text",
+    )
+    log_opts.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), help="default info"
+    )
+
+    p = commands.add_parser(
+        "serve", parents=[log_opts], help="run the API server (and one embedded worker)"
+    )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="gRPC port (default 50051)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off (default 9464)")
@@ -320,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=cmd_serve, command_parser=p)
 
-    p = commands.add_parser("worker", help="run a training worker")
+    p = commands.add_parser("worker", parents=[log_opts], help="run a training worker")
     p.add_argument("--data-dir", type=Path, help="the server's data directory")
     p.add_argument("--worker-id", help="name in leases and logs (default: host-pid)")
     p.add_argument(
@@ -334,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off (default 9465)")
     p.add_argument("--lease-seconds", type=float, help="job lease length (default 30)")
     p.add_argument("--device", help="torch device, e.g. cuda:1 (default: auto)")
+    p.add_argument(
+        "--stop-timeout",
+        type=float,
+        help="on SIGTERM, longest wait for the epoch's checkpoint before stopping at the next"
+        " step (default 20)",
+    )
     p.set_defaults(handler=cmd_worker, command_parser=p)
 
     p = commands.add_parser(
@@ -482,6 +500,8 @@ def cmd_serve(ctx: Context) -> int:
         max_message_bytes=a.max_message_bytes,
         max_upload_bytes=a.max_upload_bytes,
         grace_seconds=a.grace_seconds,
+        log_format=a.log_format,
+        log_level=a.log_level,
     )
     from graft.server import run_server
 
@@ -496,6 +516,9 @@ def cmd_worker(ctx: Context) -> int:
         worker_metrics_port=a.metrics_port,
         lease_seconds=a.lease_seconds,
         device=a.device,
+        log_format=a.log_format,
+        log_level=a.log_level,
+        stop_timeout_seconds=a.stop_timeout,
     )
     from graft.training.worker import run_worker
 

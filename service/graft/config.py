@@ -31,11 +31,22 @@ class Config:
     advise_max_per_class: int = 50
     advise_max_images: int = 2000
     device: str = ""  # "" = cuda when available, else cpu
+    log_format: str = "json"  # or "text"
+    log_level: str = "info"
+    heartbeat_seconds: float = 5.0  # how often a worker reports itself alive
+    # On SIGTERM a worker stops its job at the next epoch checkpoint, or after this long at
+    # the next step (resuming from the previous checkpoint), and hands the job back.
+    stop_timeout_seconds: float = 20.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def store_path(self) -> Path:
         return self.data_dir / "graft.sqlite3"
+
+    @property
+    def worker_ready_seconds(self) -> float:
+        """A worker whose heartbeat is older than this is not counted alive."""
+        return 3 * self.heartbeat_seconds
 
     @property
     def registry_dir(self) -> Path:
@@ -88,6 +99,10 @@ def env_defaults(environ: dict[str, str] | None = None) -> dict[str, Any]:
         out["data_roots"] = tuple(Path(p) for p in env["GRAFT_DATA_ROOTS"].split(os.pathsep) if p)
     if "GRAFT_DEVICE" in env:
         out["device"] = env["GRAFT_DEVICE"]
+    if "GRAFT_LOG_FORMAT" in env:
+        out["log_format"] = env["GRAFT_LOG_FORMAT"]
+    if "GRAFT_LOG_LEVEL" in env:
+        out["log_level"] = env["GRAFT_LOG_LEVEL"]
     if "GRAFT_LEASE_SECONDS" in env:
         out["lease_seconds"] = float(env["GRAFT_LEASE_SECONDS"])
     return out

@@ -25,6 +25,13 @@ from grpc_reflection.v1alpha import reflection
 from graft.api.errors import ErrorBoundaryInterceptor
 from graft.api.servicer import AdaptationServicer, Services
 from graft.config import Config
+from graft.observability.logs import setup_logging
+from graft.observability.metrics import (
+    MetricsInterceptor,
+    ServerMetrics,
+    StoreCollector,
+    serve_metrics,
+)
 from graft.predict import Predictor
 from graft.registry import ModelRegistry
 from graft.store import open_store
@@ -34,6 +41,77 @@ from graft_client.v1 import adaptation_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AdaptationService"].full_name
+# Health service name for "some worker is alive" (heartbeat within `worker_ready_seconds`).
+# The API stays SERVING without one: jobs queue until a worker comes.
+WORKER_HEALTH_NAME = "graft.worker"
+
+
+class HealthMonitor:
+    """Keeps grpc.health.v1 truthful: NOT_SERVING until started and once draining; the API
+    ("" and the AdaptationService) SERVING only while the store answers a ping; the
+    `graft.worker` entry SERVING while some worker's heartbeat is recent."""
+
+    def __init__(
+        self,
+        health_servicer: health.HealthServicer,
+        services: Services,
+        interval: float = 2.0,
+    ) -> None:
+        self.health = health_servicer
+        self.services = services
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
+        self._api_serving: bool | None = None
+        self._worker_serving: bool | None = None
+        for name in ("", SERVICE_NAME, WORKER_HEALTH_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def start(self) -> None:
+        self.check()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self.services.draining.is_set():
+                return  # enter_graceful_shutdown has set NOT_SERVING for good
+            self.check()
+
+    def check(self) -> None:
+        store = self.services.store
+        try:
+            store.ping()
+            api_ok = True
+            now = time.time()
+            window = self.services.config.worker_ready_seconds
+            worker_ok = any(now - w.last_heartbeat <= window for w in store.list_workers())
+        except Exception as exc:
+            api_ok = worker_ok = False
+            if self._api_serving is not False:
+                log.error("health: the job store does not answer (%s): NOT_SERVING", exc)
+        if self.services.draining.is_set():
+            return
+        if api_ok != self._api_serving:
+            status = _status(api_ok)
+            for name in ("", SERVICE_NAME):
+                self.health.set(name, status)
+            if api_ok and self._api_serving is False:
+                log.info("health: the job store answers again: SERVING")
+            self._api_serving = api_ok
+        if worker_ok != self._worker_serving:
+            self.health.set(WORKER_HEALTH_NAME, _status(worker_ok))
+            log.info("health: %s", "a worker is ready" if worker_ok else "no worker is ready")
+            self._worker_serving = worker_ok
+
+
+def _status(ok: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+    return (
+        health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
 
 
 class WorkerSupervisor:
@@ -80,11 +158,17 @@ class WorkerSupervisor:
             if self._stop.wait(self.restart_delay):
                 return
 
-    def stop(self, timeout: float) -> None:
+    def request_stop(self) -> None:
+        """SIGTERM the worker now: it stops at its next checkpoint and hands its job back."""
         self._stop.set()
         proc = self.process
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float) -> None:
+        self.request_stop()
+        proc = self.process
+        if proc is not None and proc.poll() is None:
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -94,14 +178,17 @@ class WorkerSupervisor:
         self._thread.join(timeout=5)
 
 
-def build_server(config: Config) -> tuple[grpc.Server, Services, health.HealthServicer]:
+def build_server(
+    config: Config, metrics: ServerMetrics | None = None
+) -> tuple[grpc.Server, Services, health.HealthServicer]:
+    metrics = metrics or ServerMetrics()
     store = open_store(config)
     registry = ModelRegistry(store, config.registry_dir)
     services = Services(
         config=config,
         store=store,
         registry=registry,
-        predictor=Predictor(registry, store, config.model_cache_size),
+        predictor=Predictor(registry, store, config.model_cache_size, metrics=metrics),
         draining=threading.Event(),
     )
     options = [
@@ -111,7 +198,8 @@ def build_server(config: Config) -> tuple[grpc.Server, Services, health.HealthSe
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
-        interceptors=[ErrorBoundaryInterceptor()],
+        # Metrics outermost: it records the status code the error boundary sets.
+        interceptors=[MetricsInterceptor(metrics), ErrorBoundaryInterceptor()],
         options=options,
     )
     pb_grpc.add_AdaptationServiceServicer_to_server(AdaptationServicer(services), server)
@@ -120,26 +208,28 @@ def build_server(config: Config) -> tuple[grpc.Server, Services, health.HealthSe
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, WORKER_HEALTH_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     return server, services, health_servicer
 
 
 def run_server(config: Config) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(config.log_format, config.log_level, process="server")
     log.info("config: %s", config.to_json())
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    server, services, health_servicer = build_server(config)
+    metrics = ServerMetrics()
+    metrics.set_build_info()
+    server, services, health_servicer = build_server(config, metrics)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         log.error("could not bind %s:%d", config.host, config.port)
         return 1
+    metrics_port = 0
     if config.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(config.metrics_port, addr=config.host)
+        metrics.registry.register(StoreCollector(services.store, config.worker_ready_seconds))
+        metrics_port = serve_metrics(metrics.registry, config.metrics_port, config.host)
+        log.info("metrics on http://%s:%d/metrics", config.host, metrics_port)
+    monitor = HealthMonitor(health_servicer, services)
     supervisor = WorkerSupervisor(config) if config.embedded_worker else None
     stop = threading.Event()
 
@@ -153,26 +243,29 @@ def run_server(config: Config) -> int:
     server.start()
     if supervisor:
         supervisor.start()
-    services.store.ping()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    _write_ready_file(config, port)
+    monitor.start()  # SERVING once the store answers
+    _write_ready_file(config, port, metrics_port)
     log.info("graft serving on %s:%d (data dir %s)", config.host, port, config.data_dir)
 
     stop.wait()
-    health_servicer.enter_graceful_shutdown()
     services.draining.set()
+    health_servicer.enter_graceful_shutdown()
+    monitor.stop()
+    if supervisor:
+        supervisor.request_stop()  # the worker checkpoints while RPCs drain
     server.stop(config.grace_seconds).wait()
     if supervisor:
-        supervisor.stop(timeout=config.grace_seconds + config.lease_seconds)
+        # The worker stops at its next checkpoint, or at the next step after its stop
+        # timeout; past this much longer, it is killed (its lease then lapses: no loss).
+        supervisor.stop(timeout=config.stop_timeout_seconds + config.grace_seconds + 30)
     services.store.close()
     log.info("graft stopped")
     return 0
 
 
-def _write_ready_file(config: Config, port: int) -> None:
-    """Record the bound port (useful with --port 0) for scripts and tests."""
-    info = {"port": port, "pid": os.getpid(), "time": time.time()}
+def _write_ready_file(config: Config, port: int, metrics_port: int) -> None:
+    """Record the bound ports (useful with --port 0) for scripts and tests."""
+    info = {"port": port, "metrics_port": metrics_port, "pid": os.getpid(), "time": time.time()}
     path = config.data_dir / "server.json"
     tmp = Path(str(path) + ".tmp")
     tmp.write_text(json.dumps(info))

@@ -211,6 +211,23 @@ def test_expired_lease_is_reclaimed_as_attempt_2(store: JobStore, clock: FakeClo
     assert store.finish_job(job_id, "w2", JobState.SUCCEEDED).state == JobState.SUCCEEDED
 
 
+def test_release_hands_the_job_back_first_in_line(store: JobStore, clock: FakeClock) -> None:
+    job_id = new_job(store)
+    later = new_job(store)
+    assert store.claim_job("w1", 10) is not None
+    with pytest.raises(FailedPrecondition, match="w2"):
+        store.release_job(job_id, "w2", "stopping")
+    released = store.release_job(job_id, "w1", "worker stopping after epoch 2")
+    assert (released.state, released.lease_owner) == (JobState.QUEUED, "")
+    last = store.events_after(job_id, 0)[-1]
+    assert last.state == JobState.QUEUED and "w1" in last.message and "epoch 2" in last.message
+    assert store.queue_depth() == 2
+    assert store.renew_lease(job_id, "w1", 10) is False  # no longer w1's
+    again = store.claim_job("w2", 10)  # oldest first: the released job before `later`
+    assert again is not None and (again.job_id, again.attempts) == (job_id, 2)
+    assert store.claim_job("w3", 10).job_id == later  # type: ignore[union-attr]
+
+
 def test_renew_lease(store: JobStore, clock: FakeClock) -> None:
     job_id = new_job(store)
     store.claim_job("w1", 10)

@@ -510,3 +510,42 @@ def test_metrics_against_a_hand_computed_confusion_matrix() -> None:
     scores = torch.arange(7.0).repeat(2, 1)  # class 6 ranks first, class 0 last
     m3 = evaluate_predictions(scores, torch.tensor([2, 1]), [str(i) for i in range(7)])
     assert m3.accuracy == 0.0 and m3.top5_accuracy == 0.5
+
+
+def test_stop_at_checkpoint_preempts_after_the_epoch_checkpoint_and_observer_counts(
+    colours: Any, tmp_path: Path
+) -> None:
+    from graft.observability.metrics import WorkerMetrics
+    from graft.training.errors import TrainingPreempted
+
+    metrics = WorkerMetrics()
+    rec = Recorder()
+    plan = plan_for(Strategy.PARTIAL_FINE_TUNE, epochs=3)
+    stopping = {"now": False}
+
+    def emit(e: ProgressEvent) -> None:
+        rec.emit(e)
+        if e.kind == EventKind.EVALUATION and e.epoch == 2:
+            stopping["now"] = True  # SIGTERM arrives during epoch 2's evaluation
+
+    with pytest.raises(TrainingPreempted, match="epoch 2"):
+        run(
+            colours,
+            plan,
+            tmp_path,
+            rec,
+            emit=emit,
+            observer=metrics,
+            stop_at_checkpoint=lambda: stopping["now"],
+        )
+    checkpoint = load_checkpoint(tmp_path)
+    assert checkpoint is not None and checkpoint.epoch == 2  # nothing of epoch 2 lost
+    _, train_s, _ = colours
+    sample = metrics.registry.get_sample_value
+    assert sample("graft_worker_training_images_total") == 2 * len(train_s)
+    steps_per_epoch = math.ceil(len(train_s) / plan.batch_size)
+    # Step times are measured between successive steps of an epoch, the first from its start.
+    assert sample("graft_worker_step_seconds_count") == 2 * steps_per_epoch
+    assert sample("graft_worker_epoch_seconds_count") == 2
+    assert sample("graft_worker_checkpoint_seconds_count") == 2
+    assert sample("graft_worker_training_images_per_second") > 0

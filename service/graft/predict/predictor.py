@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,9 @@ from graft.data import eval_transform, load_image
 from graft.domain import ModelRef, ModelVersion
 from graft.registry import ModelRegistry
 from graft.store import JobStore
+
+if TYPE_CHECKING:
+    from graft.observability.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,14 @@ def build_model(
 
 
 class Predictor:
-    def __init__(self, registry: ModelRegistry, store: JobStore, cache_size: int = 4) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        store: JobStore,
+        cache_size: int = 4,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        self._metrics = metrics
         self._registry = registry
         self._store = store
         self._cache_size = max(1, cache_size)
@@ -88,15 +98,19 @@ class Predictor:
         with self._lock:
             return list(self._cache)
 
-    def _get(self, ref: ModelRef) -> LoadedModel:
+    def _get(self, ref: ModelRef) -> tuple[LoadedModel, bool]:
+        """The loaded model and whether it came from the cache."""
         version = self._store.resolve_model(ref)
         key = (version.name, version.version)
+        m = self._metrics
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 self.hits += 1
-                return hit
+                if m:
+                    m.cache_hits.inc()
+                return hit, True
         # Load outside the cache lock: a slow load must not block Predict on other models.
         loaded_version, state, card = self._registry.load(
             ModelRef(name=version.name, version=version.version)
@@ -109,13 +123,18 @@ class Predictor:
             while len(self._cache) > self._cache_size:
                 evicted, _ = self._cache.popitem(last=False)
                 self.evictions += 1
+                if m:
+                    m.cache_evictions.inc()
                 log.info("evicted model %s:%d from the Predict cache", *evicted)
-        return loaded
+            if m:
+                m.cache_misses.inc()
+                m.loaded_models.set(len(self._cache))
+        return loaded, False
 
     def predict(self, ref: ModelRef, images: Sequence[bytes], top_k: int) -> PredictResult:
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        loaded = self._get(ref)
+        loaded, cache_hit = self._get(ref)
         timings["load"] = time.perf_counter() - started
 
         # Stage 1: decode + preprocess; failures stay with their image.
@@ -129,15 +148,21 @@ class Predictor:
                 index.append(i)
             except errors.GraftError as exc:
                 results[i].error = exc
-        timings["preprocess"] = time.perf_counter() - t0
-
-        # Stage 2: inference.
-        t0 = time.perf_counter()
-        probs = torch.empty(0)
         if tensors:
             batch = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
-            with loaded.lock, torch.inference_mode():
-                probs = torch.softmax(loaded.model(batch).float(), dim=1)
+        timings["decode"] = time.perf_counter() - t0
+
+        # Stage 2: wait for the model (one inference at a time per model), then infer.
+        t0 = time.perf_counter()
+        probs = torch.empty(0)
+        timings["queue"] = 0.0
+        if tensors:
+            with loaded.lock:
+                t1 = time.perf_counter()
+                timings["queue"] = t1 - t0
+                with torch.inference_mode():
+                    probs = torch.softmax(loaded.model(batch).float(), dim=1)
+            t0 = t1
         timings["inference"] = time.perf_counter() - t0
 
         # Stage 3: postprocess.
@@ -151,4 +176,7 @@ class Predictor:
                     for s, c in zip(scores[row].tolist(), classes[row].tolist(), strict=True)
                 ]
         timings["postprocess"] = time.perf_counter() - t0
+        if self._metrics:
+            failed = sum(1 for r in results if r.error is not None)
+            self._metrics.observe_predict(timings, len(images), failed, cache_hit)
         return PredictResult(loaded.version, results, timings)

@@ -119,6 +119,12 @@ class JobStore(Protocol):
         STATE event, atomically. Anyone but the lease holder: FailedPrecondition."""
         ...
 
+    def release_job(self, job_id: str, worker_id: str, reason: str) -> Job:
+        """Hand a RUNNING job that `worker_id` holds back to the queue (the worker is
+        shutting down; the next claim resumes it from its checkpoint), with a QUEUED STATE
+        event quoting `reason`. FailedPrecondition when the worker does not hold it."""
+        ...
+
     def set_skipped_files(self, job_id: str, n: int) -> None:
         """Record how many dataset files the worker could not read."""
         ...

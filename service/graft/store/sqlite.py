@@ -489,6 +489,23 @@ class SqliteJobStore:
             )
             return self._get(c, job_id)
 
+    def release_job(self, job_id: str, worker_id: str, reason: str) -> Job:
+        now = self._clock()
+        with self._tx(write=True) as c:
+            job = self._get(c, job_id)
+            if job.state != JobState.RUNNING or job.lease_owner != worker_id:
+                raise FailedPrecondition(
+                    f"worker {worker_id} does not hold job {job_id} (it is "
+                    f"{job.state.name.lower()}, leased to {job.lease_owner or 'nobody'})"
+                )
+            c.execute(
+                "UPDATE jobs SET state = ?, lease_owner = '', lease_expires = 0 WHERE job_id = ?",
+                (int(JobState.QUEUED), job_id),
+            )
+            message = f"released by worker {worker_id}: {reason}" if reason else "released"
+            self._append(c, job_id, state_event(JobState.QUEUED, message), now)
+            return self._get(c, job_id)
+
     def set_skipped_files(self, job_id: str, n: int) -> None:
         with self._tx(write=True) as c:
             cur = c.execute("UPDATE jobs SET skipped_files = ? WHERE job_id = ?", (n, job_id))

@@ -9,3 +9,8 @@ class TrainingCancelled(Exception):
     Not a GraftError: it is not a failure to report but the normal end of a cancelled job
     (the worker marks the job CANCELLED). The last checkpoint stays on disk.
     """
+
+
+class TrainingPreempted(Exception):
+    """The worker is shutting down: training stopped right after writing a checkpoint (or,
+    past the stop timeout, at the next step) so the job can be handed back and resumed."""

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -38,7 +39,7 @@ from graft.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from graft.training.errors import TrainingCancelled
+from graft.training.errors import TrainingCancelled, TrainingPreempted
 from graft.training.features import feature_key, load_or_compute_features
 from graft.training.metrics import evaluate_predictions
 from graft.training.strategies import (
@@ -49,6 +50,32 @@ from graft.training.strategies import (
 )
 
 Emit = Callable[[ProgressEvent], None]
+
+
+class TrainingObserver(Protocol):
+    """Hooks for measurements (the worker's Prometheus metrics, WorkerMetrics)."""
+
+    def on_epoch_start(self) -> None: ...
+
+    def on_step(self, images: int) -> None: ...
+
+    def on_epoch(self, seconds: float) -> None: ...
+
+    def on_checkpoint(self, seconds: float) -> None: ...
+
+
+class _NoObserver:
+    def on_epoch_start(self) -> None:
+        pass
+
+    def on_step(self, images: int) -> None:
+        pass
+
+    def on_epoch(self, seconds: float) -> None:
+        pass
+
+    def on_checkpoint(self, seconds: float) -> None:
+        pass
 
 
 @dataclass
@@ -160,6 +187,7 @@ def train_one_epoch(
     epoch: int,
     progress: Progress,
     should_stop: Callable[[], bool],
+    observer: TrainingObserver | None = None,
 ) -> float:
     """One pass over `loader`; returns the mean training loss. The caller has put `model`
     in train mode with frozen stages in eval mode (strategies.set_train_mode)."""
@@ -182,6 +210,8 @@ def train_one_epoch(
         total += loss
         steps += 1
         progress.step(epoch, step, loss, len(targets), lr)
+        if observer is not None:
+            observer.on_step(len(targets))
     return total.item() / max(1, steps)  # syncs once per epoch
 
 
@@ -265,6 +295,8 @@ def train(
     pretrained: bool = True,
     step_event_interval: float = 1.0,
     update_bn_statistics: bool | None = None,
+    observer: TrainingObserver | None = None,
+    stop_at_checkpoint: Callable[[], bool] = lambda: False,
 ) -> TrainResult:
     """Train `plan` (resolved: see plan.resolve_plan) on the samples and return the best
     epoch's model. Resumes from `checkpoint_dir` when it holds a checkpoint of this same
@@ -274,7 +306,11 @@ def train(
     most every `step_event_interval` seconds. `update_bn_statistics` lets trained stages'
     BatchNorm layers re-estimate their running statistics (default: only without pretrained
     weights; see strategies.set_train_mode).
+
+    `observer` gets step, epoch and checkpoint timings. When `stop_at_checkpoint()` is True
+    after an epoch's checkpoint is written, TrainingPreempted is raised (worker shutdown).
     """
+    observer = observer or _NoObserver()
     started = time.monotonic()
     if (
         plan.strategy == Strategy.UNSPECIFIED
@@ -448,6 +484,7 @@ def train(
             )
             break
         epoch_start = time.monotonic()
+        observer.on_epoch_start()
         head_warmup = epoch < plan.head_warmup_epochs
         if not fe and epoch == plan.head_warmup_epochs and epoch > 0:
             progress.message("head warm-up done: the base starts training", epoch=epoch + 1)
@@ -466,6 +503,7 @@ def train(
             epoch=epoch + 1,
             progress=progress,
             should_stop=should_stop,
+            observer=observer,
         )
         metrics = evaluate(
             trained_module, val_loader, labels=classes, device=device, should_stop=should_stop
@@ -501,6 +539,8 @@ def train(
                 "seconds": time.monotonic() - epoch_start,
             }
         )
+        observer.on_epoch(time.monotonic() - epoch_start)
+        t_checkpoint = time.monotonic()
         save_checkpoint(
             checkpoint_dir,
             Checkpoint(
@@ -528,6 +568,9 @@ def train(
                 },
             ),
         )
+        observer.on_checkpoint(time.monotonic() - t_checkpoint)
+        if stop_at_checkpoint() and epochs_done < plan.epochs:
+            raise TrainingPreempted(f"stopped after the checkpoint of epoch {epochs_done}")
 
     # --- result: the best epoch's weights, ready to serve ------------------------------
     assert best_state is not None and best_metrics is not None

@@ -2,6 +2,11 @@
 renews, trains (CUDA when present, else CPU), checkpoints every epoch, appends progress
 events and registers the trained model. A job whose lease expired (its worker died) is
 claimed again by the next worker and resumes from its last checkpoint.
+
+SIGTERM/SIGINT: the worker stops its job right after the next epoch checkpoint (or, when
+that takes longer than `stop_timeout_seconds`, at the next step, keeping the previous
+checkpoint), hands the job back to the queue, and exits 0. Nothing is lost: the next worker
+resumes the job from that checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +32,11 @@ from graft.backbones import get_spec
 from graft.config import Config
 from graft.data import resolve_dataset, scan_dataset, split_dataset
 from graft.domain import EventKind, Job, JobState, ProgressEvent
+from graft.observability.logs import log_context, setup_logging
+from graft.observability.metrics import WorkerMetrics, serve_metrics
 from graft.registry import ModelRegistry
 from graft.store import JobStore, open_store
+from graft.training.errors import TrainingPreempted
 from graft.training.loop import TrainingCancelled, train
 
 log = logging.getLogger(__name__)
@@ -77,60 +86,124 @@ class LeaseKeeper:
 
 
 class Worker:
-    def __init__(self, config: Config, worker_id: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        worker_id: str | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.config = config
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.store = open_store(config)
         self.registry = ModelRegistry(self.store, config.registry_dir)
         self.device = pick_device(config)
+        self.metrics = metrics or WorkerMetrics(cuda=self.device.type == "cuda")
         self.stopping = threading.Event()
+        self.stop_requested_at = 0.0
+        self.busy_job = ""
+        self._heartbeats = threading.Thread(target=self._heartbeat_loop, name="heartbeat")
+        self._heartbeats.daemon = True
 
-    def heartbeat(self, busy_job: str = "") -> None:
-        self.store.heartbeat_worker(
-            self.worker_id,
-            os.getpid(),
-            socket.gethostname(),
-            {"device": str(self.device), "job_id": busy_job},
-        )
+    def request_stop(self) -> None:
+        if not self.stopping.is_set():
+            self.stop_requested_at = time.monotonic()
+            self.stopping.set()
+            self.metrics.ready.set(0)
+
+    def heartbeat(self) -> None:
+        """Tell the store (and /metrics) this worker is alive, and what it is doing."""
+        try:
+            self.store.heartbeat_worker(
+                self.worker_id,
+                os.getpid(),
+                socket.gethostname(),
+                {"device": str(self.device), "job_id": self.busy_job},
+            )
+        except errors.GraftError as exc:
+            log.warning("heartbeat failed: %s", exc.message)
+            self.metrics.ready.set(0)
+            return
+        self.metrics.last_heartbeat.set(time.time())
+        self.metrics.ready.set(0 if self.stopping.is_set() else 1)
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stopping.wait(self.config.heartbeat_seconds):
+            self.heartbeat()
 
     def run(self) -> int:
         log.info("worker %s on %s polling %s", self.worker_id, self.device, self.config.store_path)
+        self.heartbeat()
+        self._heartbeats.start()
         while not self.stopping.is_set():
-            self.heartbeat()
             job = self.store.claim_job(self.worker_id, self.config.lease_seconds)
             if job is None:
                 self.stopping.wait(self.config.poll_seconds)
                 continue
-            self.heartbeat(job.job_id)
-            self.run_job(job)
+            self.busy_job = job.job_id
+            self.metrics.busy.set(1)
+            self.heartbeat()
+            with log_context(job_id=job.job_id, worker_id=self.worker_id):
+                self.run_job(job)
+            self.busy_job = ""
+            self.metrics.busy.set(0)
+        self.metrics.ready.set(0)
+        log.info("worker %s stopped", self.worker_id)
         return 0
+
+    def _stop_now(self) -> bool:
+        """Past the stop timeout: do not wait for the epoch's checkpoint any longer."""
+        return (
+            self.stopping.is_set()
+            and time.monotonic() - self.stop_requested_at > self.config.stop_timeout_seconds
+        )
 
     def run_job(self, job: Job) -> None:
         def emit(event: ProgressEvent) -> None:
             self.store.append_event(job.job_id, dataclasses.replace(event, state=JobState.RUNNING))
 
+        started = time.monotonic()
+        strategy = job.plan.strategy.name.lower()
         checkpoint_dir = self.config.checkpoints_dir / job.job_id
+        log.info("job %s: %s of %s", job.job_id, strategy, job.plan.backbone)
         with LeaseKeeper(self.store, job, self.worker_id, self.config.lease_seconds) as lease:
+
+            def should_stop() -> bool:
+                return lease.should_stop() or self._stop_now()
+
             try:
-                self._train_and_register(job, emit, checkpoint_dir, lease)
-            except TrainingCancelled:
+                self._train_and_register(job, emit, checkpoint_dir, should_stop)
+                outcome = "succeeded"
+            except (TrainingCancelled, TrainingPreempted) as exc:
                 if lease.lost.is_set():
                     log.warning("job %s: lease lost; another worker will resume it", job.job_id)
                     return
-                self.store.finish_job(job.job_id, self.worker_id, JobState.CANCELLED)
+                if lease.cancelled.is_set():
+                    self.store.finish_job(job.job_id, self.worker_id, JobState.CANCELLED)
+                    outcome = "cancelled"
+                else:  # this worker is stopping: hand the job back, keep its checkpoint
+                    self.store.release_job(
+                        job.job_id, self.worker_id, f"worker shutting down ({exc})"
+                    )
+                    log.info("job %s released for resumption: %s", job.job_id, exc)
+                    self.metrics.job_finished(strategy, "released", time.monotonic() - started)
+                    return
             except errors.GraftError as exc:
                 log.warning("job %s failed: %s", job.job_id, exc.message)
                 self.store.finish_job(
                     job.job_id, self.worker_id, JobState.FAILED, error=exc.message
                 )
+                outcome = "failed"
             except Exception as exc:  # a crash in training must end the job, not the worker
                 log.exception("job %s failed unexpectedly", job.job_id)
                 message = f"{type(exc).__name__}: {exc}"
                 self.store.finish_job(job.job_id, self.worker_id, JobState.FAILED, error=message)
+                outcome = "failed"
+        self.metrics.job_finished(strategy, outcome, time.monotonic() - started)
+        log.info("job %s %s in %.1f s", job.job_id, outcome, time.monotonic() - started)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     def _train_and_register(
-        self, job: Job, emit: Any, checkpoint_dir: Path, lease: LeaseKeeper
+        self, job: Job, emit: Any, checkpoint_dir: Path, should_stop: Any
     ) -> None:
         dataset = scan_dataset(resolve_dataset(job.dataset, self.config))
         self.store.set_skipped_files(job.job_id, len(dataset.skipped))
@@ -161,9 +234,11 @@ class Worker:
             checkpoint_dir=checkpoint_dir,
             device=self.device,
             emit=emit,
-            should_stop=lease.should_stop,
+            should_stop=should_stop,
+            observer=self.metrics,
+            stop_at_checkpoint=self.stopping.is_set,
         )
-        if lease.should_stop():
+        if should_stop():
             raise TrainingCancelled()
         spec = get_spec(plan.backbone)
         card = {
@@ -224,24 +299,21 @@ class Worker:
 
 
 def run_worker(config: Config, worker_id: str | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s worker %(name)s: %(message)s"
-    )
+    setup_logging(config.log_format, config.log_level, process="worker")
     worker = Worker(config, worker_id)
 
     def on_signal(signum: int, frame: object) -> None:
-        log.info("worker received signal %d: stopping after the current job", signum)
-        worker.stopping.set()
+        log.info("worker received signal %d: stopping at the next checkpoint", signum)
+        worker.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if config.worker_metrics_port:
-        from prometheus_client import start_http_server
-
         try:
-            start_http_server(config.worker_metrics_port, addr=config.host)
+            port = serve_metrics(worker.metrics.registry, config.worker_metrics_port, config.host)
+            log.info("worker metrics on http://%s:%d/metrics", config.host, port)
         except OSError as exc:
-            log.warning("worker metrics port %d unavailable: %s", config.worker_metrics_port, exc)
+            log.error("worker metrics port %d unavailable: %s", config.worker_metrics_port, exc)
     return worker.run()
 
 

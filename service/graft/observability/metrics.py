@@ -1,0 +1,479 @@
+"""Prometheus metrics of the server and of a worker, each in its own `CollectorRegistry`.
+
+Server: the conventional gRPC server metrics (the names of go-grpc-prometheus and
+py-grpc-prometheus, so existing dashboards and alerts work), recorded by `MetricsInterceptor`
+for unary and streaming RPCs alike; Predict's stage timings and model cache; and the job
+store's state, read at scrape time by `StoreCollector` (never a stale copy).
+
+Worker: training throughput, step/epoch/checkpoint/job timings, GPU memory, heartbeat.
+Each process owns its counters; a restarted worker starts from zero, which Prometheus's
+`rate()` reads as a counter reset (no shared multiprocess files to corrupt).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from graft import __version__
+from graft.observability.logs import log_context
+
+log = logging.getLogger(__name__)
+
+RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+# RPCs here run from milliseconds (GetJob) to hours (StreamProgress of a long job).
+RPC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+PREDICT_STAGES = ("load", "decode", "queue", "inference", "postprocess")
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry with the standard process/platform/GC collectors (process_start_time_seconds
+    is how Prometheus tells a restarted process from a stalled one)."""
+    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def serve_metrics(registry: CollectorRegistry, port: int, host: str) -> int:
+    """Start the /metrics HTTP endpoint on a daemon thread; returns the bound port."""
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return int(server.server_address[1])
+
+
+class ServerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else new_registry()
+        self.started = Counter(
+            "grpc_server_started_total", "RPCs started on the server.", RPC_LABELS, registry=r
+        )
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by status code.",
+            (*RPC_LABELS, "grpc_code"),
+            registry=r,
+        )
+        self.handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from an RPC's start to its completion (streams: until the last message).",
+            RPC_LABELS,
+            buckets=RPC_BUCKETS,
+            registry=r,
+        )
+        self.received = Counter(
+            "grpc_server_msg_received_total",
+            "Request messages received (one per unary request; each for streams).",
+            RPC_LABELS,
+            registry=r,
+        )
+        self.sent = Counter(
+            "grpc_server_msg_sent_total",
+            "Response messages sent (one per unary response; each for streams).",
+            RPC_LABELS,
+            registry=r,
+        )
+        self.predict_stage = Histogram(
+            "graft_predict_stage_seconds",
+            "Predict time per stage: load (model from the registry, cache misses only), decode"
+            " (decode and preprocess), queue (waiting for the model), inference, postprocess.",
+            ("stage",),
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.predict_batch = Histogram(
+            "graft_predict_batch_size",
+            "Images per Predict request.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.predict_images = Counter(
+            "graft_predict_images_total",
+            "Images classified by Predict, by outcome (error: the image alone failed).",
+            ("outcome",),
+            registry=r,
+        )
+        self.loaded_models = Gauge(
+            "graft_loaded_models", "Model versions loaded in the Predict cache.", registry=r
+        )
+        self.cache_hits = Counter(
+            "graft_model_cache_hits_total", "Predict calls served by a loaded model.", registry=r
+        )
+        self.cache_misses = Counter(
+            "graft_model_cache_misses_total",
+            "Predict calls that loaded their model from the registry.",
+            registry=r,
+        )
+        self.cache_evictions = Counter(
+            "graft_model_cache_evictions_total",
+            "Models evicted from the Predict cache (least recently used first).",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "graft_build_info",
+            "Always 1; the labels say what is running.",
+            ("version", "python", "torch", "grpcio"),
+            registry=r,
+        )
+        for stage in PREDICT_STAGES:
+            self.predict_stage.labels(stage)  # every series exists from the first scrape
+        for outcome in ("ok", "error"):
+            self.predict_images.labels(outcome)
+
+    def set_build_info(self) -> None:
+        import torch
+
+        self.build_info.labels(
+            __version__, platform.python_version(), torch.__version__, grpc.__version__
+        ).set(1)
+
+    def observe_predict(
+        self, stage_seconds: dict[str, float], images: int, failed: int, cache_hit: bool
+    ) -> None:
+        for stage, seconds in stage_seconds.items():
+            if stage != "load" or not cache_hit:
+                self.predict_stage.labels(stage).observe(seconds)
+        self.predict_batch.observe(images)
+        self.predict_images.labels("ok").inc(images - failed)
+        self.predict_images.labels("error").inc(failed)
+
+
+class StoreCollector(Collector):
+    """Job and registry gauges read from the store at scrape time."""
+
+    def __init__(
+        self, store: Any, worker_ready_seconds: float, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.worker_ready_seconds = worker_ready_seconds
+        self.clock = clock
+
+    def describe(self) -> Iterable[Any]:
+        return []  # collected lazily: no store access at registration
+
+    def collect(self) -> Iterator[Any]:
+        up = GaugeMetricFamily("graft_store_up", "1 when the job store answered this scrape.")
+        try:
+            now = self.clock()
+            counts = self.store.count_jobs_by_state()
+            depth = self.store.queue_depth()
+            oldest = self.store.oldest_queued_age(now)
+            versions = self.store.count_model_versions()
+            workers = self.store.list_workers()
+        except Exception:
+            log.exception("metrics: the job store did not answer")
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        jobs = GaugeMetricFamily("graft_jobs", "Jobs in the store, by state.", labels=["state"])
+        for state, n in sorted(counts.items()):
+            jobs.add_metric([state.name.lower()], n)
+        yield jobs
+        yield GaugeMetricFamily("graft_queue_depth", "Jobs waiting for a worker.", value=depth)
+        yield GaugeMetricFamily(
+            "graft_oldest_queued_job_age_seconds",
+            "Age of the oldest queued job (0 when none waits).",
+            value=oldest,
+        )
+        yield GaugeMetricFamily(
+            "graft_registry_model_versions",
+            "Model versions in the registry.",
+            value=versions,
+        )
+        ready = sum(1 for w in workers if now - w.last_heartbeat <= self.worker_ready_seconds)
+        yield GaugeMetricFamily(
+            "graft_workers_ready",
+            "Workers whose last heartbeat is recent enough to count them alive.",
+            value=ready,
+        )
+
+
+def _split_method(full: str) -> tuple[str, str]:
+    # "/graft.v1.AdaptationService/Predict" -> ("graft.v1.AdaptationService", "Predict")
+    _, service, method = full.split("/", 2) if full.count("/") >= 2 else ("", "", full)
+    return service, method
+
+
+# grpc_code values as go-grpc-prometheus spells them (Go's codes.Code.String()), which is
+# what published dashboards and alerts for gRPC servers match on.
+_CODE_NAMES = {
+    code: "OK"
+    if code == grpc.StatusCode.OK
+    else "Canceled"
+    if code == grpc.StatusCode.CANCELLED
+    else "".join(part.capitalize() for part in code.name.split("_"))
+    for code in grpc.StatusCode
+}
+
+
+def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return _CODE_NAMES[code]
+    return "Unknown" if failed else "OK"
+
+
+def _request_id(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and value:
+            return value[:64]
+    return uuid.uuid4().hex[:16]
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Records started/handled/latency/messages for every RPC, and binds the method and a
+    request id (the caller's `x-request-id` metadata, else a new one) to its log records.
+    Install it first (outermost) so it sees the status the error boundary sets."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.m = metrics
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        service, method = _split_method(handler_call_details.method)
+        client_stream, server_stream = handler.request_streaming, handler.response_streaming
+        kind = (
+            "bidi_stream"
+            if client_stream and server_stream
+            else "client_stream"
+            if client_stream
+            else "server_stream"
+            if server_stream
+            else "unary"
+        )
+        labels = (kind, service, method)
+        m = self.m
+
+        def count_requests(requests: Iterator[Any]) -> Iterator[Any]:
+            for request in requests:
+                m.received.labels(*labels).inc()
+                yield request
+
+        def begin(context: grpc.ServicerContext) -> float:
+            m.started.labels(*labels).inc()
+            return time.perf_counter()
+
+        def end(context: grpc.ServicerContext, t0: float, failed: bool) -> None:
+            m.handled.labels(*labels, _code_name(context, failed)).inc()
+            m.handling.labels(*labels).observe(time.perf_counter() - t0)
+
+        def unary_response(
+            inner: Callable[..., Any], streaming_request: bool
+        ) -> Callable[..., Any]:
+            def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+                t0 = begin(context)
+                if streaming_request:
+                    request = count_requests(request)
+                else:
+                    m.received.labels(*labels).inc()
+                failed = True
+                with log_context(method=method, request_id=_request_id(context)):
+                    try:
+                        response = inner(request, context)
+                        failed = False
+                    finally:
+                        end(context, t0, failed)
+                m.sent.labels(*labels).inc()
+                return response
+
+            return wrapper
+
+        def stream_response(
+            inner: Callable[..., Iterator[Any]], streaming_request: bool
+        ) -> Callable[..., Iterator[Any]]:
+            def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                t0 = begin(context)
+                if streaming_request:
+                    request = count_requests(request)
+                else:
+                    m.received.labels(*labels).inc()
+                bound = {"method": method, "request_id": _request_id(context)}
+                failed, cancelled = True, False
+                try:
+                    with log_context(**bound):
+                        responses = iter(inner(request, context))
+                    while True:
+                        # The log context spans each step, never a `yield`: grpc may close
+                        # this generator from another thread when the client goes away.
+                        with log_context(**bound):
+                            try:
+                                response = next(responses)
+                            except StopIteration:
+                                break
+                        m.sent.labels(*labels).inc()
+                        yield response
+                    failed = False
+                except GeneratorExit:  # the client cancelled or went away mid-stream
+                    cancelled = True
+                    raise
+                finally:
+                    code = (
+                        "Canceled"
+                        if cancelled and context.code() is None
+                        else _code_name(context, failed)
+                    )
+                    m.handled.labels(*labels, code).inc()
+                    m.handling.labels(*labels).observe(time.perf_counter() - t0)
+
+            return wrapper
+
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                unary_response(handler.unary_unary, False), **kwargs
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                unary_response(handler.stream_unary, True), **kwargs
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                stream_response(handler.unary_stream, False), **kwargs
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                stream_response(handler.stream_stream, True), **kwargs
+            )
+        return handler
+
+
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+EPOCH_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+JOB_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
+CHECKPOINT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+JOB_OUTCOMES = ("succeeded", "failed", "cancelled", "released")
+STRATEGY_LABELS = ("feature_extraction", "partial_fine_tune", "full_fine_tune")
+
+
+class WorkerMetrics:
+    """A worker's metrics; also the training loop's observer (`on_step`, `on_epoch`,
+    `on_checkpoint`)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, cuda: bool = False) -> None:
+        r = self.registry = registry if registry is not None else new_registry()
+        self.images = Counter(
+            "graft_worker_training_images_total",
+            "Training images processed (each image once per epoch).",
+            registry=r,
+        )
+        self.images_per_second = Gauge(
+            "graft_worker_training_images_per_second",
+            "Training throughput of the latest step (kept when idle: see graft_worker_busy).",
+            registry=r,
+        )
+        self.step_seconds = Histogram(
+            "graft_worker_step_seconds",
+            "Wall time between the ends of successive training steps (data loading included).",
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.epoch_seconds = Histogram(
+            "graft_worker_epoch_seconds",
+            "Wall time of a training epoch including its evaluation.",
+            buckets=EPOCH_BUCKETS,
+            registry=r,
+        )
+        self.job_seconds = Histogram(
+            "graft_worker_job_duration_seconds",
+            "Wall time of a job on this worker, by strategy and outcome (released: handed"
+            " back on shutdown to resume elsewhere).",
+            ("strategy", "outcome"),
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_seconds = Histogram(
+            "graft_worker_checkpoint_seconds",
+            "Time to write an epoch checkpoint.",
+            buckets=CHECKPOINT_BUCKETS,
+            registry=r,
+        )
+        self.last_heartbeat = Gauge(
+            "graft_worker_last_heartbeat_timestamp_seconds",
+            "Unix time of the worker's latest heartbeat to the store.",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "graft_worker_ready",
+            "1 while the worker can take jobs (store reachable, not stopping).",
+            registry=r,
+        )
+        self.busy = Gauge("graft_worker_busy", "1 while the worker runs a job.", registry=r)
+        self.cuda = cuda
+        if cuda:
+            self.gpu_allocated = Gauge(
+                "graft_worker_gpu_memory_allocated_bytes",
+                "CUDA memory held by tensors (torch.cuda.memory_allocated).",
+                registry=r,
+            )
+            self.gpu_reserved = Gauge(
+                "graft_worker_gpu_memory_reserved_bytes",
+                "CUDA memory reserved by PyTorch's caching allocator.",
+                registry=r,
+            )
+        for strategy in STRATEGY_LABELS:
+            for outcome in JOB_OUTCOMES:
+                self.job_seconds.labels(strategy, outcome)  # zeros exist: rates have a base
+        self._last_step: float | None = None
+
+    # -- the training loop's observer ----------------------------------------------------
+
+    def on_step(self, images: int) -> None:
+        now = time.perf_counter()
+        self.images.inc(images)
+        if self._last_step is not None:
+            seconds = now - self._last_step
+            self.step_seconds.observe(seconds)
+            if seconds > 0:
+                self.images_per_second.set(images / seconds)
+        self._last_step = now
+        if self.cuda:
+            import torch
+
+            self.gpu_allocated.set(torch.cuda.memory_allocated())
+            self.gpu_reserved.set(torch.cuda.memory_reserved())
+
+    def on_epoch_start(self) -> None:
+        self._last_step = time.perf_counter()
+
+    def on_epoch(self, seconds: float) -> None:
+        self.epoch_seconds.observe(seconds)
+        self._last_step = None
+
+    def on_checkpoint(self, seconds: float) -> None:
+        self.checkpoint_seconds.observe(seconds)
+
+    # -- the worker ----------------------------------------------------------------------
+
+    def job_finished(self, strategy: str, outcome: str, seconds: float) -> None:
+        self.job_seconds.labels(strategy, outcome).observe(seconds)
+        self._last_step = None
