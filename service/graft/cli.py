@@ -333,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_serve, command_parser=p)
 
     p = commands.add_parser("worker", parents=[log_opts], help="run a training worker")
+    p.add_argument(
+        "--host", help="address of the /metrics endpoint (default 127.0.0.1; 0.0.0.0 in containers)"
+    )
     p.add_argument("--data-dir", type=Path, help="the server's data directory")
     p.add_argument("--worker-id", help="name in leases and logs (default: host-pid)")
     p.add_argument(
@@ -511,6 +514,7 @@ def cmd_serve(ctx: Context) -> int:
 def cmd_worker(ctx: Context) -> int:
     a = ctx.args
     config = _config(
+        host=a.host,
         data_dir=a.data_dir.expanduser().resolve() if a.data_dir else None,
         data_roots=tuple(p.expanduser().resolve() for p in a.data_roots) if a.data_roots else None,
         worker_metrics_port=a.metrics_port,
