@@ -261,7 +261,10 @@ def test_sigterm_drains_predicts_and_hands_the_running_job_back(tmp_path: Path) 
     threads = [threading.Thread(target=burst) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(1.5)
+    deadline = time.monotonic() + 120
+    while sum(o == "OK" for _, o in outcomes) < 8:  # a burst under way, the model loaded
+        assert time.monotonic() < deadline, outcomes
+        time.sleep(0.05)
     sigterm_at = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     code = server.process.wait(90)
