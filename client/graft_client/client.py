@@ -236,11 +236,15 @@ class Client:
         candidate_backbones: Iterable[str] = (),
         small_dataset_threshold: int = 0,
         declared: DeclaredLike | None = None,
+        max_images_per_class: int = 0,
+        max_images: int = 0,
         timeout: float | None = None,
     ) -> pb.AdviseResponse:
         """Measures a dataset (a server-side URI, or an uploaded dataset_id) and returns
         the quadrant, a complete plan and the numbers behind it. With only `declared`
-        statistics (num_classes, images_per_class, similarity_hint) nothing is measured."""
+        statistics (num_classes, images_per_class, similarity_hint) nothing is measured.
+        `max_images_per_class` / `max_images` bound the measured sample (0: the server's
+        defaults, which are also its limits)."""
         ref = _dataset_ref(dataset, dataset_id)
         if ref is None and declared is None:
             raise InvalidArgument(
@@ -250,6 +254,8 @@ class Client:
         request = pb.AdviseRequest(
             candidate_backbones=list(candidate_backbones),
             small_dataset_threshold=small_dataset_threshold,
+            max_images_per_class=max_images_per_class,
+            max_images=max_images,
         )
         if ref is not None:
             request.dataset.CopyFrom(ref)

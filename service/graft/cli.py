@@ -113,6 +113,8 @@ def describe_plan(plan: pb.TrainingPlan) -> str:
     parts = [plan.backbone or "default backbone", STRATEGY_TEXT.get(plan.strategy, "?")]
     if plan.strategy == pb.STRATEGY_PARTIAL_FINE_TUNE and plan.trainable_stages:
         parts[-1] += f" (top {plan.trainable_stages} stages)"
+    if plan.strategy == pb.STRATEGY_FEATURE_EXTRACTION and plan.feature_stages:
+        parts[-1] += f" (stage {'+'.join(map(str, plan.feature_stages))} features)"
     if plan.epochs:
         parts.append(f"{plan.epochs} epochs")
     if plan.batch_size:
@@ -529,6 +531,50 @@ def cmd_worker(ctx: Context) -> int:
     return run_worker(config, a.worker_id)
 
 
+def _count(n: int, word: str, plural: str = "") -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {plural or word + 's'}"
+
+
+def _span(low: int, high: int) -> str:
+    return str(high) if low == high else f"{low}-{high}"
+
+
+def _report_text(report: pb.DatasetReport, small_threshold: int) -> str:
+    """Advise's dataset report in two lines: counts, then image sizes and colour modes."""
+    counts = (
+        f"{report.total_images} images in {len(report.classes)} classes"
+        f" (small below {small_threshold}/class), imbalance {report.imbalance_ratio:.1f}"
+    )
+    if report.skipped_files:
+        counts += f", {_count(report.skipped_files, 'file')} skipped"
+    median = f"{report.median_width}x{report.median_height}"
+    if report.max_width:  # older servers send only the median
+        images = (
+            f"sizes {_span(report.min_width, report.max_width)} x "
+            f"{_span(report.min_height, report.max_height)} px (median {median})"
+        )
+    else:
+        images = f"median {median} px"
+    if report.modes:
+        modes = sorted(report.modes.items(), key=lambda kv: (-kv[1], kv[0]))
+        images += ", modes " + ", ".join(f"{mode} {n}" for mode, n in modes)
+    return f"{counts}\n{images}"
+
+
+def _duplicates_text(report: pb.DatasetReport) -> str:
+    """Exact duplicates by content: how many, and which of them matter."""
+    text = (
+        f"{_count(report.duplicate_images, 'extra copy', 'extra copies')} in "
+        f"{_count(report.duplicate_groups, 'group')} of identical files"
+    )
+    worse = []
+    if report.cross_split_duplicates:
+        worse.append(f"{report.cross_split_duplicates} across the train/validation split")
+    if report.conflicting_label_duplicates:
+        worse.append(f"{report.conflicting_label_duplicates} with conflicting labels")
+    return text + (": " + ", ".join(worse) if worse else "")
+
+
 def cmd_advise(ctx: Context) -> int:
     a = ctx.args
     with ctx.client() as client:
@@ -550,15 +596,9 @@ def cmd_advise(ctx: Context) -> int:
     ]
     report = advice.report
     if report.total_images:
-        text = (
-            f"{report.total_images} images in {len(report.classes)} classes"
-            f" (small below {advice.small_dataset_threshold}/class), "
-            f"imbalance {report.imbalance_ratio:.1f}, "
-            f"median {report.median_width}x{report.median_height} px"
-        )
-        if report.skipped_files:
-            text += f", {report.skipped_files} files skipped"
-        fields.append(("dataset", text))
+        fields.append(("dataset", _report_text(report, advice.small_dataset_threshold)))
+        if report.duplicate_groups:
+            fields.append(("duplicates", _duplicates_text(report)))
     if advice.similarity_signals:
         fields.append(
             (
@@ -573,7 +613,9 @@ def cmd_advise(ctx: Context) -> int:
             (
                 "backbones",
                 "\n".join(
-                    f"{b.backbone}: probe {b.probe_accuracy:.1%}, {b.params_millions:.1f}M params,"
+                    f"{b.backbone}: probe {b.probe_accuracy:.1%}"
+                    + (f" (cut {b.cut_probe_accuracy:.1%})" if b.cut_probe_accuracy else "")
+                    + f", LogME {b.logme:.3f}, {b.params_millions:.1f}M params,"
                     f" {b.images_per_second:.0f} img/s"
                     for b in advice.backbones
                 ),
@@ -581,7 +623,24 @@ def cmd_advise(ctx: Context) -> int:
         )
     fields.append(("plan", describe_plan(advice.plan)))
     if advice.estimated_training_seconds:
-        fields.append(("estimate", f"~{fmt_duration(advice.estimated_training_seconds)} training"))
+        estimate = f"~{fmt_duration(advice.estimated_training_seconds)} training"
+        if advice.estimated_accuracy_high:
+            estimate += (
+                f", accuracy {advice.estimated_accuracy_low:.1%}"
+                f"-{advice.estimated_accuracy_high:.1%}"
+            )
+        fields.append(("estimate", estimate))
+    if advice.strategy_estimates:
+        fields.append(
+            (
+                "strategies",
+                "\n".join(
+                    f"{STRATEGY_TEXT.get(e.strategy, '?')}: {e.accuracy_low:.1%}"
+                    f"-{e.accuracy_high:.1%}, ~{fmt_duration(e.training_seconds)}"
+                    for e in advice.strategy_estimates
+                ),
+            )
+        )
     if advice.rationale:
         fields.append(("rationale", textwrap.fill(advice.rationale, 76)))
     print_fields(fields, ctx.out)

@@ -77,10 +77,14 @@ class TrainingPlan:
     warmup_epochs: float = 0.0
     head_warmup_epochs: int = 0
     validation_fraction: float = 0.0
+    # Feature extraction: 1-based stages whose pooled outputs, concatenated, feed the head;
+    # () = the last stage.
+    feature_stages: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["strategy"] = int(self.strategy)
+        d["feature_stages"] = list(self.feature_stages)
         return d
 
     @classmethod
@@ -88,6 +92,7 @@ class TrainingPlan:
         known = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
         kw["strategy"] = Strategy(int(kw.get("strategy", 0)))
+        kw["feature_stages"] = tuple(int(x) for x in kw.get("feature_stages", ()))
         return cls(**kw)
 
 

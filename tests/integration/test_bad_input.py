@@ -73,6 +73,14 @@ def test_bad_plan_fields(server: RunningServer, fashion: dict[str, Path]) -> Non
     with pytest.raises(InvalidArgument) as err:
         server.client().start_fine_tune("m", str(fashion["train"]), plan=plan)
     assert "plan.backbone" in _fields(err.value)
+    for bad in (
+        pb.TrainingPlan(strategy=pb.STRATEGY_PARTIAL_FINE_TUNE, feature_stages=[4]),
+        pb.TrainingPlan(strategy=pb.STRATEGY_FEATURE_EXTRACTION, feature_stages=[10]),
+        pb.TrainingPlan(strategy=pb.STRATEGY_FEATURE_EXTRACTION, feature_stages=[5, 3]),
+    ):
+        with pytest.raises(InvalidArgument) as err:
+            server.client().start_fine_tune("m", str(fashion["train"]), plan=bad)
+        assert _fields(err.value) == {"plan.feature_stages"}, err.value
 
 
 def test_backbone_without_weights(server: RunningServer, fashion: dict[str, Path]) -> None:
@@ -126,6 +134,10 @@ def test_declared_statistics_validated(server: RunningServer) -> None:
     with pytest.raises(InvalidArgument) as err:
         client.advise("", declared=pb.DeclaredStatistics(num_classes=1, images_per_class=10))
     assert "declared.num_classes" in _fields(err.value)
+    for field, value in (("max_images_per_class", 51), ("max_images", 1), ("max_images", -1)):
+        with pytest.raises(InvalidArgument) as err:
+            client.advise("/nowhere", **{field: value})  # type: ignore[arg-type]
+        assert _fields(err.value) == {field}, err.value
 
 
 def test_undecodable_image_fails_only_its_entry(

@@ -4,6 +4,7 @@ SIGKILL mid-job: the job resumes from its checkpoint and the progress log stays 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -102,3 +103,21 @@ def test_worker_killed_mid_job_resumes_from_checkpoint(
     resumed_epochs = [e.epoch for e in after_kill if e.kind == pb.EVENT_KIND_EVALUATION]
     assert resumed_epochs and min(resumed_epochs) >= 2
     assert client.get_job(job.job_id).attempts == 2
+
+
+def test_feature_extraction_with_a_stage_cut_serves_with_that_cut(
+    server: RunningServer, fashion: dict[str, Path]
+) -> None:
+    client = server.client()
+    plan = pb.TrainingPlan(
+        strategy=pb.STRATEGY_FEATURE_EXTRACTION, feature_stages=[6, 7], image_size=64
+    )
+    job = client.wait(client.start_fine_tune("cut", str(fashion["train"]), plan=plan).job_id)
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
+    assert list(job.plan.feature_stages) == [6, 7]
+    card = json.loads(client.get_model("cut").card_json)
+    assert card["plan"]["feature_stages"] == [6, 7]
+    paths, truth = _held_out(fashion["test"])
+    predicted = [p.classes[0].label for p in client.predict("cut", paths).predictions]
+    accuracy = sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
+    assert accuracy >= 0.7, f"held-out accuracy {accuracy:.2f} (chance 0.25)"

@@ -26,6 +26,7 @@ from graft.advisor import (
     size_axis,
 )
 from graft.advisor import measure as measure_module
+from graft.advisor.advise import FE_MARGIN
 from graft.advisor.measure import decode_sample, measure_backbone, select_sample
 from graft.advisor.planning import (
     Speed,
@@ -367,7 +368,14 @@ def test_advise_dataset_on_fashion_mnist(
     assert advice.report.fingerprint == ds.fingerprint
     assert advice.images_per_class == 12
     assert advice.quadrant in (Quadrant.SMALL_DIFFERENT, Quadrant.SMALL_SIMILAR)
-    assert advice.matrix_strategy == MATRIX[advice.quadrant] == advice.plan.strategy
+    assert advice.matrix_strategy == MATRIX[advice.quadrant]
+    # The strategy is the matrix's unless the measurement says feature extraction does as
+    # well: the pilot fine-tune against the probe on the same split.
+    assert advice.pilot is not None and 0 <= advice.pilot.accuracy <= 1
+    assert advice.pilot.train_images + advice.pilot.val_images == 60
+    departs = advice.holdout_probe_accuracy >= advice.pilot.accuracy - FE_MARGIN
+    expected = Strategy.FEATURE_EXTRACTION if departs else advice.matrix_strategy
+    assert advice.plan.strategy == expected
 
     # A complete plan StartFineTune takes unchanged.
     plan = advice.plan
@@ -376,7 +384,32 @@ def test_advise_dataset_on_fashion_mnist(
     assert resolve_plan(plan, spec, num_train_images=96, median_size=(28, 28)) == plan
     assert plan.image_size == 64 and plan.epochs > 0 and plan.batch_size >= 2
     assert plan.head_learning_rate > 0 and plan.validation_fraction > 0
-    assert plan.augmentation == (advice.quadrant == Quadrant.SMALL_DIFFERENT)
+    assert plan.augmentation == (
+        advice.quadrant == Quadrant.SMALL_DIFFERENT and plan.strategy != Strategy.FEATURE_EXTRACTION
+    )
+
+    # Depth: every stage of the plan's backbone scored; the cut and the partial depth follow.
+    depth = advice.depth
+    assert depth is not None and len(depth.stages) == len(spec.stages)
+    assert [st.stage for st in depth.stages] == list(range(1, len(spec.stages) + 1))
+    best = max(depth.stages, key=lambda st: (st.probe.accuracy, st.stage))
+    assert depth.best_stage == best.stage
+    assert depth.trainable_stages == min(
+        max(1, len(spec.stages) - best.stage), len(spec.stages) - 1
+    )
+    assert depth.cut.probe.accuracy >= depth.stages[-1].probe.accuracy
+    if plan.strategy == Strategy.FEATURE_EXTRACTION:
+        last = (len(spec.stages),)
+        assert plan.feature_stages == (() if depth.cut.stages == last else depth.cut.stages)
+    elif plan.strategy == Strategy.PARTIAL_FINE_TUNE:
+        assert plan.trainable_stages == depth.trainable_stages
+    # Estimates for feature extraction and the fine-tuning strategy, the plan's among them.
+    assert {e.strategy for e in advice.strategy_estimates} >= {Strategy.FEATURE_EXTRACTION}
+    low, high = advice.estimated_accuracy
+    assert 0 <= low <= high <= 1
+    mine = next(e for e in advice.strategy_estimates if e.strategy == plan.strategy)
+    assert (mine.accuracy_low, mine.accuracy_high) == (low, high)
+    assert all(b.logme != 0 and len(b.stage_logme) == len(spec.stages) for b in advice.backbones)
 
     # Measurements: signals, ranking, estimate.
     assert [s.name for s in advice.signals] == ["imagenet_confidence", "batchnorm_shift"]
@@ -398,6 +431,10 @@ def test_advise_dataset_on_fashion_mnist(
     for b in advice.backbones:
         assert f"{100 * b.probe_accuracy:.1f}%" in text
     assert re.search(r"quadrant [34]", text)
+    assert f"{100 * advice.pilot.accuracy:.1f}%" in text  # the measurement behind the strategy
+    assert f"{100 * advice.holdout_probe_accuracy:.1f}%" in text
+    assert f"the best single stage is {depth.best_stage}" in text
+    assert f"{100 * low:.1f}% to {100 * high:.1f}%" in text
     assert f"{advice.estimated_training_seconds:.0f} s" in text
 
 

@@ -41,6 +41,19 @@ TORCHVISION_ENUMS = {
     "efficientnet_b0": "EfficientNet_B0_Weights",
     "convnext_tiny": "ConvNeXt_Tiny_Weights",
 }
+# Channels of each stage's output (what a feature cut pools), input side first.
+EXPECTED_STAGE_CHANNELS = {
+    "efficientnet_lite0": (32, 16, 24, 40, 80, 112, 192, 320, 1280),
+    "efficientnet_lite1": (32, 16, 24, 40, 80, 112, 192, 320, 1280),
+    "efficientnet_lite2": (32, 16, 24, 48, 88, 120, 208, 352, 1280),
+    "resnet18": (64, 64, 128, 256, 512),
+    "resnet50": (64, 256, 512, 1024, 2048),
+    "mobilenet_v3_large": (16, 16, 24, 40, 80, 112, 160, 1280),
+    "vgg16": (64, 128, 256, 512, 512, 4096),
+    "inception_v3": (64, 192, 288, 768, 2048),
+    "efficientnet_b0": (32, 16, 24, 40, 80, 112, 192, 320, 1280),
+    "convnext_tiny": (96, 96, 192, 384, 768),
+}
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
 
@@ -156,6 +169,14 @@ def test_entry_structure(name: str) -> None:
     assert isinstance(features, torch.Tensor)
     assert features.shape == (2, spec.num_features)
     assert logits.shape == (2, 3)
+
+    # Every stage has a well-defined output: one pooled (N, C) tensor each, and the last
+    # stage's is what the body hands the classifier.
+    with torch.inference_mode():
+        pooled = model.pooled_stage_features(x, range(1, len(spec.stages) + 1))
+    assert tuple(p.shape[1] for p in pooled) == EXPECTED_STAGE_CHANNELS[name]
+    assert all(p.shape == (2, p.shape[1]) for p in pooled)
+    torch.testing.assert_close(pooled[-1], features, rtol=1e-4, atol=1e-5)
 
     # An artifact is exactly this state dict, loaded strictly into a fresh pretrained=False.
     twin = bb.create_model(name, 3, pretrained=False).eval()

@@ -178,8 +178,57 @@ def test_advise_prints_the_advice(target: str, capsys: pytest.CaptureFixture[str
     assert "efficientnet_lite0, 3 feature extraction, 5 epochs, batch 32, 224 px" in out
     assert "80 images per class is small" in out
 
+    assert "median 240x180 px" in out  # a report without sizes or modes
+    assert "duplicates" not in out  # nor duplicates
+
     code, out, _ = run(capsys, "advise", "/data/flowers", "--json")
     assert json.loads(out)["quadrant"] == "QUADRANT_SMALL_SIMILAR"
+
+
+class MeasuredReportFake(FakeGraft):
+    """Advise answers with a report that found duplicates, sizes and modes."""
+
+    def Advise(self, request: pb.AdviseRequest, context: Any) -> pb.AdviseResponse:
+        response = super().Advise(request, context)
+        response.report.MergeFrom(
+            pb.DatasetReport(
+                skipped_files=1,
+                duplicate_images=5,
+                duplicate_groups=4,
+                cross_split_duplicates=1,
+                conflicting_label_duplicates=2,
+                min_width=5,
+                max_width=640,
+                min_height=180,
+                max_height=180,
+                modes={"L": 10, "RGB": 150, "P": 10},
+            )
+        )
+        return response
+
+
+def test_advise_prints_duplicates_sizes_and_modes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with serve_fake(MeasuredReportFake()) as (_, address):
+        monkeypatch.setenv("GRAFT_TARGET", address)
+        code, out, _ = run(capsys, "advise", "/data/flowers")
+        assert code == 0
+        lines = out.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("dataset"))
+        assert lines[start : start + 3] == [
+            "dataset     160 images in 2 classes (small below 1000/class), imbalance 1.0,"
+            " 1 file skipped",
+            "            sizes 5-640 x 180 px (median 240x180), modes RGB 150, L 10, P 10",
+            "duplicates  5 extra copies in 4 groups of identical files: 1 across the"
+            " train/validation split, 2 with conflicting labels",
+        ]
+
+        code, out, _ = run(capsys, "advise", "/data/flowers", "--json")
+        report = json.loads(out)["report"]
+        assert (report["duplicate_images"], report["cross_split_duplicates"]) == (5, 1)
+        assert report["modes"] == {"L": 10, "RGB": 150, "P": 10}
+        assert (report["min_width"], report["max_height"]) == (5, 180)
 
 
 def test_relative_dataset_paths_that_exist_here_are_sent_absolute(

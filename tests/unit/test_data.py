@@ -254,6 +254,43 @@ def test_fingerprint_stable_across_copies_and_sensitive_to_content(tmp_path: Pat
     assert scan_dataset(tmp_path / "renamed").fingerprint != original
 
 
+def ppm(w: int, h: int, v: int) -> bytes:
+    """A binary PPM written byte by byte: no encoder, so the bytes never change."""
+    pixel = bytes([v % 256, (v * 7) % 256, (v * 13) % 256])
+    return f"P6\n{w} {h}\n255\n".encode() + pixel * (w * h)
+
+
+def test_fingerprint_value_is_pinned(tmp_path: Path) -> None:
+    # Recorded before samples carried their digest; stored jobs and models quote it.
+    for rel, data in {
+        "cat/a.ppm": ppm(3, 2, 1),
+        "cat/b.ppm": ppm(2, 3, 2),
+        "dog/c.ppm": ppm(4, 4, 3),
+        "dog/sub/d.ppm": ppm(1, 1, 4),
+    }.items():
+        write(tmp_path / rel, data)
+    ds = scan_dataset(tmp_path)
+    assert ds.fingerprint == "82a2747360e291a0f4b7b807cffbcea600cc36d99fd9ee657d2a66f200c8c39a"
+
+
+def test_samples_carry_their_files_sha256_and_the_size_extremes(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    write(root / "cat" / "wide.png", encode(rgb(40, 6, seed=1), "PNG"))
+    write(root / "cat" / "same.png", encode(rgb(40, 6, seed=1), "PNG"))
+    write(root / "dog" / "tall.jpg", encode(rgb(7, 50, seed=2), "JPEG"))
+    write(root / "dog" / "mid.png", encode(rgb(20, 20, seed=3).convert("L"), "PNG"))
+    write(root / "dog" / "bad.png", b"garbage")
+    ds = scan_dataset(root)
+    assert len(ds.samples) == 4
+    for s in ds.samples:
+        assert s.digest == hashlib.sha256(s.path.read_bytes()).hexdigest()
+    digests = {s.path.name: s.digest for s in ds.samples}
+    assert digests["wide.png"] == digests["same.png"] != digests["mid.png"]
+    assert ds.min_size == (7, 6) and ds.max_size == (40, 50)
+    sampled = scan_dataset(root, max_per_class=1, seed=0)
+    assert all(s.digest == hashlib.sha256(s.path.read_bytes()).hexdigest() for s in sampled.samples)
+
+
 # ------------------------------------------------------------------ splitting
 
 

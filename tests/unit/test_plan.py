@@ -166,6 +166,36 @@ def test_strategy_specific_violations() -> None:
     )
 
 
+def test_feature_stages_only_with_feature_extraction_and_kept_by_resolve() -> None:
+    fe = TrainingPlan(strategy=Strategy.FEATURE_EXTRACTION, feature_stages=(3, 5))
+    validate_plan(fe, LITE0)
+    p = resolve(fe)
+    assert p.feature_stages == (3, 5)
+    validate_plan(p, LITE0)
+    assert resolve(p) == p
+    assert resolve(TrainingPlan(strategy=Strategy.FEATURE_EXTRACTION)).feature_stages == ()
+
+    for strategy in (Strategy.PARTIAL_FINE_TUNE, Strategy.FULL_FINE_TUNE, Strategy.UNSPECIFIED):
+        found = violations(dataclasses.replace(fe, strategy=strategy))
+        assert list(found) == ["plan.feature_stages"], found
+        assert "feature extraction" in found["plan.feature_stages"]
+
+
+@pytest.mark.parametrize(
+    "stages,spec",
+    [((0,), LITE0), ((10,), LITE0), ((6,), R18), ((3, 3), LITE0), ((5, 3), LITE0)],
+)
+def test_feature_stages_must_be_ascending_stages_of_the_backbone(
+    stages: tuple[int, ...], spec: Any
+) -> None:
+    plan = TrainingPlan(strategy=Strategy.FEATURE_EXTRACTION, feature_stages=stages)
+    found = violations(plan, spec)
+    assert list(found) == ["plan.feature_stages"], found
+    with pytest.raises(InvalidArgument) as info:
+        validate_plan(plan, spec, prefix="request.plan")
+    assert [v.field for v in info.value.violations] == ["request.plan.feature_stages"]
+
+
 def test_all_violations_are_reported_at_once() -> None:
     bad = TrainingPlan(epochs=-1, batch_size=-1, image_size=8, label_smoothing=2.0)
     found = violations(bad)

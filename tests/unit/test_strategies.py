@@ -100,6 +100,21 @@ def test_feature_extraction_trains_only_the_head() -> None:
     assert changed(before, after, {"head.weight", "head.bias"}) == {"head.weight", "head.bias"}
 
 
+def test_feature_extraction_with_a_cut_trains_only_its_narrower_head() -> None:
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", NUM_CLASSES, pretrained=False, feature_stages=(3, 5))
+    plan = plan_for(Strategy.FEATURE_EXTRACTION, feature_stages=(3, 5))
+    groups = apply_strategy(model, plan)
+    assert {p for g in groups for p in g["params"]} == set(model.head.parameters())
+    assert model.head.in_features == 24 + 80
+    before = snapshot(model)
+    take_steps(model, plan, groups)
+    after = snapshot(model)
+    body = {k for k in before if k.startswith("body.")}
+    assert changed(before, after, body) == set()
+    assert changed(before, after, {"head.weight", "head.bias"}) == {"head.weight", "head.bias"}
+
+
 @pytest.mark.parametrize("backbone,k", [("efficientnet_lite0", 3), ("resnet18", 2)])
 def test_partial_fine_tune_trains_top_stages_and_head(backbone: str, k: int) -> None:
     model = make_model(backbone)

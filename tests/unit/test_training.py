@@ -290,6 +290,24 @@ def test_checkpoint_of_another_plan_is_ignored(colours: Any, tmp_path: Path) -> 
     assert any("unreadable checkpoint" in m for m in rec.messages())
 
 
+def test_feature_cache_key_includes_the_feature_cut(colours: Any) -> None:
+    classes, train_s, val_s = colours
+    common: dict[str, Any] = dict(
+        backbone="efficientnet_lite0",
+        image_size=32,
+        pretrained=False,
+        dataset_fingerprint="fp-1",
+        classes=classes,
+        train_samples=train_s,
+        val_samples=val_s,
+    )
+    plain = features_mod.feature_key(**common)
+    assert features_mod.feature_key(**common, feature_stages=()) == plain
+    cut = features_mod.feature_key(**common, feature_stages=(3, 5))
+    assert len({plain, cut, features_mod.feature_key(**common, feature_stages=(3,))}) == 3
+    assert features_mod.feature_key(**common, feature_stages=[3, 5]) == cut
+
+
 def test_class_weighting_and_label_smoothing(colours: Any, tmp_path: Path) -> None:
     classes, train_s, val_s = colours
     unbalanced = train_s[:12] + train_s[12:16] + train_s[24:26]  # 12 / 4 / 2 images
@@ -323,7 +341,14 @@ def test_early_stopping_keeps_best(
     assert any("early stopping at epoch 4" in m for m in rec.messages())
     ckpt = load_checkpoint(tmp_path)
     assert ckpt is not None and ckpt.best_state is not None  # best (2) != last (4)
-    assert_same_state(ckpt.best_state, result.model.state_dict())
+    # The result's head has the feature standardisation folded in; the checkpoint keeps
+    # the head as trained (on standardised features), for a resume.
+    served = result.model.state_dict()
+    assert_same_state(
+        {k: v for k, v in ckpt.best_state.items() if not k.startswith("head.")},
+        {k: v for k, v in served.items() if not k.startswith("head.")},
+    )
+    assert not torch.allclose(ckpt.best_state["head.weight"], served["head.weight"])
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / FILENAME), "pt") as f:
@@ -549,3 +574,29 @@ def test_stop_at_checkpoint_preempts_after_the_epoch_checkpoint_and_observer_cou
     assert sample("graft_worker_epoch_seconds_count") == 2
     assert sample("graft_worker_checkpoint_seconds_count") == 2
     assert sample("graft_worker_training_images_per_second") > 0
+
+
+def test_feature_extraction_serves_the_standardised_head_folded_into_a_linear(
+    colours: Any, tmp_path: Path
+) -> None:
+    from graft.training.loop import feature_statistics, fold_standardization
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 6, generator=g) * torch.tensor([1e-3, 1.0, 10.0, 100.0, 0.5, 2.0]) + 3
+    head = nn.Linear(6, 3)
+    mean, std = feature_statistics(x)
+    expected = head((x - mean) / std)
+    fold_standardization(head, mean, std)
+    torch.testing.assert_close(head(x), expected, rtol=1e-4, atol=1e-4)
+
+    # End to end: the trained model's logits on images equal its head on the standardised
+    # features it was validated on (the metrics it reports are the served model's).
+    plan = plan_for(Strategy.FEATURE_EXTRACTION, epochs=3)
+    result = run(colours, plan, tmp_path)
+    from safetensors.torch import load_file
+
+    cached = load_file(str(tmp_path / "features.safetensors"))  # this run's raw features
+    with torch.no_grad():
+        logits = result.model.head(cached["val_x"])
+    accuracy = float((logits.argmax(1) == cached["val_y"]).float().mean())
+    assert accuracy == pytest.approx(result.metrics.accuracy)

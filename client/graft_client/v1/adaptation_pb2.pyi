@@ -209,6 +209,7 @@ class TrainingPlan(_message.Message):
     WARMUP_EPOCHS_FIELD_NUMBER: _builtins.int
     HEAD_WARMUP_EPOCHS_FIELD_NUMBER: _builtins.int
     VALIDATION_FRACTION_FIELD_NUMBER: _builtins.int
+    FEATURE_STAGES_FIELD_NUMBER: _builtins.int
     backbone: _builtins.str
     """Backbone catalog name, e.g. "efficientnet_lite0"."""
     strategy: Global___Strategy.ValueType
@@ -243,6 +244,13 @@ class TrainingPlan(_message.Message):
     """Full fine-tune only: epochs that train the head alone before the base unfreezes."""
     validation_fraction: _builtins.float
     """Fraction of images held out for validation when the dataset has no split."""
+    @_builtins.property
+    def feature_stages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Feature extraction only: the backbone stages (1-based, in 1..its stage count) whose
+        globally average-pooled outputs, concatenated in this order, are the features the head
+        reads. Empty means the last stage. The trained model serves with the same cut.
+        """
+
     def __init__(
         self,
         *,
@@ -263,10 +271,11 @@ class TrainingPlan(_message.Message):
         warmup_epochs: _builtins.float = ...,
         head_warmup_epochs: _builtins.int = ...,
         validation_fraction: _builtins.float = ...,
+        feature_stages: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["augmentation", b"augmentation", "backbone", b"backbone", "base_learning_rate", b"base_learning_rate", "batch_size", b"batch_size", "class_weighting", b"class_weighting", "early_stopping_patience", b"early_stopping_patience", "epochs", b"epochs", "head_learning_rate", b"head_learning_rate", "head_warmup_epochs", b"head_warmup_epochs", "image_size", b"image_size", "label_smoothing", b"label_smoothing", "seed", b"seed", "strategy", b"strategy", "trainable_stages", b"trainable_stages", "validation_fraction", b"validation_fraction", "warmup_epochs", b"warmup_epochs", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["augmentation", b"augmentation", "backbone", b"backbone", "base_learning_rate", b"base_learning_rate", "batch_size", b"batch_size", "class_weighting", b"class_weighting", "early_stopping_patience", b"early_stopping_patience", "epochs", b"epochs", "feature_stages", b"feature_stages", "head_learning_rate", b"head_learning_rate", "head_warmup_epochs", b"head_warmup_epochs", "image_size", b"image_size", "label_smoothing", b"label_smoothing", "seed", b"seed", "strategy", b"strategy", "trainable_stages", b"trainable_stages", "validation_fraction", b"validation_fraction", "warmup_epochs", b"warmup_epochs", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -282,9 +291,19 @@ class AdviseRequest(_message.Message):
     CANDIDATE_BACKBONES_FIELD_NUMBER: _builtins.int
     SMALL_DATASET_THRESHOLD_FIELD_NUMBER: _builtins.int
     DECLARED_FIELD_NUMBER: _builtins.int
+    MAX_IMAGES_PER_CLASS_FIELD_NUMBER: _builtins.int
+    MAX_IMAGES_FIELD_NUMBER: _builtins.int
     small_dataset_threshold: _builtins.int
     """Images per class below which a dataset counts as small; 0 means the server default
     (1000).
+    """
+    max_images_per_class: _builtins.int
+    """Sample bound: at most this many images per class are read and measured; 0 means the
+    server's default (50), which is also the upper limit.
+    """
+    max_images: _builtins.int
+    """Sample bound: at most this many images in all; 0 means the server's default (2000),
+    which is also the upper limit.
     """
     @_builtins.property
     def dataset(self) -> Global___DatasetRef:
@@ -307,10 +326,12 @@ class AdviseRequest(_message.Message):
         candidate_backbones: _abc.Iterable[_builtins.str] | None = ...,
         small_dataset_threshold: _builtins.int = ...,
         declared: Global___DeclaredStatistics | None = ...,
+        max_images_per_class: _builtins.int = ...,
+        max_images: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "declared", b"declared"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_backbones", b"candidate_backbones", "dataset", b"dataset", "declared", b"declared", "small_dataset_threshold", b"small_dataset_threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_backbones", b"candidate_backbones", "dataset", b"dataset", "declared", b"declared", "max_images", b"max_images", "max_images_per_class", b"max_images_per_class", "small_dataset_threshold", b"small_dataset_threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -378,6 +399,26 @@ class DatasetReport(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ModesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     CLASSES_FIELD_NUMBER: _builtins.int
     TOTAL_IMAGES_FIELD_NUMBER: _builtins.int
     SKIPPED_FILES_FIELD_NUMBER: _builtins.int
@@ -386,6 +427,15 @@ class DatasetReport(_message.Message):
     MEDIAN_HEIGHT_FIELD_NUMBER: _builtins.int
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     SKIPPED_EXAMPLES_FIELD_NUMBER: _builtins.int
+    DUPLICATE_IMAGES_FIELD_NUMBER: _builtins.int
+    DUPLICATE_GROUPS_FIELD_NUMBER: _builtins.int
+    CROSS_SPLIT_DUPLICATES_FIELD_NUMBER: _builtins.int
+    CONFLICTING_LABEL_DUPLICATES_FIELD_NUMBER: _builtins.int
+    MIN_WIDTH_FIELD_NUMBER: _builtins.int
+    MAX_WIDTH_FIELD_NUMBER: _builtins.int
+    MIN_HEIGHT_FIELD_NUMBER: _builtins.int
+    MAX_HEIGHT_FIELD_NUMBER: _builtins.int
+    MODES_FIELD_NUMBER: _builtins.int
     total_images: _builtins.int
     """Usable images in all."""
     skipped_files: _builtins.int
@@ -398,6 +448,24 @@ class DatasetReport(_message.Message):
     """Median image height in pixels."""
     fingerprint: _builtins.str
     """Content fingerprint (sha256 over labels and image bytes)."""
+    duplicate_images: _builtins.int
+    """Images whose content (sha256 of the file) equals an earlier image's: extra copies."""
+    duplicate_groups: _builtins.int
+    """Groups of two or more files with identical content."""
+    cross_split_duplicates: _builtins.int
+    """Duplicate groups whose copies fall on both sides of the train/validation split the
+    plan would use (they inflate validation accuracy).
+    """
+    conflicting_label_duplicates: _builtins.int
+    """Duplicate groups whose copies carry different labels."""
+    min_width: _builtins.int
+    """Smallest image width in pixels."""
+    max_width: _builtins.int
+    """Largest image width in pixels."""
+    min_height: _builtins.int
+    """Smallest image height in pixels."""
+    max_height: _builtins.int
+    """Largest image height in pixels."""
     @_builtins.property
     def classes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassCount]:
         """Usable images per class."""
@@ -405,6 +473,10 @@ class DatasetReport(_message.Message):
     @_builtins.property
     def skipped_examples(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """A few of the skipped files with the reason, for the caller to fix."""
+
+    @_builtins.property
+    def modes(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Images by colour mode as decoded (e.g. "L": grayscale, "RGB", "RGBA", "P": palette)."""
 
     def __init__(
         self,
@@ -417,10 +489,19 @@ class DatasetReport(_message.Message):
         median_height: _builtins.int = ...,
         fingerprint: _builtins.str = ...,
         skipped_examples: _abc.Iterable[_builtins.str] | None = ...,
+        duplicate_images: _builtins.int = ...,
+        duplicate_groups: _builtins.int = ...,
+        cross_split_duplicates: _builtins.int = ...,
+        conflicting_label_duplicates: _builtins.int = ...,
+        min_width: _builtins.int = ...,
+        max_width: _builtins.int = ...,
+        min_height: _builtins.int = ...,
+        max_height: _builtins.int = ...,
+        modes: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "fingerprint", b"fingerprint", "imbalance_ratio", b"imbalance_ratio", "median_height", b"median_height", "median_width", b"median_width", "skipped_examples", b"skipped_examples", "skipped_files", b"skipped_files", "total_images", b"total_images"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "conflicting_label_duplicates", b"conflicting_label_duplicates", "cross_split_duplicates", b"cross_split_duplicates", "duplicate_groups", b"duplicate_groups", "duplicate_images", b"duplicate_images", "fingerprint", b"fingerprint", "imbalance_ratio", b"imbalance_ratio", "max_height", b"max_height", "max_width", b"max_width", "median_height", b"median_height", "median_width", b"median_width", "min_height", b"min_height", "min_width", b"min_width", "modes", b"modes", "skipped_examples", b"skipped_examples", "skipped_files", b"skipped_files", "total_images", b"total_images"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -470,6 +551,11 @@ class BackboneScore(_message.Message):
     PROBE_ACCURACY_FIELD_NUMBER: _builtins.int
     PARAMS_MILLIONS_FIELD_NUMBER: _builtins.int
     IMAGES_PER_SECOND_FIELD_NUMBER: _builtins.int
+    PROBE_ACCURACY_STD_FIELD_NUMBER: _builtins.int
+    LOGME_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
+    FEATURE_STAGES_FIELD_NUMBER: _builtins.int
+    CUT_PROBE_ACCURACY_FIELD_NUMBER: _builtins.int
     backbone: _builtins.str
     """Backbone catalog name."""
     probe_accuracy: _builtins.float
@@ -478,6 +564,22 @@ class BackboneScore(_message.Message):
     """Parameters, in millions."""
     images_per_second: _builtins.float
     """Images per second of inference measured on this host at the plan's image size."""
+    probe_accuracy_std: _builtins.float
+    """Standard deviation of the linear-probe accuracy over the folds."""
+    logme: _builtins.float
+    """LogME (You et al., ICML 2021): mean log evidence per image of a Bayesian linear model
+    on the frozen features; higher transfers better.
+    """
+    cut_probe_accuracy: _builtins.float
+    """Linear-probe accuracy on the features of that cut."""
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageScore]:
+        """Per-stage transferability: pooled features of each measured stage, probed alone."""
+
+    @_builtins.property
+    def feature_stages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The feature cut the plan would use with this backbone for feature extraction."""
+
     def __init__(
         self,
         *,
@@ -485,14 +587,91 @@ class BackboneScore(_message.Message):
         probe_accuracy: _builtins.float = ...,
         params_millions: _builtins.float = ...,
         images_per_second: _builtins.float = ...,
+        probe_accuracy_std: _builtins.float = ...,
+        logme: _builtins.float = ...,
+        stages: _abc.Iterable[Global___StageScore] | None = ...,
+        feature_stages: _abc.Iterable[_builtins.int] | None = ...,
+        cut_probe_accuracy: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backbone", b"backbone", "images_per_second", b"images_per_second", "params_millions", b"params_millions", "probe_accuracy", b"probe_accuracy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backbone", b"backbone", "cut_probe_accuracy", b"cut_probe_accuracy", "feature_stages", b"feature_stages", "images_per_second", b"images_per_second", "logme", b"logme", "params_millions", b"params_millions", "probe_accuracy", b"probe_accuracy", "probe_accuracy_std", b"probe_accuracy_std", "stages", b"stages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BackboneScore: _TypeAlias = BackboneScore  # noqa: Y015
+
+@_typing.final
+class StageScore(_message.Message):
+    """Transferability of one stage's globally pooled features."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    PROBE_ACCURACY_FIELD_NUMBER: _builtins.int
+    LOGME_FIELD_NUMBER: _builtins.int
+    stage: _builtins.int
+    """Stage number, 1-based."""
+    channels: _builtins.int
+    """Feature channels."""
+    probe_accuracy: _builtins.float
+    """Cross-validated linear-probe accuracy."""
+    logme: _builtins.float
+    """LogME of these features."""
+    def __init__(
+        self,
+        *,
+        stage: _builtins.int = ...,
+        channels: _builtins.int = ...,
+        probe_accuracy: _builtins.float = ...,
+        logme: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "logme", b"logme", "probe_accuracy", b"probe_accuracy", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StageScore: _TypeAlias = StageScore  # noqa: Y015
+
+@_typing.final
+class StrategyEstimate(_message.Message):
+    """What one strategy is expected to reach on this dataset, and at what cost."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    ACCURACY_LOW_FIELD_NUMBER: _builtins.int
+    ACCURACY_HIGH_FIELD_NUMBER: _builtins.int
+    TRAINING_SECONDS_FIELD_NUMBER: _builtins.int
+    BASIS_FIELD_NUMBER: _builtins.int
+    strategy: Global___Strategy.ValueType
+    """The strategy."""
+    accuracy_low: _builtins.float
+    """Expected validation accuracy, low end of the range."""
+    accuracy_high: _builtins.float
+    """Expected validation accuracy, high end of the range."""
+    training_seconds: _builtins.float
+    """Estimated training time on this host, in seconds."""
+    basis: _builtins.str
+    """How the range was obtained (measured probe, pilot run, extrapolation)."""
+    def __init__(
+        self,
+        *,
+        strategy: Global___Strategy.ValueType = ...,
+        accuracy_low: _builtins.float = ...,
+        accuracy_high: _builtins.float = ...,
+        training_seconds: _builtins.float = ...,
+        basis: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_high", b"accuracy_high", "accuracy_low", b"accuracy_low", "basis", b"basis", "strategy", b"strategy", "training_seconds", b"training_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StrategyEstimate: _TypeAlias = StrategyEstimate  # noqa: Y015
 
 @_typing.final
 class AdviseResponse(_message.Message):
@@ -510,6 +689,10 @@ class AdviseResponse(_message.Message):
     SMALL_DATASET_THRESHOLD_FIELD_NUMBER: _builtins.int
     ESTIMATED_TRAINING_SECONDS_FIELD_NUMBER: _builtins.int
     MATRIX_STRATEGY_FIELD_NUMBER: _builtins.int
+    ESTIMATED_ACCURACY_LOW_FIELD_NUMBER: _builtins.int
+    ESTIMATED_ACCURACY_HIGH_FIELD_NUMBER: _builtins.int
+    STRATEGY_ESTIMATES_FIELD_NUMBER: _builtins.int
+    SIMILARITY_METHOD_FIELD_NUMBER: _builtins.int
     quadrant: Global___Quadrant.ValueType
     """The matrix's quadrant."""
     similarity: _builtins.float
@@ -522,6 +705,12 @@ class AdviseResponse(_message.Message):
     """Estimated training time of the plan on this host, in seconds."""
     matrix_strategy: Global___Strategy.ValueType
     """The strategy the matrix alone gives for the quadrant."""
+    estimated_accuracy_low: _builtins.float
+    """The plan's expected validation accuracy, low end of the range."""
+    estimated_accuracy_high: _builtins.float
+    """The plan's expected validation accuracy, high end of the range."""
+    similarity_method: _builtins.str
+    """How similarity was measured (the signals and how they combine)."""
     @_builtins.property
     def plan(self) -> Global___TrainingPlan:
         """A complete plan StartFineTune accepts unchanged."""
@@ -538,6 +727,10 @@ class AdviseResponse(_message.Message):
     def backbones(self) -> _containers.RepeatedCompositeFieldContainer[Global___BackboneScore]:
         """Backbones ranked best first by measured transferability."""
 
+    @_builtins.property
+    def strategy_estimates(self) -> _containers.RepeatedCompositeFieldContainer[Global___StrategyEstimate]:
+        """What each strategy is expected to reach, measured where Advise could."""
+
     def __init__(
         self,
         *,
@@ -551,10 +744,14 @@ class AdviseResponse(_message.Message):
         small_dataset_threshold: _builtins.int = ...,
         estimated_training_seconds: _builtins.float = ...,
         matrix_strategy: Global___Strategy.ValueType = ...,
+        estimated_accuracy_low: _builtins.float = ...,
+        estimated_accuracy_high: _builtins.float = ...,
+        strategy_estimates: _abc.Iterable[Global___StrategyEstimate] | None = ...,
+        similarity_method: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "report", b"report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backbones", b"backbones", "estimated_training_seconds", b"estimated_training_seconds", "matrix_strategy", b"matrix_strategy", "plan", b"plan", "quadrant", b"quadrant", "rationale", b"rationale", "report", b"report", "similarity", b"similarity", "similarity_signals", b"similarity_signals", "small_dataset_threshold", b"small_dataset_threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backbones", b"backbones", "estimated_accuracy_high", b"estimated_accuracy_high", "estimated_accuracy_low", b"estimated_accuracy_low", "estimated_training_seconds", b"estimated_training_seconds", "matrix_strategy", b"matrix_strategy", "plan", b"plan", "quadrant", b"quadrant", "rationale", b"rationale", "report", b"report", "similarity", b"similarity", "similarity_method", b"similarity_method", "similarity_signals", b"similarity_signals", "small_dataset_threshold", b"small_dataset_threshold", "strategy_estimates", b"strategy_estimates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,13 +4,17 @@ plan for it (docs/ADVISOR.md)."""
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from graft.advisor.depth import Depth, choose_depth
+from graft.advisor.logme import logme
 from graft.advisor.matrix import (
     MATRIX,
     QUADRANT_WORDS,
@@ -30,14 +34,21 @@ from graft.advisor.measure import (
     time_training_step,
     transform_seconds,
 )
+from graft.advisor.pilot import PilotResult, pilot_fine_tune
 from graft.advisor.planning import (
     IMBALANCE_CLASS_WEIGHTING,
     Speed,
     build_plan,
     estimate_training_seconds,
-    imbalance_ratio,
 )
-from graft.advisor.probe import ProbeResult, linear_probe, paired_sign_test
+from graft.advisor.probe import (
+    ProbeResult,
+    holdout_probe,
+    linear_probe,
+    paired_sign_test,
+    stratified_folds,
+)
+from graft.advisor.report import DatasetReportData, dataset_report
 from graft.advisor.signals import Signal, combine, measure_signals
 from graft.backbones import DEFAULT_BACKBONE, backbone_statuses, get_spec
 from graft.backbones.spec import PretrainedSpec
@@ -63,6 +74,17 @@ SEED = 0
 SIGNIFICANCE = 0.05
 # Measured speeds closer than this factor count as a tie (see _rank).
 SPEED_TIE = 1.25
+# Feature extraction replaces the matrix's fine-tuning on a small dataset when its probe is
+# at most this much below the pilot fine-tune's accuracy on the same split (it costs a
+# fraction of the time).
+FE_MARGIN = 0.01
+SIMILARITY_METHOD = (
+    "mean of two calibrated scores measured with the default backbone at its pretraining "
+    "resolution: imagenet_confidence (mean top-1 softmax probability of the ImageNet "
+    "classifier) and batchnorm_shift (distance of the sample's BatchNorm input moments from "
+    "the running statistics, which encode ImageNet); 0.5 = halfway between natural photos "
+    "and grayscale glyphs (docs/ADVISOR.md)"
+)
 
 
 @dataclass(frozen=True)
@@ -85,20 +107,19 @@ class BackboneScore:
     probe_accuracy_std: float = 0.0  # spread over the folds
     probe_folds: int = 0
     image_size: int = 0
+    logme: float = 0.0  # LogME of the final features (You et al. 2021)
+    stage_logme: tuple[float, ...] = ()  # LogME of each stage's pooled features
 
 
 @dataclass(frozen=True)
-class DatasetReportData:
-    """What was found in the dataset."""
+class StrategyEstimate:
+    """What a strategy is expected to reach here, and at what cost."""
 
-    classes: tuple[tuple[str, int], ...]  # (label, usable images)
-    total_images: int
-    skipped_files: int
-    skipped_examples: tuple[str, ...]  # "path: reason", the first few
-    imbalance_ratio: float  # largest over smallest class count
-    median_width: int
-    median_height: int
-    fingerprint: str
+    strategy: Strategy
+    accuracy_low: float
+    accuracy_high: float
+    training_seconds: float
+    basis: str
 
 
 @dataclass
@@ -123,6 +144,12 @@ class Advice:
     # The plan's backbone as measured here: recompute the estimate for a changed plan with
     # planning.estimate_training_seconds(plan, speed, ...).
     speed: Speed | None = None
+    depth: Depth | None = None  # the plan's backbone, stage by stage
+    strategy_estimates: tuple[StrategyEstimate, ...] = ()
+    estimated_accuracy: tuple[float, float] = (0.0, 0.0)  # the plan's, [low, high]
+    similarity_method: str = ""
+    pilot: PilotResult | None = None
+    holdout_probe_accuracy: float = 0.0  # the cut's probe on the pilot's split
 
 
 # --------------------------------------------------------------------------- declared
@@ -232,20 +259,6 @@ def resolve_candidates(candidates: Sequence[str], weights_dir: Path | None) -> l
     return [s.name for s in ready[:DEFAULT_MAX_CANDIDATES]]
 
 
-def _report(ds: ScannedDataset) -> DatasetReportData:
-    counts = ds.counts()
-    return DatasetReportData(
-        classes=tuple(counts.items()),
-        total_images=len(ds.samples),
-        skipped_files=len(ds.skipped),
-        skipped_examples=tuple(f"{p}: {r}" for p, r in ds.skipped[:SKIPPED_EXAMPLES]),
-        imbalance_ratio=imbalance_ratio(list(counts.values())),
-        median_width=int(ds.median_size[0]),
-        median_height=int(ds.median_size[1]),
-        fingerprint=ds.fingerprint,
-    )
-
-
 def _rank(by_probe: list[tuple[BackboneScore, ProbeResult]]) -> tuple[list[BackboneScore], str]:
     """The ranking Advise reports (best first; the plan uses the first) and a sentence on
     why the first is first.
@@ -288,12 +301,15 @@ def advise_dataset(
     candidates: Sequence[str] = (),
     small_threshold: int | None = None,
     device: torch.device | str = "cpu",
+    max_per_class: int | None = None,
+    max_images: int | None = None,
 ) -> Advice:
     """Measure `ds` and advise.
 
     The size axis counts the whole scanned dataset. Everything else is measured on a
-    seeded, stratified sample of at most `config.advise_max_per_class` images per class and
-    `config.advise_max_images` in all, decoded once; each candidate's pretrained network
+    seeded, stratified sample of at most `max_per_class` (default
+    `config.advise_max_per_class`) images per class and `max_images` (default
+    `config.advise_max_images`) in all, decoded once; each candidate's pretrained network
     runs over it once, yielding its features (linear probe), its speed (time estimate) and,
     for the default backbone, the similarity signals."""
     started = time.perf_counter()
@@ -304,7 +320,12 @@ def advise_dataset(
     ready = {s.name for s in backbone_statuses(config.weights_dir) if s.ready}
     signal_name = DEFAULT_BACKBONE if DEFAULT_BACKBONE in ready else names[0]
 
-    report = _report(ds)
+    report = dataset_report(
+        ds,
+        validation_fraction=PLAN_DEFAULTS.validation_fraction,
+        seed=SEED,
+        skipped_examples=SKIPPED_EXAMPLES,
+    )
     counts = [c for _, c in report.classes]
     per_class = size_axis(counts)
     train, val = split_dataset(ds, PLAN_DEFAULTS.validation_fraction, SEED)
@@ -324,8 +345,8 @@ def advise_dataset(
 
     picked = select_sample(
         ds.samples,
-        max_per_class=config.advise_max_per_class,
-        max_images=config.advise_max_images,
+        max_per_class=max_per_class or config.advise_max_per_class,
+        max_images=max_images or config.advise_max_images,
         seed=SEED,
     )
     short_side = needed_short_side(
@@ -363,6 +384,7 @@ def advise_dataset(
     for n in names:
         m = measurements[n]
         probe = linear_probe(m.features, sample.labels, num_classes=num_classes, seed=SEED)
+        y = torch.as_tensor(sample.labels, dtype=torch.long)
         score = BackboneScore(
             backbone=n,
             probe_accuracy=probe.accuracy,
@@ -371,6 +393,8 @@ def advise_dataset(
             probe_accuracy_std=probe.std,
             probe_folds=probe.folds,
             image_size=m.image_size,
+            logme=logme(m.features, y, num_classes),
+            stage_logme=tuple(logme(f, y, num_classes) for f in m.stage_features),
         )
         ranked.append((score, probe))
     ranked.sort(key=lambda sp: (-sp[0].probe_accuracy, -sp[0].images_per_second))
@@ -386,8 +410,15 @@ def advise_dataset(
 
     m = measurements[chosen.backbone]
     pixels = report.total_images * report.median_width * report.median_height
+    matrix_strategy = MATRIX[quadrant]
 
-    def plan_for(speed: Speed | None) -> TrainingPlan:
+    # Depth: every stage of the chosen backbone probed; the feature cut and how many stages
+    # partial fine-tuning unfreezes follow from it (depth.py).
+    depth = choose_depth(m.stage_features, sample.labels, num_classes, seed=SEED)
+    last = len(m.spec.stages)
+    cut = () if depth.cut.stages == (last,) else depth.cut.stages
+
+    def plan_for(strategy: Strategy, speed: Speed | None) -> TrainingPlan:
         return build_plan(
             quadrant,
             m.spec,
@@ -397,27 +428,93 @@ def advise_dataset(
             imbalance_ratio=report.imbalance_ratio,
             speed=speed,
             seed=SEED,
+            strategy=strategy,
+            trainable_stages=depth.trainable_stages,
+            feature_stages=cut,
         )
 
-    # The draft fixes strategy, stages, batch and image size; its training step is timed,
-    # and the final plan's epochs then fit the time budget at that speed.
-    draft = plan_for(None)
-    speed = Speed(
-        images_per_second=m.images_per_second,
-        stage_fractions=m.stage_fractions,
-        decode_seconds_per_image=sample.decode_seconds_per_image,
-        decode_every_epoch=pixels > DEFAULT_MAX_CACHED_PIXELS,
-        train_seconds_per_image=time_training_step(
-            draft, sample, num_classes, weights_dir=config.weights_dir, device=device
-        ),
-        eval_transform_seconds=transform_seconds(m.spec, sample, m.image_size, augment=False),
-        augment_transform_seconds=transform_seconds(m.spec, sample, m.image_size, augment=True),
+    def speed_for(draft: TrainingPlan, timed: bool) -> Speed:
+        return Speed(
+            images_per_second=m.images_per_second,
+            stage_fractions=m.stage_fractions,
+            decode_seconds_per_image=sample.decode_seconds_per_image,
+            decode_every_epoch=pixels > DEFAULT_MAX_CACHED_PIXELS,
+            train_seconds_per_image=time_training_step(
+                draft, sample, num_classes, weights_dir=config.weights_dir, device=device
+            )
+            if timed
+            else 0.0,
+            eval_transform_seconds=transform_seconds(m.spec, sample, m.image_size, augment=False),
+            augment_transform_seconds=transform_seconds(m.spec, sample, m.image_size, augment=True),
+        )
+
+    # The matrix's fine-tuning strategy, piloted on the sample; frozen features with a
+    # linear head, probed on the same split. Feature extraction replaces the matrix's
+    # fine-tuning on a small dataset when the probe reaches what the pilot does.
+    fine_tune = (
+        matrix_strategy if matrix_strategy != Strategy.FEATURE_EXTRACTION else None
+    ) or Strategy.PARTIAL_FINE_TUNE
+    ft_draft = plan_for(fine_tune, None)
+    ft_speed = speed_for(ft_draft, timed=True)
+    ft_plan = plan_for(fine_tune, ft_speed)
+    fold = stratified_folds(sample.labels, 5, SEED)
+    pilot_val = [i for i, f in enumerate(fold) if f == 0]
+    pilot_train = [i for i, f in enumerate(fold) if f != 0]
+    pilot = pilot_fine_tune(
+        ft_plan,
+        sample,
+        pilot_train,
+        pilot_val,
+        num_classes,
+        weights_dir=config.weights_dir,
+        device=device,
+        seed=SEED,
     )
-    plan = plan_for(speed)
+    probe_holdout = holdout_probe(
+        depth.cut.features, sample.labels, pilot_train, pilot_val, num_classes=num_classes
+    )
+    small = per_class < threshold
+    strategy = matrix_strategy
+    if (
+        small
+        and matrix_strategy != Strategy.FEATURE_EXTRACTION
+        and probe_holdout >= pilot.accuracy - FE_MARGIN
+    ):
+        strategy = Strategy.FEATURE_EXTRACTION
+    fe_plan = plan_for(Strategy.FEATURE_EXTRACTION, None)
+    fe_speed = speed_for(fe_plan, timed=False)
+    plan = fe_plan if strategy == Strategy.FEATURE_EXTRACTION else ft_plan
+    speed = fe_speed if strategy == Strategy.FEATURE_EXTRACTION else ft_speed
     estimate = estimate_training_seconds(plan, speed, num_train=len(train), num_val=len(val))
+
+    # Accuracy ranges: measured on the sample, extended to the dataset's size by the probe's
+    # own learning curve (its gain from half the sample to all of it, per doubling).
+    gain = _learning_curve_gain(depth.cut.features, sample.labels, num_classes)
+    doublings = max(0.0, math.log2(max(1.0, per_class) / max(1.0, len(sample) / num_classes)))
+    extra = max(0.0, gain) * doublings
+    fe_acc = depth.cut.probe
+    estimates = [
+        StrategyEstimate(
+            Strategy.FEATURE_EXTRACTION,
+            max(0.0, fe_acc.accuracy - fe_acc.std),
+            min(1.0, fe_acc.accuracy + fe_acc.std + extra),
+            estimate_training_seconds(fe_plan, fe_speed, num_train=len(train), num_val=len(val)),
+            f"{fe_acc.folds}-fold linear probe of the cut on {len(sample)} sampled images, "
+            f"+{100 * gain:.1f} points per doubling of the data for {doublings:.1f} doublings",
+        ),
+        StrategyEstimate(
+            fine_tune,
+            pilot.accuracy,
+            min(1.0, pilot.accuracy + max(0.0, pilot.accuracy - probe_holdout) + extra),
+            estimate_training_seconds(ft_plan, ft_speed, num_train=len(train), num_val=len(val)),
+            f"pilot: {pilot.epochs} epochs on {pilot.train_images} sampled images, scored on "
+            f"{pilot.val_images}; the probe's learning curve for the rest of the data",
+        ),
+    ]
+    mine = next(e for e in estimates if e.strategy == strategy)
     advice = Advice(
         quadrant=quadrant,
-        matrix_strategy=MATRIX[quadrant],
+        matrix_strategy=matrix_strategy,
         plan=plan,
         similarity=similarity,
         signals=signals,
@@ -432,9 +529,26 @@ def advise_dataset(
         sample_images=len(sample),
         measure_seconds=time.perf_counter() - started,
         speed=speed,
+        depth=depth,
+        strategy_estimates=tuple(estimates),
+        estimated_accuracy=(mine.accuracy_low, mine.accuracy_high),
+        similarity_method=SIMILARITY_METHOD,
+        pilot=pilot,
+        holdout_probe_accuracy=probe_holdout,
     )
     advice.rationale = _rationale(advice, counts, m, ranking_note, len(train), len(val))
     return advice
+
+
+def _learning_curve_gain(features: torch.Tensor, labels: Sequence[int], num_classes: int) -> float:
+    """Probe accuracy gained from half the sample to all of it (both k-fold, same seed)."""
+    full = linear_probe(features, labels, num_classes=num_classes, seed=SEED)
+    half_idx = [i for i, f in enumerate(stratified_folds(labels, 2, SEED)) if f == 0]
+    half_labels = [labels[i] for i in half_idx]
+    if min(Counter(half_labels).values()) < 2 or len(set(half_labels)) < num_classes:
+        return 0.0
+    half = linear_probe(features[half_idx], half_labels, num_classes=num_classes, seed=SEED)
+    return full.accuracy - half.accuracy
 
 
 # --------------------------------------------------------------------------- rationale
@@ -444,10 +558,20 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _points(x: float) -> str:
+    return f"{100 * x:.1f} points"
+
+
 def _plan_sentence(plan: TrainingPlan, spec: PretrainedSpec) -> str:
     n = len(spec.stages)
     if plan.strategy == Strategy.FEATURE_EXTRACTION:
-        what = f"only a new head on the frozen {spec.name} base"
+        where = (
+            f" reading stage{'s' if len(plan.feature_stages) > 1 else ''} "
+            f"{'+'.join(map(str, plan.feature_stages))}"
+            if plan.feature_stages
+            else ""
+        )
+        what = f"only a new head on the frozen {spec.name} base{where}"
     elif plan.strategy == Strategy.FULL_FINE_TUNE:
         what = f"all {n} stages of {spec.name} and a new head"
     else:
@@ -493,7 +617,7 @@ def _rationale(
         f"That is {QUADRANT_WORDS[q]}, for which the matrix gives "
         f"{STRATEGY_WORDS[MATRIX[q]]}"
         + (" plus data augmentation" if q == Quadrant.SMALL_DIFFERENT else "")
-        + "; this version always follows the matrix."
+        + "."
     )
     ranking = ", ".join(
         f"{s.backbone} {_pct(s.probe_accuracy)} ± {_pct(s.probe_accuracy_std)} "
@@ -505,12 +629,61 @@ def _rationale(
         f"accuracy on frozen features of {advice.sample_images} sampled images: {ranking}. "
         + ranking_note
     )
+    depth, pilot = advice.depth, advice.pilot
+    if depth is not None:
+        stage_text = ", ".join(f"{st.stage}: {_pct(st.probe.accuracy)}" for st in depth.stages)
+        cut = depth.cut
+        last = len(depth.stages)
+        cut_words = (
+            f"the last stage ({_pct(cut.probe.accuracy)})"
+            if cut.stages == (last,)
+            else f"stage{'s' if len(cut.stages) > 1 else ''} "
+            f"{'+'.join(map(str, cut.stages))} ({_pct(cut.probe.accuracy)}, against "
+            f"{_pct(depth.stages[-1].probe.accuracy)} for the last stage)"
+        )
+        parts.append(
+            f"Depth, measured on {m.spec.name}'s pooled stage outputs (linear-probe accuracy "
+            f"by stage, {stage_text}): the best single stage is {depth.best_stage}, so "
+            f"feature extraction reads {cut_words} and partial fine-tuning unfreezes the "
+            f"{depth.trainable_stages} stage(s) above stage {depth.best_stage}."
+        )
+    if pilot is not None:
+        lead = advice.holdout_probe_accuracy - pilot.accuracy
+        ft = next(e for e in advice.strategy_estimates if e.strategy != Strategy.FEATURE_EXTRACTION)
+        verdict = (
+            (
+                f"the probe beats the pilot by {_points(lead)}"
+                if lead > 0
+                else f"the probe is within {100 * FE_MARGIN:.0f} point of the pilot"
+            )
+            + ", so the plan departs from the matrix: feature extraction reaches as much for "
+            "a fraction of the time"
+            if advice.plan.strategy == Strategy.FEATURE_EXTRACTION
+            and advice.matrix_strategy != Strategy.FEATURE_EXTRACTION
+            else "the plan follows the matrix"
+            + (
+                " (the dataset is large: a pilot on a sample cannot show what fine-tuning "
+                "gains from all of it)"
+                if advice.images_per_class >= advice.small_threshold
+                else " (fine-tuning measured better)"
+            )
+        )
+        parts.append(
+            f"Measured on one split of the sample ({pilot.train_images} training, "
+            f"{pilot.val_images} held-out images): {pilot.epochs} epochs of "
+            f"{STRATEGY_WORDS[ft.strategy].split('(')[1].rstrip(')')} reached "
+            f"{_pct(pilot.accuracy)} in {pilot.seconds:.0f} s; a linear head on the frozen "
+            f"features of the cut reached {_pct(advice.holdout_probe_accuracy)}; {verdict}."
+        )
     parts.append(_plan_sentence(advice.plan, m.spec))
     if advice.plan.class_weighting:
         parts.append(
             f"Class weighting because the imbalance ratio {report.imbalance_ratio:.1f} "
             f"exceeds {IMBALANCE_CLASS_WEIGHTING:.0f}."
         )
+    low, high = advice.estimated_accuracy
+    if high > 0:
+        parts.append(f"Expected validation accuracy: {_pct(low)} to {_pct(high)}.")
     parts.append(
         f"Estimated training time on this host: {advice.estimated_training_seconds:.0f} s "
         f"({num_train} training and {num_val} validation images, inference measured at "

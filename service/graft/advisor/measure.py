@@ -18,8 +18,8 @@ from PIL import Image
 from torch import nn
 
 from graft.advisor.signals import BatchNormRecorder, ImageNetResponse
-from graft.backbones import create_imagenet_model, create_model
-from graft.backbones.spec import PretrainedSpec
+from graft.backbones import create_imagenet_model, create_model, stage_output_modules
+from graft.backbones.spec import PretrainedSpec, global_average_pool
 from graft.data import ImageDecodeError, Sample, eval_transform, load_image, train_transform
 from graft.data.transforms import resize_size
 from graft.domain import Strategy, TrainingPlan
@@ -189,6 +189,9 @@ class BackboneMeasurement:
     image_size: int
     batch_size: int
     features: torch.Tensor  # (n, spec.num_features), float32 on the CPU
+    # Globally average-pooled output of each stage (input side first), (n, channels) each:
+    # the candidates for a feature-extraction cut (GraftModel.pooled_stage_features).
+    stage_features: tuple[torch.Tensor, ...]
     images_per_second: float
     stage_fractions: tuple[float, ...]  # share of forward time per spec stage, input first
     stage_fractions_measured: bool  # False: estimated from parameter counts instead
@@ -229,9 +232,16 @@ def measure_backbone(
     net = net.to(device).to(memory_format=torch.channels_last).eval()
     classifier = net.get_submodule(spec.classifier)
     pooled: list[torch.Tensor] = []
+    staged: list[list[torch.Tensor]] = [[] for _ in spec.stages]
 
     def keep_pooled(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         pooled.append(inputs[0].detach().flatten(1).float().cpu())
+
+    def keep_stage(i: int) -> Callable[[nn.Module, object, torch.Tensor], None]:
+        def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+            staged[i].append(global_average_pool(output.detach()).float().cpu())
+
+        return hook
 
     n = len(sample)
     signal_images = min(signal_images, n)
@@ -246,6 +256,10 @@ def measure_backbone(
     response = None
     with torch.no_grad():
         handle = classifier.register_forward_pre_hook(keep_pooled)
+        stage_handles = [
+            net.get_submodule(name).register_forward_hook(keep_stage(i))
+            for i, name in enumerate(stage_output_modules(spec))
+        ]
         try:
             if signal_images and image_size == spec.input_size:
                 with BatchNormRecorder(net) as rec:
@@ -260,7 +274,10 @@ def measure_backbone(
                     run(lo, hi, transform)
         finally:
             handle.remove()
+            for h in stage_handles:
+                h.remove()
         features = torch.cat(pooled) if pooled else torch.empty(0, spec.num_features)
+        stage_features = tuple(torch.cat(parts) for parts in staged if parts)
         if signal_images and image_size != spec.input_size:
             native = eval_transform(spec, spec.input_size)
             with BatchNormRecorder(net) as rec:
@@ -280,6 +297,7 @@ def measure_backbone(
         image_size=image_size,
         batch_size=batch_size,
         features=features,
+        stage_features=stage_features,
         images_per_second=ips,
         stage_fractions=fractions,
         stage_fractions_measured=measured,

@@ -160,3 +160,25 @@ def paired_sign_test(a: ProbeResult, b: ProbeResult) -> tuple[int, int, float]:
     n = wins + losses
     p = sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n if n else 1.0
     return wins, losses, p
+
+
+def holdout_probe(
+    features: torch.Tensor,
+    labels: Sequence[int],
+    train_idx: Sequence[int],
+    val_idx: Sequence[int],
+    *,
+    num_classes: int,
+    l2: float | None = None,
+) -> float:
+    """Accuracy on `val_idx` of the linear classifier fit on `train_idx` (standardised with
+    the training part's statistics), to compare with a pilot fine-tune on the same split."""
+    x = features.detach().to("cpu", torch.float32)
+    y = torch.as_tensor(list(labels), dtype=torch.long)
+    tr = torch.as_tensor(list(train_idx), dtype=torch.long)
+    va = torch.as_tensor(list(val_idx), dtype=torch.long)
+    mean = x[tr].mean(0)
+    std = x[tr].std(0, unbiased=False).clamp_min(1e-6)
+    w, b = fit_logistic((x[tr] - mean) / std, y[tr], num_classes, l2=l2)
+    pred = (((x[va] - mean) / std) @ w + b).argmax(1)
+    return float((pred == y[va]).float().mean())

@@ -7,6 +7,8 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from graft.advisor import Advice
+from graft.advisor.advise import BackboneScore
+from graft.advisor.report import DatasetReportData
 from graft.domain import (
     DatasetRef,
     EvaluationMetrics,
@@ -46,12 +48,15 @@ def dataset_to_pb(ref: DatasetRef) -> pb.DatasetRef:
 def plan_from_pb(msg: pb.TrainingPlan) -> TrainingPlan:
     kw: dict[str, Any] = {name: getattr(msg, name) for name in _PLAN_FIELDS}
     kw["backbone"] = msg.backbone.strip()
-    return TrainingPlan(strategy=Strategy(msg.strategy), **kw)
+    return TrainingPlan(
+        strategy=Strategy(msg.strategy), feature_stages=tuple(msg.feature_stages), **kw
+    )
 
 
 def plan_to_pb(plan: TrainingPlan) -> pb.TrainingPlan:
     return pb.TrainingPlan(
         strategy=int(plan.strategy),  # type: ignore[arg-type]
+        feature_stages=list(plan.feature_stages),
         **{name: getattr(plan, name) for name in _PLAN_FIELDS},
     )
 
@@ -140,19 +145,7 @@ def model_version_to_pb(mv: ModelVersion) -> pb.ModelVersion:
 
 
 def advice_to_pb(advice: Advice) -> pb.AdviseResponse:
-    report = None
-    if advice.report is not None:
-        r = advice.report
-        report = pb.DatasetReport(
-            classes=[pb.ClassCount(label=label, count=count) for label, count in r.classes],
-            total_images=r.total_images,
-            skipped_files=r.skipped_files,
-            imbalance_ratio=r.imbalance_ratio,
-            median_width=r.median_width,
-            median_height=r.median_height,
-            fingerprint=r.fingerprint,
-            skipped_examples=list(r.skipped_examples),
-        )
+    report = report_to_pb(advice.report) if advice.report is not None else None
     return pb.AdviseResponse(
         quadrant=int(advice.quadrant),  # type: ignore[arg-type]
         plan=plan_to_pb(advice.plan),
@@ -164,17 +157,72 @@ def advice_to_pb(advice: Advice) -> pb.AdviseResponse:
             )
             for s in advice.signals
         ],
-        backbones=[
-            pb.BackboneScore(
-                backbone=b.backbone,
-                probe_accuracy=b.probe_accuracy,
-                params_millions=b.params_millions,
-                images_per_second=b.images_per_second,
+        backbones=[_backbone_score_pb(advice, b) for b in advice.backbones],
+        estimated_accuracy_low=advice.estimated_accuracy[0],
+        estimated_accuracy_high=advice.estimated_accuracy[1],
+        strategy_estimates=[
+            pb.StrategyEstimate(
+                strategy=int(e.strategy),  # type: ignore[arg-type]
+                accuracy_low=e.accuracy_low,
+                accuracy_high=e.accuracy_high,
+                training_seconds=e.training_seconds,
+                basis=e.basis,
             )
-            for b in advice.backbones
+            for e in advice.strategy_estimates
         ],
+        similarity_method=advice.similarity_method,
         rationale=advice.rationale,
         small_dataset_threshold=advice.small_threshold,
         estimated_training_seconds=advice.estimated_training_seconds,
         matrix_strategy=int(advice.matrix_strategy),  # type: ignore[arg-type]
+    )
+
+
+def _backbone_score_pb(advice: Advice, b: BackboneScore) -> pb.BackboneScore:
+    msg = pb.BackboneScore(
+        backbone=b.backbone,
+        probe_accuracy=b.probe_accuracy,
+        params_millions=b.params_millions,
+        images_per_second=b.images_per_second,
+        probe_accuracy_std=b.probe_accuracy_std,
+        logme=b.logme,
+    )
+    depth = advice.depth
+    if depth is not None and b.backbone == advice.plan.backbone:
+        msg.stages.extend(
+            pb.StageScore(
+                stage=st.stage,
+                channels=st.channels,
+                probe_accuracy=st.probe.accuracy,
+                logme=st.logme,
+            )
+            for st in depth.stages
+        )
+        msg.feature_stages.extend(depth.cut.stages)
+        msg.cut_probe_accuracy = depth.cut.probe.accuracy
+    else:
+        msg.stages.extend(pb.StageScore(stage=i + 1, logme=v) for i, v in enumerate(b.stage_logme))
+    return msg
+
+
+def report_to_pb(r: DatasetReportData) -> pb.DatasetReport:
+    """The report as graft.v1.DatasetReport."""
+    return pb.DatasetReport(
+        classes=[pb.ClassCount(label=label, count=count) for label, count in r.classes],
+        total_images=r.total_images,
+        skipped_files=r.skipped_files,
+        imbalance_ratio=r.imbalance_ratio,
+        median_width=r.median_width,
+        median_height=r.median_height,
+        fingerprint=r.fingerprint,
+        skipped_examples=list(r.skipped_examples),
+        duplicate_images=r.duplicate_images,
+        duplicate_groups=r.duplicate_groups,
+        cross_split_duplicates=r.cross_split_duplicates,
+        conflicting_label_duplicates=r.conflicting_label_duplicates,
+        min_width=r.min_width,
+        max_width=r.max_width,
+        min_height=r.min_height,
+        max_height=r.max_height,
+        modes=dict(r.modes),
     )

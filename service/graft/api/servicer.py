@@ -71,12 +71,23 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
             stats = DeclaredStats(d.num_classes, d.images_per_class, d.similarity_hint)
             advice = advise_declared(stats, small_threshold=threshold, backbone=DEFAULT_BACKBONE)
             return convert.advice_to_pb(advice)
+        config = self.s.config
+        for field, value, limit in (
+            ("max_images_per_class", request.max_images_per_class, config.advise_max_per_class),
+            ("max_images", request.max_images, config.advise_max_images),
+        ):
+            _require(0 <= value <= limit, field, f"must be between 0 (default) and {limit}")
+        _require(
+            request.max_images == 0 or request.max_images >= 2, "max_images", "must be at least 2"
+        )
         dataset = self._scan(convert.dataset_from_pb(request.dataset))
         advice = advise_dataset(
             dataset,
-            config=self.s.config,
+            config=config,
             candidates=[c.strip() for c in request.candidate_backbones],
             small_threshold=threshold,
+            max_per_class=request.max_images_per_class or None,
+            max_images=request.max_images or None,
         )
         return convert.advice_to_pb(advice)
 

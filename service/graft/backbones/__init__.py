@@ -8,6 +8,8 @@ from graft.backbones.factory import (
     create_model,
     import_weights,
     parameter_stages,
+    stage_channels,
+    stage_output_modules,
 )
 from graft.backbones.registry import backbone_names, get_spec, list_backbones, register_backbone
 from graft.backbones.spec import GraftModel, PretrainedSpec, WeightSource
@@ -38,6 +40,8 @@ __all__ = [
     "list_backbones",
     "parameter_stages",
     "register_backbone",
+    "stage_channels",
+    "stage_output_modules",
     "weights_file_name",
     "weights_path",
 ]

@@ -5,6 +5,10 @@ the architecture as published (1000 classes, random init), load the pretrained s
 strictly, replace the module named `spec.classifier` by nn.Identity so the body returns
 pooled features, and graft a freshly initialised nn.Linear(num_features, num_classes).
 Any missing, unexpected or mis-shaped key is logged and refused, never passed over.
+
+With a feature cut (`feature_stages`, feature extraction only) the head reads the pooled
+outputs of chosen stages instead; its width is the sum of their channel counts
+(`stage_channels`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -21,7 +26,12 @@ from torch import nn
 
 from graft.backbones.convert import is_lukemelas_layout, lukemelas_to_timm
 from graft.backbones.registry import get_spec
-from graft.backbones.spec import GraftModel, PretrainedSpec
+from graft.backbones.spec import (
+    GraftModel,
+    PretrainedSpec,
+    feature_stages_problem,
+    pooled_stage_outputs,
+)
 from graft.backbones.weights import (
     hash_prefix,
     how_to_provide,
@@ -144,6 +154,67 @@ def _replace_module(net: nn.Module, dotted: str, new: nn.Module) -> nn.Module:
     return old
 
 
+def stage_output_modules(spec: PretrainedSpec) -> tuple[str, ...]:
+    """Per stage, the dotted body module whose output is "the output of the stage".
+
+    The last module listed for the stage, except where the network then applies a
+    parameter-free activation outside every stage: there the stage's output is read after
+    that activation, as the network itself goes on with it. In the catalog this is only
+    torchvision's ResNet stem (conv1, bn1, then the top-level `relu`, used nowhere else).
+    timm's bn1/bn2 are BatchNormAct2d with the activation inside; torchvision's
+    Conv2dNormActivation, Inception's BasicConv2d and every other stage end in a module that
+    includes its activation, in a pooling layer, or (ConvNeXt's stem) in a LayerNorm that
+    the next stage reads as it is.
+    """
+    outputs = [stage[-1] for stage in spec.stages]
+    if spec.architecture in ("torchvision:resnet18", "torchvision:resnet50"):
+        outputs[0] = "relu"
+    return tuple(outputs)
+
+
+# Channel counts per stage depend on the architecture only: measured once per process.
+_STAGE_CHANNELS: dict[str, tuple[int, ...]] = {}
+_STAGE_CHANNELS_LOCK = threading.Lock()
+# Big enough for every catalog entry (Inception v3 needs 75 px), small enough to be cheap.
+_PROBE_SIZE = 96
+
+
+@torch.inference_mode()
+def _measure_stage_channels(body: nn.Module, spec: PretrainedSpec) -> tuple[int, ...]:
+    """Per-stage widths of `body`, by one forward of a blank image in eval mode (so no
+    BatchNorm statistic moves; the body's train/eval modes are restored after)."""
+    modes = {m: m.training for m in body.modules()}
+    body.eval()
+    try:
+        size = min(spec.input_size, _PROBE_SIZE)
+        x = torch.zeros(1, 3, size, size)
+        pooled = pooled_stage_outputs(body, stage_output_modules(spec), x)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return tuple(int(p.shape[1]) for p in pooled)
+
+
+def _stage_channels_of(body: nn.Module, spec: PretrainedSpec) -> tuple[int, ...]:
+    with _STAGE_CHANNELS_LOCK:
+        channels = _STAGE_CHANNELS.get(spec.name)
+        if channels is None:
+            channels = _STAGE_CHANNELS[spec.name] = _measure_stage_channels(body, spec)
+    return channels
+
+
+def stage_channels(name: str) -> tuple[int, ...]:
+    """Channel count of each stage's output (input side first) of backbone `name`: the
+    width of its pooled features in a feature cut. Measured once per process on a
+    randomly initialised network. NotFound for an unknown name."""
+    spec = get_spec(name)
+    with _STAGE_CHANNELS_LOCK:
+        channels = _STAGE_CHANNELS.get(spec.name)
+    if channels is not None:
+        return channels
+    return _stage_channels_of(_finish(build_imagenet_architecture(spec), spec), spec)
+
+
 def create_imagenet_model(name: str, weights_dir: Path | None = None) -> nn.Module:
     """The pretrained network with its original ImageNet classifier, in eval mode.
 
@@ -156,17 +227,30 @@ def create_imagenet_model(name: str, weights_dir: Path | None = None) -> nn.Modu
 
 
 def create_model(
-    name: str, num_classes: int, *, pretrained: bool = True, weights_dir: Path | None = None
+    name: str,
+    num_classes: int,
+    *,
+    pretrained: bool = True,
+    weights_dir: Path | None = None,
+    feature_stages: Sequence[int] = (),
 ) -> GraftModel:
     """Backbone `name` with its classifier cut off and a fresh Linear head of `num_classes`.
 
     pretrained=False builds the same structure with random init (for tests, and to load a
-    registered artifact into). NotFound for an unknown name; FailedPrecondition when the
-    pretrained weights are not here (the message says how to provide them).
+    registered artifact into). `feature_stages` (1-based, ascending) cuts the features the
+    head reads to those stages' pooled outputs, concatenated (see GraftModel); the head's
+    width is then the sum of their channel counts. NotFound for an unknown name;
+    InvalidArgument (on `num_classes`, or `plan.feature_stages`) for a bad argument;
+    FailedPrecondition when the pretrained weights are not here (the message says how to
+    provide them).
     """
     spec = get_spec(name)
     if num_classes < 1:
         raise InvalidArgument.of("num_classes", f"must be at least 1, got {num_classes}")
+    cut = tuple(int(s) for s in feature_stages)
+    problem = feature_stages_problem(spec, cut)
+    if problem:
+        raise InvalidArgument.of("plan.feature_stages", problem)
     path = _require_weights(spec, weights_dir) if pretrained else None
     net = build_imagenet_architecture(spec)
     if path is not None:
@@ -178,8 +262,16 @@ def create_model(
             f"catalog bug: {spec.name}.{spec.classifier} is {old!r}, "
             f"not a Linear on {spec.num_features} features"
         )
-    head = nn.Linear(spec.num_features, num_classes)
-    return GraftModel(body, head, spec)
+    width = spec.num_features
+    if cut:
+        # Measured on this body before the head exists, so that the head's initialisation
+        # draws from the seeded RNG exactly as without a cut.
+        channels = _stage_channels_of(body, spec)
+        width = sum(channels[s - 1] for s in cut)
+    head = nn.Linear(width, num_classes)
+    return GraftModel(
+        body, head, spec, feature_stages=cut, stage_outputs=stage_output_modules(spec)
+    )
 
 
 def parameter_stages(model: GraftModel) -> dict[str, int]:

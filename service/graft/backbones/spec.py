@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 
 @dataclass(frozen=True)
@@ -53,26 +59,142 @@ class PretrainedSpec:
     num_imagenet_classes: int = 1000
 
 
+def feature_stages_problem(spec: PretrainedSpec, stages: Sequence[int]) -> str:
+    """Why `stages` cannot be a feature cut of `spec` ("" when it can): 1-based stage
+    numbers, each in 1..len(spec.stages), strictly ascending (so no duplicates)."""
+    n = len(spec.stages)
+    out_of_range = [s for s in stages if not 1 <= s <= n]
+    if out_of_range:
+        return f"{spec.name} has stages 1 to {n}, got {list(out_of_range)}"
+    if any(b <= a for a, b in itertools.pairwise(stages)):
+        return f"stages must be strictly ascending, without repeats; got {list(stages)}"
+    return ""
+
+
+class _StopForward(Exception):
+    """Raised by a forward hook once the last stage wanted has run: nothing above it needs
+    computing. Private: pooled_stage_outputs always catches it."""
+
+
+def global_average_pool(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) → (N, C) spatial mean; an (N, C) output (a stage that ends after the
+    network's own pooling, e.g. MobileNetV3's hidden Linear) is already pooled."""
+    if t.ndim == 4:
+        return t.mean(dim=(2, 3))
+    if t.ndim == 2:
+        return t
+    raise RuntimeError(f"a stage output of shape {tuple(t.shape)} is neither NCHW nor NC")
+
+
+def pooled_stage_outputs(
+    body: nn.Module, output_modules: Sequence[str], x: torch.Tensor
+) -> list[torch.Tensor]:
+    """Global-average-pooled outputs (N, C) of the dotted submodules `output_modules` of
+    `body` on input `x`, in the order given. The forward stops right after the last of them
+    to run (modules past it are not computed), so `body` returns nothing here.
+
+    Each output is pooled inside its hook, at the moment the module returns: a later
+    in-place operation (ResNet's `relu(inplace=True)` on bn1's output, say) cannot change
+    what was recorded. Every hook is removed before returning, also on errors. The hooks act
+    only in the calling thread: a forward of the same body in another thread meanwhile
+    (Predict serialises them per model anyway) is neither recorded nor stopped.
+    """
+    wanted = list(output_modules)
+    owner = threading.get_ident()
+    pooled: dict[str, torch.Tensor] = {}
+    handles: list[RemovableHandle] = []
+
+    def recorder(name: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if threading.get_ident() != owner:
+                return
+            if name in pooled:
+                raise RuntimeError(f"{name} ran twice in one forward: its output is ambiguous")
+            pooled[name] = global_average_pool(output)
+            if len(pooled) == len(set(wanted)):
+                raise _StopForward
+
+        return hook
+
+    try:
+        for name in dict.fromkeys(wanted):
+            handles.append(body.get_submodule(name).register_forward_hook(recorder(name)))
+        with contextlib.suppress(_StopForward):
+            body(x)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in wanted if n not in pooled]
+    if missing:
+        raise RuntimeError(f"modules {missing} did not run in the body's forward")
+    return [pooled[n] for n in wanted]
+
+
 class GraftModel(nn.Module):
     """A pretrained network with its classifier cut off (`body`, returning pooled features of
     width `spec.num_features`) and a freshly initialised Linear head grafted on.
 
-    State-dict keys are `body.*` and `head.*`; a registered artifact is exactly this state
-    dict, loaded back with `strict=True` into a model built with `pretrained=False`.
+    `feature_stages` (1-based, ascending; feature extraction only) cuts the features the
+    head reads: the global-average-pooled outputs of those stages, concatenated in that
+    order. Empty (the default): the body's own pooled features, `body(x)`.
+
+    The output of stage k is the output of module `stage_outputs[k-1]` of the body: by
+    default the last module listed for the stage in `spec.stages`; create_model passes
+    another where the network applies a parameter-free activation after that module
+    outside every stage (see factory.stage_output_modules).
+
+    State-dict keys are `body.*` and `head.*` (the cut adds none, and the body keeps every
+    weight whatever the cut); a registered artifact is exactly this state dict, loaded back
+    with `strict=True` into a model built with `pretrained=False` and the same cut.
     """
 
-    def __init__(self, body: nn.Module, head: nn.Linear, spec: PretrainedSpec) -> None:
+    def __init__(
+        self,
+        body: nn.Module,
+        head: nn.Linear,
+        spec: PretrainedSpec,
+        *,
+        feature_stages: Sequence[int] = (),
+        stage_outputs: Sequence[str] = (),
+    ) -> None:
         super().__init__()
         self.body = body
         self.head = head
         self.spec = spec
+        self.feature_stages: tuple[int, ...] = tuple(int(s) for s in feature_stages)
+        problem = feature_stages_problem(spec, self.feature_stages)
+        if problem:
+            raise ValueError(f"feature_stages: {problem}")
+        self.stage_outputs: tuple[str, ...] = tuple(stage_outputs) or tuple(
+            stage[-1] for stage in spec.stages
+        )
+        if len(self.stage_outputs) != len(spec.stages):
+            raise ValueError(
+                f"{len(self.stage_outputs)} stage outputs for {len(spec.stages)} stages"
+            )
 
     def stage_modules(self) -> list[list[nn.Module]]:
         """The body's stages as module lists, input side first (see PretrainedSpec.stages)."""
         return [[self.body.get_submodule(name) for name in stage] for stage in self.spec.stages]
 
+    def pooled_stage_features(self, x: torch.Tensor, stages: Sequence[int]) -> list[torch.Tensor]:
+        """For each 1-based stage in `stages`, its global-average-pooled output (N, C).
+
+        The body runs only as far as the highest stage asked for. ValueError for a stage
+        out of range; the order of `stages` is that of the result.
+        """
+        n = len(self.spec.stages)
+        bad = [s for s in stages if not 1 <= s <= n]
+        if bad:
+            raise ValueError(f"{self.spec.name} has stages 1 to {n}, got {bad}")
+        return pooled_stage_outputs(self.body, [self.stage_outputs[s - 1] for s in stages], x)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+        """What the head reads: `body(x)`, or with a cut, the chosen stages' pooled outputs
+        concatenated."""
+        if not self.feature_stages:
+            return self.body(x)
+        return torch.cat(self.pooled_stage_features(x, self.feature_stages), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+        return self.head(self.features(x))

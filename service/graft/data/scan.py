@@ -42,11 +42,13 @@ _MAX_SKIPPED_IN_MESSAGE = 3
 
 @dataclass(frozen=True)
 class Sample:
-    """One usable image: its absolute path, class index and split ("train", "val" or "")."""
+    """One usable image: its absolute path, class index, split ("train", "val" or "") and
+    the sha256 (hex) of the file's bytes ("" when not scanned, e.g. built by hand)."""
 
     path: Path
     label: int
     split: str = ""
+    digest: str = ""
 
 
 @dataclass
@@ -63,6 +65,10 @@ class ScannedDataset:
     layout: str = "folders"  # "folders" | "split-folders" | "manifest"
     sampled: bool = False  # True when max_per_class limited the scan
     total_candidates: dict[str, int] = field(default_factory=dict)  # files per class seen
+    # (width, height) extremes, each taken over all usable images on its own: the widest
+    # image need not be the tallest.
+    min_size: tuple[int, int] = (0, 0)
+    max_size: tuple[int, int] = (0, 0)
 
     def counts(self) -> dict[str, int]:
         """Usable images per class name (all splits together)."""
@@ -369,7 +375,10 @@ def scan_dataset(path: Path, *, max_per_class: int | None = None, seed: int = 0)
     _require_usable(root, good, classes, skipped, len(candidates))
 
     index = {name: i for i, name in enumerate(classes)}
-    samples = [Sample(r.candidate.path, index[r.candidate.label], r.candidate.split) for r in good]
+    samples = [
+        Sample(r.candidate.path, index[r.candidate.label], r.candidate.split, r.digest)
+        for r in good
+    ]
     widths = [r.size[0] for r in good]
     heights = [r.size[1] for r in good]
     return ScannedDataset(
@@ -383,6 +392,8 @@ def scan_dataset(path: Path, *, max_per_class: int | None = None, seed: int = 0)
         layout=layout,
         sampled=max_per_class is not None and max_per_class > 0,
         total_candidates=dict(sorted(total.items())),
+        min_size=(min(widths), min(heights)),
+        max_size=(max(widths), max(heights)),
     )
 
 

@@ -57,8 +57,9 @@ class PredictResult:
 def build_model(
     version: ModelVersion, state: dict[str, torch.Tensor], card: dict[str, Any]
 ) -> LoadedModel:
-    """A servable model from a registered artifact: the architecture with random init, then
-    the artifact's weights, strictly; preprocessing exactly as the card recorded it."""
+    """A servable model from a registered artifact: the architecture with random init and
+    the plan's feature cut, then the artifact's weights, strictly; preprocessing exactly as
+    the card recorded it."""
     spec = get_spec(card["backbone"])
     pre = card.get("preprocessing", {})
     spec = dataclasses.replace(
@@ -69,7 +70,13 @@ def build_model(
         crop_pct=pre.get("crop_pct", spec.crop_pct),
     )
     labels = tuple(card["labels"])
-    model = create_model(spec.name, len(labels), pretrained=False)
+    # A model trained on a feature cut serves with it; the body keeps every weight either way.
+    model = create_model(
+        spec.name,
+        len(labels),
+        pretrained=False,
+        feature_stages=tuple(card["plan"].get("feature_stages", [])),
+    )
     model.load_state_dict(state, strict=True)
     model.eval().to(memory_format=torch.channels_last)
     image_size = int(pre.get("image_size") or card["plan"]["image_size"])

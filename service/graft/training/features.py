@@ -2,7 +2,9 @@
 
 Each training and validation image goes through the frozen body exactly once (eval
 transform, no augmentation: augmented copies would each need their own forward pass, which
-is the cost this strategy exists to avoid). The pooled features are cached in
+is the cost this strategy exists to avoid). The features are what the head reads,
+`GraftModel.features`: the body's pooled output, or with a feature cut (`plan.feature_stages`)
+the chosen stages' pooled outputs concatenated. They are cached in
 `checkpoint_dir/features.safetensors`; the head then trains on them for `plan.epochs` epochs
 in milliseconds per epoch, and a resumed job reads the cache instead of recomputing it.
 """
@@ -20,9 +22,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import nn
 from torch.utils.data import DataLoader
 
+from graft.backbones.spec import GraftModel
 from graft.data import ImageDataset, Sample
 from graft.training.errors import TrainingCancelled
 
@@ -32,7 +34,7 @@ _META_KEY = "graft.features"
 
 @dataclass
 class FeatureSet:
-    """Pooled body features (float32, N x num_features) with their integer labels."""
+    """Features the head reads (float32, N x head.in_features) with their integer labels."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -49,23 +51,22 @@ def feature_key(
     classes: Sequence[str],
     train_samples: Sequence[Sample],
     val_samples: Sequence[Sample],
+    feature_stages: Sequence[int] = (),
 ) -> str:
     """Identity of a feature cache: everything the features depend on, hashed. The sample
     lists are part of it because the split (validation fraction, seed) decides which image
-    lands where."""
+    lands where; the feature cut because it decides what a feature is."""
+    identity: dict[str, object] = {
+        "backbone": backbone,
+        "image_size": image_size,
+        "pretrained": pretrained,
+        "fingerprint": dataset_fingerprint,
+        "classes": list(classes),
+    }
+    if feature_stages:  # absent without a cut: caches written before cuts existed still fit
+        identity["feature_stages"] = [int(s) for s in feature_stages]
     h = hashlib.sha256()
-    h.update(
-        json.dumps(
-            {
-                "backbone": backbone,
-                "image_size": image_size,
-                "pretrained": pretrained,
-                "fingerprint": dataset_fingerprint,
-                "classes": list(classes),
-            },
-            sort_keys=True,
-        ).encode()
-    )
+    h.update(json.dumps(identity, sort_keys=True).encode())
     for split, samples in (("train", train_samples), ("val", val_samples)):
         for s in samples:
             h.update(f"{split}\0{s.path}\0{s.label}\n".encode())
@@ -74,7 +75,7 @@ def feature_key(
 
 @torch.inference_mode()
 def compute_features(
-    body: nn.Module,
+    model: GraftModel,
     samples: Sequence[Sample],
     transform: Callable[..., torch.Tensor],
     *,
@@ -82,8 +83,9 @@ def compute_features(
     device: torch.device,
     should_stop: Callable[[], bool],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features float32 on CPU, labels int64) of `samples` through `body` in eval mode."""
-    body.eval()
+    """(features float32 on CPU, labels int64) of `samples`: `model.features` (the head's
+    input, so a feature cut applies) with the model in eval mode."""
+    model.eval()
     loader = DataLoader(
         ImageDataset(samples, transform),
         batch_size=batch_size,
@@ -98,7 +100,7 @@ def compute_features(
             raise TrainingCancelled("cancelled while computing features")
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out = body(images)
+            out = model.features(images)
         # Move to CPU per batch: the cache is written from CPU memory, and this keeps GPU
         # memory flat. (The copy syncs with the GPU once per batch, which is fine here.)
         feats.append(out.float().cpu())
@@ -147,7 +149,7 @@ def load_features(path: Path, key: str) -> FeatureSet | None:
 
 
 def load_or_compute_features(
-    body: nn.Module,
+    model: GraftModel,
     transform: Callable[..., torch.Tensor],
     *,
     key: str,
@@ -164,7 +166,7 @@ def load_or_compute_features(
     if cached is not None:
         return cached, True
     tx, ty = compute_features(
-        body,
+        model,
         train_samples,
         transform,
         batch_size=batch_size,
@@ -172,7 +174,7 @@ def load_or_compute_features(
         should_stop=should_stop,
     )
     vx, vy = compute_features(
-        body,
+        model,
         val_samples,
         transform,
         batch_size=batch_size,

@@ -275,6 +275,21 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return g
 
 
+def feature_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and standard deviation (floored at 1e-6) of training features."""
+    return x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
+
+
+@torch.no_grad()
+def fold_standardization(head: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Make `head` take raw features: W((x - m) / s) + b = (W / s) x + (b - W (m / s))."""
+    mean = mean.to(head.weight.device, head.weight.dtype)
+    std = std.to(head.weight.device, head.weight.dtype)
+    assert head.bias is not None
+    head.bias.sub_(head.weight @ (mean / std))
+    head.weight.div_(std)
+
+
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
@@ -336,7 +351,11 @@ def train(
     # --- model: pretrained body + fresh head, initialised from the seed -------------------
     torch.manual_seed(plan.seed)
     model = create_model(
-        plan.backbone, len(classes), pretrained=pretrained, weights_dir=weights_dir
+        plan.backbone,
+        len(classes),
+        pretrained=pretrained,
+        weights_dir=weights_dir,
+        feature_stages=plan.feature_stages,
     )
     groups = apply_strategy(model, plan)
     model.to(device).to(memory_format=torch.channels_last)
@@ -359,10 +378,11 @@ def train(
             classes=classes,
             train_samples=train_samples,
             val_samples=val_samples,
+            feature_stages=plan.feature_stages,
         )
         t0 = time.monotonic()
         features, from_cache = load_or_compute_features(
-            model.body,
+            model,
             eval_transform(spec, plan.image_size),
             key=key,
             batch_size=plan.batch_size,
@@ -378,8 +398,18 @@ def train(
         else:
             msg = f"features computed and cached: {counts} ({time.monotonic() - t0:.1f} s)"
         progress.message(msg)
-        train_data: Dataset = TensorDataset(features.train_x, features.train_y)
-        val_data: Dataset = TensorDataset(features.val_x, features.val_y)
+        # The head trains on standardised features (each feature scaled by the training
+        # features' mean and spread), as a linear probe does: pooled stage outputs differ in
+        # scale by orders of magnitude, and unscaled they train far worse in the same
+        # epochs. The scaling is folded into the head at the end, so the served model is
+        # the plain body + Linear (fold_standardization).
+        feature_mean, feature_std = feature_statistics(features.train_x)
+        train_data: Dataset = TensorDataset(
+            (features.train_x - feature_mean) / feature_std, features.train_y
+        )
+        val_data: Dataset = TensorDataset(
+            (features.val_x - feature_mean) / feature_std, features.val_y
+        )
         drop_last = False  # the head alone has no BatchNorm
     else:
         train_data = ImageDataset(
@@ -575,6 +605,8 @@ def train(
     # --- result: the best epoch's weights, ready to serve ------------------------------
     assert best_state is not None and best_metrics is not None
     model.load_state_dict(best_state)
+    if fe:
+        fold_standardization(model.head, feature_mean, feature_std)
     model.to("cpu").to(memory_format=torch.contiguous_format)  # safetensors wants contiguous
     model.eval()
     return TrainResult(
@@ -627,7 +659,12 @@ def _describe(
     what = {
         Strategy.FULL_FINE_TUNE: "full fine-tune",
         Strategy.PARTIAL_FINE_TUNE: f"partial fine-tune, top {trained} of {n_stages} stages",
-        Strategy.FEATURE_EXTRACTION: "feature extraction, head only",
+        Strategy.FEATURE_EXTRACTION: "feature extraction, head only"
+        + (
+            f", on the pooled outputs of stages {', '.join(map(str, plan.feature_stages))}"
+            if plan.feature_stages
+            else ""
+        ),
     }[plan.strategy]
     warm = (
         f", head alone for the first {plan.head_warmup_epochs} epoch(s)"

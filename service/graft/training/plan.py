@@ -12,7 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from graft.backbones.spec import PretrainedSpec
+from graft.backbones.spec import PretrainedSpec, feature_stages_problem
 from graft.domain import Strategy, TrainingPlan
 from graft.errors import FieldViolation, InvalidArgument, NotFound
 
@@ -97,7 +97,8 @@ def resolve_plan(
 
     Set fields are kept as given. The result passes `validate_plan` when the input did, and
     resolving it again changes nothing. `seed` 0 is a valid seed and stays 0; booleans
-    (augmentation, class weighting) and label smoothing / early stopping (0 = off) are kept.
+    (augmentation, class weighting) and label smoothing / early stopping (0 = off) are kept,
+    and so is the feature cut (`feature_stages`; empty = the body's final features).
     """
     strategy = plan.strategy or defaults.strategy
     fe = strategy == Strategy.FEATURE_EXTRACTION
@@ -166,6 +167,7 @@ def resolve_plan(
         head_warmup_epochs=head_warmup_epochs,
         weight_decay=weight_decay,
         validation_fraction=plan.validation_fraction or defaults.validation_fraction,
+        feature_stages=tuple(int(s) for s in plan.feature_stages),
     )
 
 
@@ -217,6 +219,18 @@ def validate_plan(
             )
         elif k > n:
             bad("trainable_stages", f"{spec.name} has {n} stages, got {k}")
+
+    if plan.feature_stages:
+        if strategy != Strategy.FEATURE_EXTRACTION:
+            bad(
+                "feature_stages",
+                "only feature extraction reads features from chosen stages; leave it empty "
+                "or set strategy FEATURE_EXTRACTION",
+            )
+        elif spec is not None:
+            problem = feature_stages_problem(spec, plan.feature_stages)
+            if problem:
+                bad("feature_stages", problem)
 
     if not 0 <= plan.epochs <= MAX_EPOCHS:
         bad("epochs", f"must be between 1 and {MAX_EPOCHS} (0 = default), got {plan.epochs}")
