@@ -600,3 +600,15 @@ def test_feature_extraction_serves_the_standardised_head_folded_into_a_linear(
         logits = result.model.head(cached["val_x"])
     accuracy = float((logits.argmax(1) == cached["val_y"]).float().mean())
     assert accuracy == pytest.approx(result.metrics.accuracy)
+
+
+def test_feature_statistics_do_not_blow_up_a_channel_constant_in_training() -> None:
+    from graft.training.loop import feature_statistics
+
+    x = torch.randn(100, 8, generator=torch.Generator().manual_seed(0))
+    x[:, 3] = 0.0  # a ReLU channel that never fired on the training images
+    mean, std = feature_statistics(x)
+    new = torch.zeros(1, 8)
+    new[0, 3] = 0.05  # it fires a little on a new image
+    assert float(((new - mean) / std).abs().max()) < 10
+    torch.testing.assert_close(std[[0, 1, 2]], x[:, [0, 1, 2]].std(0, unbiased=False))

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from graft.training.loop import feature_statistics
+
 MAX_FOLDS = 5
 
 
@@ -132,8 +134,7 @@ def linear_probe(
         if not bool(test.any()) or not bool(train.any()):
             continue
         x_tr, x_te = x_all[train], x_all[test]
-        mean = x_tr.mean(0)
-        std = x_tr.std(0, unbiased=False).clamp_min(1e-6)
+        mean, std = feature_statistics(x_tr)
         w, b = fit_logistic((x_tr - mean) / std, y_all[train], c, l2=l2, max_iter=max_iter)
         pred = (((x_te - mean) / std) @ w + b).argmax(1)
         hit = pred == y_all[test]
@@ -177,8 +178,7 @@ def holdout_probe(
     y = torch.as_tensor(list(labels), dtype=torch.long)
     tr = torch.as_tensor(list(train_idx), dtype=torch.long)
     va = torch.as_tensor(list(val_idx), dtype=torch.long)
-    mean = x[tr].mean(0)
-    std = x[tr].std(0, unbiased=False).clamp_min(1e-6)
+    mean, std = feature_statistics(x[tr])
     w, b = fit_logistic((x[tr] - mean) / std, y[tr], num_classes, l2=l2)
     pred = (((x[va] - mean) / std) @ w + b).argmax(1)
     return float((pred == y[va]).float().mean())

@@ -276,8 +276,13 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def feature_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-feature mean and standard deviation (floored at 1e-6) of training features."""
-    return x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
+    """Per-feature mean and standard deviation of training features. The deviation is
+    floored at a tenth of the median feature's: a channel (almost) constant on the training
+    images — a ReLU that never fired there — would otherwise be scaled up by 1e6 and turn a
+    small value on a new image into a huge logit."""
+    std = x.std(0, unbiased=False)
+    floor = max(1e-6, 0.1 * float(std.median())) if std.numel() else 1e-6
+    return x.mean(0), std.clamp_min(floor)
 
 
 @torch.no_grad()
