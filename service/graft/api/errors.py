@@ -105,24 +105,40 @@ class ErrorBoundaryInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                guard_unary(method, handler.unary_unary), **kwargs
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                guard_stream(method, handler.unary_stream), **kwargs
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                guard_unary(method, handler.stream_unary), **kwargs
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                guard_stream(method, handler.stream_stream), **kwargs
-            )
-        return handler
+        return wrap_handler(
+            handler,
+            unary_response=lambda fn, _streaming_request: guard_unary(method, fn),
+            stream_response=lambda fn, _streaming_request: guard_stream(method, fn),
+        )
+
+
+Wrap = Callable[[Callable[..., Any], bool], Callable[..., Any]]
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler, *, unary_response: Wrap, stream_response: Wrap
+) -> grpc.RpcMethodHandler:
+    """`handler` with its behaviour function wrapped: `unary_response(fn, streaming_request)`
+    for RPCs that answer once, `stream_response(fn, streaming_request)` for those that
+    stream their answer. Serializers are kept. Shared by the server's interceptors."""
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            unary_response(handler.unary_unary, False), **kwargs
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            unary_response(handler.stream_unary, True), **kwargs
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            stream_response(handler.unary_stream, False), **kwargs
+        )
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(
+            stream_response(handler.stream_stream, True), **kwargs
+        )
+    return handler

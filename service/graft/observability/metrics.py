@@ -31,6 +31,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from graft import __version__
+from graft.api.errors import wrap_handler
 from graft.observability.logs import log_context
 
 log = logging.getLogger(__name__)
@@ -344,27 +345,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
             return wrapper
 
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                unary_response(handler.unary_unary, False), **kwargs
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                unary_response(handler.stream_unary, True), **kwargs
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                stream_response(handler.unary_stream, False), **kwargs
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                stream_response(handler.stream_stream, True), **kwargs
-            )
-        return handler
+        return wrap_handler(handler, unary_response=unary_response, stream_response=stream_response)
 
 
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
