@@ -7,6 +7,7 @@ in-flight ones get `grace_seconds` to finish, the worker is stopped, exit 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,14 +16,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from graft.api.errors import ErrorBoundaryInterceptor
+from graft.api.errors import ErrorBoundaryInterceptor, wrap_handler
 from graft.api.servicer import AdaptationServicer, Services
 from graft.config import Config
 from graft.observability.logs import setup_logging
@@ -108,6 +111,69 @@ class HealthMonitor:
             self._worker_serving = worker_ok
 
 
+class DrainGate(grpc.ServerInterceptor):
+    """Draining without surprises: once `draining` is set, a new AdaptationService RPC is
+    refused with UNAVAILABLE (which clients retry elsewhere) instead of being cut off later;
+    RPCs already running are counted, so shutdown can wait for them (`wait_idle`) before
+    the gRPC server stops (which would cancel whatever still runs or waits)."""
+
+    def __init__(self, draining: threading.Event) -> None:
+        self.draining = draining
+        self._in_flight = 0
+        self._idle = threading.Condition()
+
+    @contextlib.contextmanager
+    def _track(self) -> Iterator[None]:
+        with self._idle:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no RPC runs (True) or `timeout` seconds pass (False)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        gated = handler_call_details.method.startswith(f"/{SERVICE_NAME}/")
+
+        def refuse_if_draining(context: grpc.ServicerContext) -> None:
+            if gated and self.draining.is_set():
+                context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "server is shutting down; retry (another instance, or this one restarted)",
+                )
+
+        def unary(fn: Callable[..., Any], streaming_request: bool) -> Callable[..., Any]:
+            def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+                refuse_if_draining(context)
+                with self._track():
+                    return fn(request, context)
+
+            return wrapper
+
+        def stream(fn: Callable[..., Any], streaming_request: bool) -> Callable[..., Any]:
+            def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                refuse_if_draining(context)
+                with self._track():
+                    yield from fn(request, context)
+
+            return wrapper
+
+        return wrap_handler(handler, unary_response=unary, stream_response=stream)
+
+
 def _status(ok: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
     return (
         health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -180,7 +246,7 @@ class WorkerSupervisor:
 
 def build_server(
     config: Config, metrics: ServerMetrics | None = None
-) -> tuple[grpc.Server, Services, health.HealthServicer]:
+) -> tuple[grpc.Server, Services, health.HealthServicer, DrainGate]:
     metrics = metrics or ServerMetrics()
     store = open_store(config)
     registry = ModelRegistry(store, config.registry_dir)
@@ -191,6 +257,7 @@ def build_server(
         predictor=Predictor(registry, store, config.model_cache_size, metrics=metrics),
         draining=threading.Event(),
     )
+    gate = DrainGate(services.draining)
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -198,8 +265,8 @@ def build_server(
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
-        # Metrics outermost: it records the status code the error boundary sets.
-        interceptors=[MetricsInterceptor(metrics), ErrorBoundaryInterceptor()],
+        # Metrics outermost: it records the status code the gate and the error boundary set.
+        interceptors=[MetricsInterceptor(metrics), gate, ErrorBoundaryInterceptor()],
         options=options,
     )
     pb_grpc.add_AdaptationServiceServicer_to_server(AdaptationServicer(services), server)
@@ -210,7 +277,7 @@ def build_server(
     )
     for name in ("", SERVICE_NAME, WORKER_HEALTH_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    return server, services, health_servicer
+    return server, services, health_servicer, gate
 
 
 def run_server(config: Config) -> int:
@@ -219,7 +286,7 @@ def run_server(config: Config) -> int:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = ServerMetrics()
     metrics.set_build_info()
-    server, services, health_servicer = build_server(config, metrics)
+    server, services, health_servicer, gate = build_server(config, metrics)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         log.error("could not bind %s:%d", config.host, config.port)
@@ -253,7 +320,11 @@ def run_server(config: Config) -> int:
     monitor.stop()
     if supervisor:
         supervisor.request_stop()  # the worker checkpoints while RPCs drain
-    server.stop(config.grace_seconds).wait()
+    if not gate.wait_idle(config.grace_seconds):
+        log.warning(
+            "RPCs still running after %.0f s of draining: aborting them", config.grace_seconds
+        )
+    server.stop(0.5).wait()
     if supervisor:
         # The worker stops at its next checkpoint, or at the next step after its stop
         # timeout; past this much longer, it is killed (its lease then lapses: no loss).

@@ -35,7 +35,7 @@ def running(tmp_path: Path) -> Iterator[tuple[Client, ServerMetrics, Config]]:
             Image.fromarray(pixels).save(root / "two" / label / f"{i}.png")
     config = Config(data_dir=tmp_path / "data", data_roots=(root,), embedded_worker=False)
     metrics = ServerMetrics()
-    server, services, _ = build_server(config, metrics)
+    server, services, _, _ = build_server(config, metrics)
     metrics.registry.register(StoreCollector(services.store, config.worker_ready_seconds))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -112,7 +112,7 @@ def test_grpc_server_metrics_for_unary_and_streaming_rpcs(
 
 def test_health_follows_store_and_workers(tmp_path: Path) -> None:
     config = Config(data_dir=tmp_path / "data", embedded_worker=False)
-    server, services, health_servicer = build_server(config)
+    server, services, health_servicer, _ = build_server(config)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     monitor = HealthMonitor(health_servicer, services, interval=3600)
@@ -179,3 +179,28 @@ def test_store_collector_reports_a_store_that_does_not_answer() -> None:
     families = {f.name: f for f in collector.collect()}
     assert list(families) == ["graft_store_up"]
     assert families["graft_store_up"].samples[0].value == 0
+
+
+def test_draining_refuses_new_rpcs_with_unavailable_and_counts_them(tmp_path: Path) -> None:
+    config = Config(data_dir=tmp_path / "data", embedded_worker=False)
+    metrics = ServerMetrics()
+    server, services, _, gate = build_server(config, metrics)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=10) as client:
+            client.list_backbones()
+            assert gate.wait_idle(1)  # nothing runs between calls
+            services.draining.set()
+            with pytest.raises(graft_client.Unavailable, match="shutting down"):
+                client.list_backbones()
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # health still answers
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    finally:
+        server.stop(0).wait()
+        services.store.close()
+    refused = value(
+        metrics, "grpc_server_handled_total", **rpc("ListBackbones"), grpc_code="Unavailable"
+    )
+    assert refused >= 1  # the client's transparent retries may add more
+    assert value(metrics, "grpc_server_handled_total", **rpc("ListBackbones"), grpc_code="OK") == 1
