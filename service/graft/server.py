@@ -120,6 +120,7 @@ class DrainGate(grpc.ServerInterceptor):
     def __init__(self, draining: threading.Event) -> None:
         self.draining = draining
         self._in_flight = 0
+        self._last_arrival = 0.0
         self._idle = threading.Condition()
 
     @contextlib.contextmanager
@@ -133,10 +134,20 @@ class DrainGate(grpc.ServerInterceptor):
                 self._in_flight -= 1
                 self._idle.notify_all()
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no RPC runs (True) or `timeout` seconds pass (False)."""
+    def wait_idle(self, timeout: float, quiet: float = 1.0) -> bool:
+        """Wait until no RPC runs and none has arrived for `quiet` seconds (True), or
+        `timeout` seconds pass (False). The quiet period lets clients' transparent retries
+        of UNAVAILABLE run out against this server rather than meet a stopped one, which
+        would answer CANCELLED."""
+        deadline = time.monotonic() + timeout
         with self._idle:
-            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+            while True:
+                now = time.monotonic()
+                if self._in_flight == 0 and now - self._last_arrival >= quiet:
+                    return True
+                if now >= deadline:
+                    return False
+                self._idle.wait(min(0.05, deadline - now))
 
     def intercept_service(
         self,
@@ -149,6 +160,8 @@ class DrainGate(grpc.ServerInterceptor):
         gated = handler_call_details.method.startswith(f"/{SERVICE_NAME}/")
 
         def refuse_if_draining(context: grpc.ServicerContext) -> None:
+            with self._idle:
+                self._last_arrival = time.monotonic()
             if gated and self.draining.is_set():
                 context.abort(
                     grpc.StatusCode.UNAVAILABLE,
