@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from graft.api.errors import ErrorBoundaryInterceptor, wrap_handler
+from graft.api.errors import ErrorBoundaryInterceptor, WrappingInterceptor, wrap_handler
 from graft.api.servicer import AdaptationServicer, Services
 from graft.config import Config
 from graft.observability.logs import setup_logging
@@ -111,7 +111,7 @@ class HealthMonitor:
             self._worker_serving = worker_ok
 
 
-class DrainGate(grpc.ServerInterceptor):
+class DrainGate(WrappingInterceptor):
     """Draining without surprises: once `draining` is set, a new AdaptationService RPC is
     refused with UNAVAILABLE (which clients retry elsewhere) instead of being cut off later;
     RPCs already running are counted, so shutdown can wait for them (`wait_idle`) before
@@ -149,15 +149,8 @@ class DrainGate(grpc.ServerInterceptor):
                     return False
                 self._idle.wait(min(0.05, deadline - now))
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        gated = handler_call_details.method.startswith(f"/{SERVICE_NAME}/")
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        gated = method.startswith(f"/{SERVICE_NAME}/")
 
         def refuse_if_draining(context: grpc.ServicerContext) -> None:
             with self._idle:

@@ -93,8 +93,8 @@ def guard_stream(
     return wrapper
 
 
-class ErrorBoundaryInterceptor(grpc.ServerInterceptor):
-    """Wraps every handler of the server with the error mapping above."""
+class WrappingInterceptor(grpc.ServerInterceptor):
+    """A server interceptor that wraps each RPC's handler: subclasses define `wrap`."""
 
     def intercept_service(
         self,
@@ -102,9 +102,17 @@ class ErrorBoundaryInterceptor(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
+        return None if handler is None else self.wrap(handler, handler_call_details.method)
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """`handler` of `method` ("/package.Service/Method"), wrapped (see wrap_handler)."""
+        raise NotImplementedError
+
+
+class ErrorBoundaryInterceptor(WrappingInterceptor):
+    """Wraps every handler of the server with the error mapping above."""
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         return wrap_handler(
             handler,
             unary_response=lambda fn, _streaming_request: guard_unary(method, fn),

@@ -31,7 +31,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from graft import __version__
-from graft.api.errors import wrap_handler
+from graft.api.errors import WrappingInterceptor, wrap_handler
 from graft.observability.logs import log_context
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ def _request_id(context: grpc.ServicerContext) -> str:
     return uuid.uuid4().hex[:16]
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
+class MetricsInterceptor(WrappingInterceptor):
     """Records started/handled/latency/messages for every RPC, and binds the method and a
     request id (the caller's `x-request-id` metadata, else a new one) to its log records.
     Install it first (outermost) so it sees the status the error boundary sets."""
@@ -250,15 +250,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
     def __init__(self, metrics: ServerMetrics) -> None:
         self.m = metrics
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        service, method = _split_method(handler_call_details.method)
+    def wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+        service, method = _split_method(full_method)
         client_stream, server_stream = handler.request_streaming, handler.response_streaming
         kind = (
             "bidi_stream"
