@@ -150,12 +150,15 @@ class DrainGate(WrappingInterceptor):
                 self._idle.wait(min(0.05, deadline - now))
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        gated = method.startswith(f"/{SERVICE_NAME}/")
+        if not method.startswith(f"/{SERVICE_NAME}/"):
+            # Health checks and reflection answer throughout (health says NOT_SERVING) and
+            # are not waited for: a client's open health Watch must not hold the shutdown.
+            return handler
 
         def refuse_if_draining(context: grpc.ServicerContext) -> None:
             with self._idle:
                 self._last_arrival = time.monotonic()
-            if gated and self.draining.is_set():
+            if self.draining.is_set():
                 context.abort(
                     grpc.StatusCode.UNAVAILABLE,
                     "server is shutting down; retry (another instance, or this one restarted)",

@@ -195,7 +195,13 @@ def test_draining_refuses_new_rpcs_with_unavailable_and_counts_them(tmp_path: Pa
             with pytest.raises(graft_client.Unavailable, match="shutting down"):
                 client.list_backbones()
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # health still answers
-            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            stub = health_pb2_grpc.HealthStub(channel)
+            stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            # An open health Watch is not an RPC the drain waits for.
+            watch = stub.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            next(watch)
+            assert gate.wait_idle(5)
+            watch.cancel()
     finally:
         server.stop(0).wait()
         services.store.close()
