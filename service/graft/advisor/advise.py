@@ -433,6 +433,9 @@ def advise_dataset(
             feature_stages=cut,
         )
 
+    eval_seconds = transform_seconds(m.spec, sample, m.image_size, augment=False)
+    augment_seconds = transform_seconds(m.spec, sample, m.image_size, augment=True)
+
     def speed_for(draft: TrainingPlan, timed: bool) -> Speed:
         return Speed(
             images_per_second=m.images_per_second,
@@ -444,8 +447,8 @@ def advise_dataset(
             )
             if timed
             else 0.0,
-            eval_transform_seconds=transform_seconds(m.spec, sample, m.image_size, augment=False),
-            augment_transform_seconds=transform_seconds(m.spec, sample, m.image_size, augment=True),
+            eval_transform_seconds=eval_seconds,
+            augment_transform_seconds=augment_seconds,
         )
 
     # The matrix's fine-tuning strategy, piloted on the sample; frozen features with a
@@ -489,7 +492,7 @@ def advise_dataset(
 
     # Accuracy ranges: measured on the sample, extended to the dataset's size by the probe's
     # own learning curve (its gain from half the sample to all of it, per doubling).
-    gain = _learning_curve_gain(depth.cut.features, sample.labels, num_classes)
+    gain = _learning_curve_gain(depth.cut.features, sample.labels, num_classes, depth.cut.probe)
     doublings = max(0.0, math.log2(max(1.0, per_class) / max(1.0, len(sample) / num_classes)))
     extra = max(0.0, gain) * doublings
     fe_acc = depth.cut.probe
@@ -540,9 +543,11 @@ def advise_dataset(
     return advice
 
 
-def _learning_curve_gain(features: torch.Tensor, labels: Sequence[int], num_classes: int) -> float:
-    """Probe accuracy gained from half the sample to all of it (both k-fold, same seed)."""
-    full = linear_probe(features, labels, num_classes=num_classes, seed=SEED)
+def _learning_curve_gain(
+    features: torch.Tensor, labels: Sequence[int], num_classes: int, full: ProbeResult
+) -> float:
+    """Probe accuracy gained from half the sample to all of it (both k-fold, same seed);
+    `full` is the probe of all of it, already measured."""
     half_idx = [i for i, f in enumerate(stratified_folds(labels, 2, SEED)) if f == 0]
     half_labels = [labels[i] for i in half_idx]
     if min(Counter(half_labels).values()) < 2 or len(set(half_labels)) < num_classes:
