@@ -16,7 +16,7 @@ import graft.backbones as bb
 from graft.data import load_image
 from graft.domain import ModelVersion, Strategy, TrainingPlan
 from graft.errors import FieldViolation, InvalidArgument
-from graft.predict.predictor import build_model
+from graft.predict.predictor import build_model, card_preprocessing
 from graft.training import train
 from tests.unit.test_training import Recorder, make_colour_dataset
 
@@ -207,13 +207,7 @@ def test_train_with_a_cut_serves_with_it(tmp_path: Path) -> None:
     card = {
         "backbone": LITE0,
         "labels": classes,
-        "preprocessing": {
-            "image_size": plan.image_size,
-            "mean": list(spec.mean),
-            "std": list(spec.std),
-            "interpolation": spec.interpolation,
-            "crop_pct": spec.crop_pct,
-        },
+        "preprocessing": card_preprocessing(spec, plan.image_size),
         "plan": plan.to_dict(),
     }
     version = ModelVersion(

@@ -19,6 +19,7 @@ import torch
 
 from graft import errors
 from graft.backbones import GraftModel, create_model, get_spec
+from graft.backbones.spec import PretrainedSpec
 from graft.data import eval_transform, load_image
 from graft.domain import ModelRef, ModelVersion
 from graft.registry import ModelRegistry
@@ -52,6 +53,18 @@ class PredictResult:
     version: ModelVersion
     results: list[ImageResult]
     stage_seconds: dict[str, float]
+
+
+def card_preprocessing(spec: PretrainedSpec, image_size: int) -> dict[str, Any]:
+    """The model card's `preprocessing` block: what build_model reads back to preprocess
+    exactly as in training."""
+    return {
+        "image_size": image_size,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "interpolation": spec.interpolation,
+        "crop_pct": spec.crop_pct,
+    }
 
 
 def build_model(

@@ -34,6 +34,7 @@ from graft.data import resolve_dataset, scan_dataset, split_dataset
 from graft.domain import EventKind, Job, JobState, ProgressEvent
 from graft.observability.logs import log_context, setup_logging
 from graft.observability.metrics import WorkerMetrics, serve_metrics
+from graft.predict.predictor import card_preprocessing
 from graft.registry import ModelRegistry
 from graft.store import JobStore, open_store
 from graft.training.errors import TrainingPreempted
@@ -245,13 +246,7 @@ class Worker:
             "backbone": plan.backbone,
             "architecture": spec.architecture,
             "labels": list(dataset.classes),
-            "preprocessing": {
-                "image_size": plan.image_size,
-                "mean": list(spec.mean),
-                "std": list(spec.std),
-                "interpolation": spec.interpolation,
-                "crop_pct": spec.crop_pct,
-            },
+            "preprocessing": card_preprocessing(spec, plan.image_size),
             "plan": plan.to_dict(),
             "metrics": result.metrics.to_dict(),
             "dataset": {
