@@ -4,7 +4,6 @@ See docs/ADVISOR.md."""
 from graft.advisor.advise import (
     Advice,
     BackboneScore,
-    DatasetReportData,
     DeclaredStats,
     advise_dataset,
     advise_declared,
@@ -12,6 +11,7 @@ from graft.advisor.advise import (
 )
 from graft.advisor.matrix import MATRIX, SIMILARITY_THRESHOLD, quadrant_for, size_axis
 from graft.advisor.probe import ProbeResult, linear_probe
+from graft.advisor.report import DatasetReportData
 from graft.advisor.signals import SIGNALS, Signal
 
 __all__ = [
