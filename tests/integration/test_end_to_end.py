@@ -32,6 +32,10 @@ def test_advise_train_follow_predict(server: RunningServer, fashion: dict[str, P
     assert 0.0 <= advice.similarity <= 1.0
     assert advice.plan.backbone == advice.backbones[0].backbone  # the best-ranked one
     assert "40" in advice.rationale  # quotes the measured images per class
+    # The caller may bound the measured sample below the server's limits.
+    small = client.advise(uri, max_images=40, candidate_backbones=["efficientnet_lite0"])
+    assert "frozen features of 40 sampled images" in small.rationale
+    assert small.report.total_images == 160  # the report still covers the whole dataset
 
     plan = pb.TrainingPlan()
     plan.CopyFrom(advice.plan)
