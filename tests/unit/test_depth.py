@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from graft.advisor.depth import MIN_CUT_GAIN, choose_depth
+from graft.advisor.depth import MAX_RUN, MIN_CUT_GAIN, candidate_cuts, choose_depth
 
 
 def _stages(
@@ -31,11 +31,39 @@ def test_an_informative_middle_stage_is_the_cut_and_sets_the_depth() -> None:
     assert depth.best_stage == 4
     assert depth.stages[3].probe.accuracy > 0.9 > depth.stages[8].probe.accuracy
     assert depth.stages[3].logme == max(s.logme for s in depth.stages)
-    assert depth.cut.stages == (4,)
-    assert depth.cut.features.shape == (200, 8)
+    # The cut reads stage 4, alone or with a neighbour or two whose noise happened to help
+    # the probe on these 200 images.
+    assert 4 in depth.cut.stages and len(depth.cut.stages) <= MAX_RUN
+    assert depth.cut.features.shape == (200, 8 * len(depth.cut.stages))
+    assert depth.cut.probe.accuracy > 0.9
     assert depth.trainable_stages == 5  # stages 5..9 are above the best one
     tried = dict(depth.cut.candidates)
-    assert set(tried) == {(9,), (4,), (4, 5, 6, 7, 8, 9)}
+    second = sorted(depth.stages, key=lambda s: s.probe.accuracy)[-2].stage
+    singles = {(s,) for s in range(1, 10)}
+    assert set(tried) == singles | set(candidate_cuts(9, [4, second], 4))
+    assert depth.cut.probe.accuracy >= max(tried.values()) - MIN_CUT_GAIN
+
+
+def test_candidate_cuts_are_runs_around_the_best_stages_and_the_tail_from_the_best() -> None:
+    assert candidate_cuts(9, [6], 6) == [
+        (4, 5, 6), (5, 6), (5, 6, 7), (6,), (6, 7), (6, 7, 8), (6, 7, 8, 9),
+    ]  # fmt: skip
+    cuts = candidate_cuts(5, [1, 5], 5, max_run=2)
+    assert cuts == [(1,), (1, 2), (4, 5), (5,)]
+
+
+def test_a_tie_goes_to_the_cut_ending_later() -> None:
+    # Stages 4 and 7 carry the same signal: their probes tie within MIN_CUT_GAIN or not,
+    # but whichever cut is taken, no cut probes more than MIN_CUT_GAIN above it, and a cut
+    # ending before it probes at least MIN_CUT_GAIN worse.
+    feats, labels = _stages({4: 3.0, 7: 3.0})
+    depth = choose_depth(feats, labels, 4)
+    tried = dict(depth.cut.candidates)
+    top = max(a for c, a in tried.items() if c != (9,))
+    assert depth.cut.probe.accuracy >= top - MIN_CUT_GAIN
+    for cut, acc in tried.items():
+        if cut[-1] > depth.cut.stages[-1] and cut != (9,):
+            assert acc < top - MIN_CUT_GAIN
 
 
 def test_the_last_stage_stays_when_nothing_beats_it_clearly() -> None:
