@@ -434,6 +434,8 @@ def test_advise_dataset_on_fashion_mnist(
     assert f"{100 * advice.pilot.accuracy:.1f}%" in text  # the measurement behind the strategy
     assert f"{100 * advice.holdout_probe_accuracy:.1f}%" in text
     assert f"the best single stage is {depth.best_stage}" in text
+    assert f"of {len(depth.cut.candidates)} cuts probed" in text
+    assert f"{100 * depth.cut.probe.accuracy:.1f}%" in text
     assert f"{100 * low:.1f}% to {100 * high:.1f}%" in text
     assert f"{advice.estimated_training_seconds:.0f} s" in text
 

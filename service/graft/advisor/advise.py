@@ -649,8 +649,9 @@ def _rationale(
         parts.append(
             f"Depth, measured on {m.spec.name}'s pooled stage outputs (linear-probe accuracy "
             f"by stage, {stage_text}): the best single stage is {depth.best_stage}, so "
-            f"feature extraction reads {cut_words} and partial fine-tuning unfreezes the "
-            f"{depth.trainable_stages} stage(s) above stage {depth.best_stage}."
+            f"partial fine-tuning unfreezes the {depth.trainable_stages} stage(s) above it; "
+            f"of {len(cut.candidates)} cuts probed (single stages and runs of consecutive "
+            f"stages around the best ones), feature extraction reads {cut_words}."
         )
     if pilot is not None:
         lead = advice.holdout_probe_accuracy - pilot.accuracy
