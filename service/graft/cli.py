@@ -114,7 +114,9 @@ def describe_plan(plan: pb.TrainingPlan) -> str:
     if plan.strategy == pb.STRATEGY_PARTIAL_FINE_TUNE and plan.trainable_stages:
         parts[-1] += f" (top {plan.trainable_stages} stages)"
     if plan.strategy == pb.STRATEGY_FEATURE_EXTRACTION and plan.feature_stages:
-        parts[-1] += f" (stage {'+'.join(map(str, plan.feature_stages))} features)"
+        stages = "+".join(map(str, plan.feature_stages))
+        word = "stage" if len(plan.feature_stages) == 1 else "stages"
+        parts[-1] += f" ({word} {stages} features)"
     if plan.epochs:
         parts.append(f"{plan.epochs} epochs")
     if plan.batch_size:
