@@ -200,11 +200,11 @@ def main() -> int:
         "STRATEGY_FULL_FINE_TUNE",
     )
     print(
-        "\n| dataset | quadrant | recommended | plan acc (s) | feature extr. (s) | "
+        "\n| dataset | quadrant | recommended | Advise s | plan acc (s) | feature extr. (s) | "
         f"partial {EPOCHS} ep (s) | full {EPOCHS} ep (s) | plan / best acc | "
         "plan / slowest time | plan / best time | estimate | in range | LogME tau |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         res = r["results"]
         assert isinstance(res, dict)
@@ -220,7 +220,8 @@ def main() -> int:
             rec += f" (top {r['trainable_stages']})"
         low, high = r["estimate"]  # type: ignore[misc]
         print(
-            f"| {r['dataset']} | {r['quadrant']} | {rec} | {cell('plan')} | {cell(fe)} | "
+            f"| {r['dataset']} | {r['quadrant']} | {rec} | {r['advise_s']:.0f} | "
+            f"{cell('plan')} | {cell(fe)} | "
             f"{cell(pft)} | {cell(fft)} | {r['plan_vs_best']:.3f} | "
             f"{r['plan_time_vs_slowest']:.2f} | {r['plan_time_vs_best']:.2f} | "
             f"{100 * low:.0f}-{100 * high:.0f}% | {'yes' if r['in_range'] else 'no'} | "

@@ -1,0 +1,62 @@
+"""Where Advise's time goes: advise_dataset in-process on a Fashion-MNIST subset, under
+cProfile, summed by phase (docs/ADVISOR.md § What Advise itself costs).
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/advise_cost.py [--per-class 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from graft.advisor import advise_dataset
+from graft.config import Config
+from graft.data import scan_dataset
+from graft.data.demo import write_fashion_mnist_folder
+
+# (phase, module path suffix, function name): cumulative time of each, from the profile.
+PHASES = [
+    ("backbone passes (features, signals, speed)", "advisor/measure.py", "measure_backbone"),
+    ("depth: stage and cut probes", "advisor/depth.py", "choose_depth"),
+    ("pilot fine-tune", "advisor/pilot.py", "pilot_fine_tune"),
+    ("timed training step", "advisor/measure.py", "time_training_step"),
+    ("all linear probes (ranking, depth, curve)", "advisor/probe.py", "linear_probe"),
+    ("all LogME scores", "advisor/logme.py", "logme"),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=int, default=100)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="graft-advise-cost-") as tmp_name:
+        tmp = Path(tmp_name)
+        data = write_fashion_mnist_folder(tmp / "train", per_class=args.per_class, split="train")
+        ds = scan_dataset(data)
+        config = Config(data_dir=tmp / "data")
+        profile = cProfile.Profile()
+        t0 = time.perf_counter()
+        profile.enable()
+        advice = advise_dataset(ds, config=config)
+        profile.disable()
+        total = time.perf_counter() - t0
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    print(
+        f"Advise on Fashion-MNIST {args.per_class}/class ({advice.sample_images} sampled "
+        f"images, {len(advice.backbones)} candidates): {total:.1f} s"
+    )
+    for phase, path, func in PHASES:
+        seconds = sum(
+            v[3] for (file, _, name), v in stats.items() if file.endswith(path) and name == func
+        )
+        print(f"  {phase:45s} {seconds:5.1f} s  ({100 * seconds / total:.0f}%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
