@@ -26,9 +26,7 @@ import argparse
 import json
 import random
 import shutil
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +40,7 @@ from graft.data.demo import (
 from graft_client import Client, pb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from demo_strategies import held_out_accuracy, start_server
+from demo_strategies import held_out_accuracy, serving, train_timed
 
 EPOCHS = 4  # the same budget for the three strategies (the reference runs)
 
@@ -90,11 +88,7 @@ DATASETS: dict[str, Callable[[Path], tuple[Path, Path]]] = {
 def _train(
     client: Client, name: str, train: Path, test: Path, plan: pb.TrainingPlan
 ) -> tuple[float, float, pb.Job]:
-    t0 = time.perf_counter()
-    job = client.wait(client.start_fine_tune(name, str(train), plan=plan).job_id, timeout=7200)
-    wall = time.perf_counter() - t0
-    if job.state != pb.JOB_STATE_SUCCEEDED:
-        raise SystemExit(f"{name} failed: {job.error}")
+    job, wall = train_timed(client, name, train, plan)
     return held_out_accuracy(client, name, test), wall, job
 
 
@@ -181,18 +175,10 @@ def main() -> int:
     args = parser.parse_args()
     keys = [k.strip() for k in args.datasets.split(",") if k.strip()]
     rows = []
-    with tempfile.TemporaryDirectory(prefix="graft-advise-eval-") as tmp_name:
-        tmp = Path(tmp_name)
-        root = tmp / "datasets"
-        proc, target = start_server(tmp, root)
-        try:
-            client = Client(target, timeout=3600)
-            for key in keys:
-                train, test = DATASETS[key](root / key)
-                rows.append(evaluate(client, key, train, test))
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(300)
+    with serving("graft-advise-eval-") as (client, root):
+        for key in keys:
+            train, test = DATASETS[key](root / key)
+            rows.append(evaluate(client, key, train, test))
 
     fe, pft, fft = (
         "STRATEGY_FEATURE_EXTRACTION",

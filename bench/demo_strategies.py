@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from graft.data.demo import write_fashion_mnist_folder
@@ -38,6 +40,34 @@ def start_server(tmp: Path, data_root: Path) -> tuple[subprocess.Popen[bytes], s
             raise SystemExit(f"server failed:\n{(tmp / 'server.log').read_text()}")
         time.sleep(0.1)
     return proc, f"127.0.0.1:{json.loads(ready.read_text())['port']}"
+
+
+@contextmanager
+def serving(prefix: str, timeout: float = 3600) -> Iterator[tuple[Client, Path]]:
+    """`graft serve` (with its worker) in a temporary folder: a client to it and the
+    datasets folder it reads; SIGTERM and the folder's removal when the block ends."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp_name:
+        tmp = Path(tmp_name)
+        root = tmp / "datasets"
+        proc, target = start_server(tmp, root)
+        try:
+            yield Client(target, timeout=timeout), root
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(300)
+
+
+def train_timed(
+    client: Client, name: str, train: Path, plan: pb.TrainingPlan
+) -> tuple[pb.Job, float]:
+    """StartFineTune and wait for the job: the job and the caller's wall time, from the
+    call to the registered model. A job that did not succeed ends the benchmark."""
+    t0 = time.perf_counter()
+    job = client.wait(client.start_fine_tune(name, str(train), plan=plan).job_id, timeout=7200)
+    wall = time.perf_counter() - t0
+    if job.state != pb.JOB_STATE_SUCCEEDED:
+        raise SystemExit(f"{name} failed: {job.error}")
+    return job, wall
 
 
 def held_out_accuracy(client: Client, model: str, test_dir: Path) -> float:
@@ -62,60 +92,46 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=64)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="graft-demo-") as tmp_name:
-        tmp = Path(tmp_name)
-        root = tmp / "datasets"
+    with serving("graft-demo-", timeout=600) as (client, root):
         train = write_fashion_mnist_folder(root / "train", per_class=args.per_class, split="train")
         test = write_fashion_mnist_folder(
             root / "test", per_class=args.test_per_class, split="test"
         )
-        proc, target = start_server(tmp, root)
-        try:
-            client = Client(target, timeout=600)
-            t0 = time.perf_counter()
-            advice = client.advise(str(train))
-            advise_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        advice = client.advise(str(train))
+        advise_s = time.perf_counter() - t0
+        print(
+            f"Advise: {pb.Quadrant.Name(advice.quadrant)}, "
+            f"{pb.Strategy.Name(advice.plan.strategy)}, similarity {advice.similarity:.2f}, "
+            f"backbone {advice.plan.backbone} ({advise_s:.0f} s)"
+        )
+        print(f"rationale: {advice.rationale}\n")
+        runs: list[tuple[str, pb.TrainingPlan]] = []
+        advised = pb.TrainingPlan()
+        advised.CopyFrom(advice.plan)
+        runs.append(("advised plan (as returned)", advised))
+        for strategy, stages in (
+            (pb.STRATEGY_FEATURE_EXTRACTION, 0),
+            (pb.STRATEGY_PARTIAL_FINE_TUNE, 3),
+            (pb.STRATEGY_FULL_FINE_TUNE, 0),
+        ):
+            plan = pb.TrainingPlan(
+                backbone="efficientnet_lite0", strategy=strategy, trainable_stages=stages,
+                epochs=args.epochs, image_size=args.image_size,
+            )  # fmt: skip
+            runs.append((pb.Strategy.Name(strategy), plan))
+        print("| run | backbone | strategy | epochs run | val acc | held-out acc | wall s |")
+        print("|---|---|---|---|---|---|---|")
+        for i, (label, plan) in enumerate(runs):
+            job, wall = train_timed(client, f"demo-{i}", train, plan)
+            card = json.loads(client.get_model(f"demo-{i}").card_json)
+            acc = held_out_accuracy(client, f"demo-{i}", test)
             print(
-                f"Advise: {pb.Quadrant.Name(advice.quadrant)}, "
-                f"{pb.Strategy.Name(advice.plan.strategy)}, similarity {advice.similarity:.2f}, "
-                f"backbone {advice.plan.backbone} ({advise_s:.0f} s)"
+                f"| {label} | {job.plan.backbone} | {pb.Strategy.Name(job.plan.strategy)} | "
+                f"{card['training']['epochs_run']} | {job.metrics.accuracy:.3f} | {acc:.3f} | "
+                f"{wall:.0f} |",
+                flush=True,
             )
-            print(f"rationale: {advice.rationale}\n")
-            runs: list[tuple[str, pb.TrainingPlan]] = []
-            advised = pb.TrainingPlan()
-            advised.CopyFrom(advice.plan)
-            runs.append(("advised plan (as returned)", advised))
-            for strategy, stages in (
-                (pb.STRATEGY_FEATURE_EXTRACTION, 0),
-                (pb.STRATEGY_PARTIAL_FINE_TUNE, 3),
-                (pb.STRATEGY_FULL_FINE_TUNE, 0),
-            ):
-                plan = pb.TrainingPlan(
-                    backbone="efficientnet_lite0", strategy=strategy, trainable_stages=stages,
-                    epochs=args.epochs, image_size=args.image_size,
-                )  # fmt: skip
-                runs.append((pb.Strategy.Name(strategy), plan))
-            print("| run | backbone | strategy | epochs run | val acc | held-out acc | wall s |")
-            print("|---|---|---|---|---|---|---|")
-            for i, (label, plan) in enumerate(runs):
-                t0 = time.perf_counter()
-                job = client.start_fine_tune(f"demo-{i}", str(train), plan=plan)
-                job = client.wait(job.job_id)
-                wall = time.perf_counter() - t0
-                if job.state != pb.JOB_STATE_SUCCEEDED:
-                    print(f"| {label} | failed: {job.error} |")
-                    continue
-                card = json.loads(client.get_model(f"demo-{i}").card_json)
-                acc = held_out_accuracy(client, f"demo-{i}", test)
-                print(
-                    f"| {label} | {job.plan.backbone} | {pb.Strategy.Name(job.plan.strategy)} | "
-                    f"{card['training']['epochs_run']} | {job.metrics.accuracy:.3f} | {acc:.3f} | "
-                    f"{wall:.0f} |",
-                    flush=True,
-                )
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(120)
     return 0
 
 

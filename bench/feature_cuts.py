@@ -8,17 +8,14 @@ dataset grows? (docs/ADVISOR.md § Depth.)
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 from graft.data.demo import write_fashion_mnist_folder
-from graft_client import Client, pb
+from graft_client import pb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from demo_strategies import held_out_accuracy, start_server
+from demo_strategies import held_out_accuracy, serving, train_timed
 
 CUTS = ["9", "8", "7", "6", "5", "7+8+9", "6+7+8+9", "5+6+7+8+9", "6+7"]
 
@@ -31,42 +28,28 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [int(s) for s in args.per_class.split(",")]
     cuts = [c for c in args.cuts.split(",") if c]
-    with tempfile.TemporaryDirectory(prefix="graft-cuts-") as tmp_name:
-        tmp = Path(tmp_name)
-        root = tmp / "datasets"
-        proc, target = start_server(tmp, root)
-        try:
-            client = Client(target, timeout=3600)
-            test = write_fashion_mnist_folder(
-                root / "test", per_class=args.test_per_class, split="test"
-            )
-            print("| images per class | " + " | ".join(f"stages {c}" for c in cuts) + " |")
-            print("|---" * (len(cuts) + 1) + "|")
-            for n in sizes:
-                train = write_fashion_mnist_folder(root / f"train-{n}", per_class=n, split="train")
-                cells = []
-                for c in cuts:
-                    plan = pb.TrainingPlan(
-                        backbone="efficientnet_lite0",
-                        strategy=pb.STRATEGY_FEATURE_EXTRACTION,
-                        image_size=64,
-                        feature_stages=[int(s) for s in c.split("+")],
-                    )
-                    name = f"fx-{n}-{c.replace('+', '-')}"
-                    t0 = time.perf_counter()
-                    job = client.wait(
-                        client.start_fine_tune(name, str(train), plan=plan).job_id, timeout=3600
-                    )
-                    wall = time.perf_counter() - t0
-                    if job.state != pb.JOB_STATE_SUCCEEDED:
-                        raise SystemExit(f"{name} failed: {job.error}")
-                    acc = held_out_accuracy(client, name, test)
-                    cells.append(f"{100 * acc:.1f}% ({wall:.0f} s)")
-                    print(f"  {n}/class stages {c}: {100 * acc:.1f}% {wall:.0f} s", flush=True)
-                print(f"| {n} | " + " | ".join(cells) + " |", flush=True)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(300)
+    with serving("graft-cuts-") as (client, root):
+        test = write_fashion_mnist_folder(
+            root / "test", per_class=args.test_per_class, split="test"
+        )
+        print("| images per class | " + " | ".join(f"stages {c}" for c in cuts) + " |")
+        print("|---" * (len(cuts) + 1) + "|")
+        for n in sizes:
+            train = write_fashion_mnist_folder(root / f"train-{n}", per_class=n, split="train")
+            cells = []
+            for c in cuts:
+                plan = pb.TrainingPlan(
+                    backbone="efficientnet_lite0",
+                    strategy=pb.STRATEGY_FEATURE_EXTRACTION,
+                    image_size=64,
+                    feature_stages=[int(s) for s in c.split("+")],
+                )
+                name = f"fx-{n}-{c.replace('+', '-')}"
+                _, wall = train_timed(client, name, train, plan)
+                acc = held_out_accuracy(client, name, test)
+                cells.append(f"{100 * acc:.1f}% ({wall:.0f} s)")
+                print(f"  {n}/class stages {c}: {100 * acc:.1f}% {wall:.0f} s", flush=True)
+            print(f"| {n} | " + " | ".join(cells) + " |", flush=True)
     return 0
 
 

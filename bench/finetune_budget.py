@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 from graft.data.demo import write_fashion_mnist_folder
-from graft_client import Client, pb
+from graft_client import pb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from demo_strategies import held_out_accuracy, start_server
+from demo_strategies import held_out_accuracy, serving, train_timed
 
 STRATEGIES = {"full": pb.STRATEGY_FULL_FINE_TUNE, "partial": pb.STRATEGY_PARTIAL_FINE_TUNE}
 
@@ -51,39 +48,22 @@ def main() -> int:
     parser.add_argument("--test-per-class", type=int, default=100)
     args = parser.parse_args()
     runs = [(r, parse_run(r)) for r in args.runs.split(",") if r]
-    with tempfile.TemporaryDirectory(prefix="graft-ft-budget-") as tmp_name:
-        tmp = Path(tmp_name)
-        root = tmp / "datasets"
-        proc, target = start_server(tmp, root)
-        try:
-            client = Client(target, timeout=3600)
-            train = write_fashion_mnist_folder(
-                root / "train", per_class=args.per_class, split="train"
+    with serving("graft-ft-budget-") as (client, root):
+        train = write_fashion_mnist_folder(root / "train", per_class=args.per_class, split="train")
+        test = write_fashion_mnist_folder(
+            root / "test", per_class=args.test_per_class, split="test"
+        )
+        print("| run | epochs run | held-out acc | wall s |")
+        print("|---|---|---|---|")
+        for i, (text, plan) in enumerate(runs):
+            name = f"run{i}"
+            _, wall = train_timed(client, name, train, plan)
+            card = json.loads(client.get_model(name).card_json)
+            acc = held_out_accuracy(client, name, test)
+            print(
+                f"| {text} | {card['training']['epochs_run']} | {100 * acc:.1f}% | {wall:.0f} |",
+                flush=True,
             )
-            test = write_fashion_mnist_folder(
-                root / "test", per_class=args.test_per_class, split="test"
-            )
-            print("| run | epochs run | held-out acc | wall s |")
-            print("|---|---|---|---|")
-            for i, (text, plan) in enumerate(runs):
-                name = f"run{i}"
-                t0 = time.perf_counter()
-                job = client.wait(
-                    client.start_fine_tune(name, str(train), plan=plan).job_id, timeout=7200
-                )
-                wall = time.perf_counter() - t0
-                if job.state != pb.JOB_STATE_SUCCEEDED:
-                    raise SystemExit(f"{text} failed: {job.error}")
-                card = json.loads(client.get_model(name).card_json)
-                acc = held_out_accuracy(client, name, test)
-                print(
-                    f"| {text} | {card['training']['epochs_run']} | {100 * acc:.1f}% | "
-                    f"{wall:.0f} |",
-                    flush=True,
-                )
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(300)
     return 0
 
 
