@@ -333,12 +333,17 @@ def test_ctrl_c_while_following_stops_following_only(
     fake: FakeGraft, target: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake.block_after = 3  # the job runs on and on
-    timer = threading.Timer(0.5, _thread.interrupt_main)
-    timer.start()
-    try:
-        code, _, err = run(capsys, "train", "flowers", "/data/flowers", "--follow")
-    finally:
-        timer.cancel()
+
+    def interrupt_once_following() -> None:
+        # Ctrl-C while the CLI waits on the stream, not earlier (a loaded machine can take
+        # longer than any fixed delay to get there).
+        if fake.blocking.wait(60):
+            _thread.interrupt_main()
+
+    interrupter = threading.Thread(target=interrupt_once_following, daemon=True)
+    interrupter.start()
+    code, _, err = run(capsys, "train", "flowers", "/data/flowers", "--follow")
+    interrupter.join(5)
     assert code == 130
     assert "stopped following; job job-1 keeps running" in err
     assert fake.cancelled == []  # the job was not cancelled

@@ -91,7 +91,8 @@ class FakeGraft(pb_grpc.AdaptationServiceServicer):
 
     - `stream_faults`: per StreamProgress call, abort with UNAVAILABLE after sending this
       many events (popped from the front; empty = no fault).
-    - `block_after`: send this many events, then wait until the call is cancelled.
+    - `block_after`: send this many events, then wait until the call is cancelled;
+      `blocking` is set once a stream waits so.
     - `overlap`: also resend the event at `after_sequence` (the client must drop it).
     - `event_delay`: seconds between events.
     - `start_failures`: abort this many StartFineTune calls with UNAVAILABLE first.
@@ -112,6 +113,7 @@ class FakeGraft(pb_grpc.AdaptationServiceServicer):
         self.metadata: list[dict[str, str]] = []
         self.stream_faults: list[int] = []
         self.block_after: int | None = None
+        self.blocking = threading.Event()
         self.overlap = False
         self.event_delay = 0.0
         self.start_failures = 0
@@ -231,6 +233,7 @@ class FakeGraft(pb_grpc.AdaptationServiceServicer):
             if fault is not None and sent == fault:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset (scripted)")
             if self.block_after is not None and sent == self.block_after:
+                self.blocking.set()
                 while context.is_active():
                     time.sleep(0.01)
                 return
