@@ -6,6 +6,7 @@ from __future__ import annotations
 import _thread
 import io
 import json
+import signal
 import sys
 import threading
 import types
@@ -340,9 +341,16 @@ def test_ctrl_c_while_following_stops_following_only(
         if fake.blocking.wait(60):
             _thread.interrupt_main()
 
+    # Python's own Ctrl-C handler, as in a terminal: a shell that starts the tests in the
+    # background without job control leaves SIGINT ignored, and interrupt_main then does
+    # nothing.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupter = threading.Thread(target=interrupt_once_following, daemon=True)
     interrupter.start()
-    code, _, err = run(capsys, "train", "flowers", "/data/flowers", "--follow")
+    try:
+        code, _, err = run(capsys, "train", "flowers", "/data/flowers", "--follow")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     interrupter.join(5)
     assert code == 130
     assert "stopped following; job job-1 keeps running" in err
