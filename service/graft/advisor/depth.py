@@ -12,10 +12,9 @@ pooled output on the Advise sample gets a LogME score and a k-fold linear-probe 
   a tie (concatenating stages can win a smaller lead by chance); among the tied, the cut
   ending at the latest stage (nearest the classic cut), then the narrowest, is taken.
   Another cut replaces the last stage (the classic choice) only when its probe is better
-  by at least MIN_CUT_GAIN. Runs, not
-  only single stages: on Fashion-MNIST at 64 px a linear head on stages 6+7 beat the best
-  single stage by 0.3-2.9 points held-out at 100, 300 and 500 images per class
-  (bench/feature_cuts.py, docs/ADVISOR.md § Depth).
+  by at least MIN_CUT_GAIN. Runs, not only single stages: on Fashion-MNIST at 64 px the
+  best run of two or three stages beat the best single stage by 0.6-2.3 points held-out at
+  100, 300 and 500 images per class (bench/feature_cuts.py, docs/ADVISOR.md § Depth).
 - Partial fine-tuning: the stages above the most transferable one are the ImageNet-specific
   ones worth retraining: trainable = stages after the best-probing stage, at least 1 and at
   most all but the first.
