@@ -357,6 +357,19 @@ def test_ctrl_c_while_following_stops_following_only(
     assert fake.cancelled == []  # the job was not cancelled
 
 
+def test_plan_summary_names_the_feature_cut() -> None:
+    def fx(*stages: int) -> pb.TrainingPlan:
+        return pb.TrainingPlan(
+            backbone="efficientnet_lite0",
+            strategy=pb.STRATEGY_FEATURE_EXTRACTION,
+            feature_stages=list(stages),
+        )
+
+    assert "(stage 6 features)" in cli.describe_plan(fx(6))
+    assert "(stages 6+7 features)" in cli.describe_plan(fx(6, 7))
+    assert "features)" not in cli.describe_plan(fx())  # the last stage, as the classic cut
+
+
 def test_progress_bar_on_a_terminal_redraws_in_place() -> None:
     stream = io.StringIO()
     printer = cli.ProgressPrinter(stream, tty=True)
