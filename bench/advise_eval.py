@@ -5,9 +5,10 @@ epoch budget, and score every model on held-out test images, all through the rea
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/advise_eval.py [--datasets fmnist-30,digits]
 
-Per dataset it prints the quadrant, the recommended strategy, each strategy's held-out
-accuracy and wall time, the plan's accuracy as a fraction of the best strategy's and its
-wall time as a fraction of the slowest one's, and whether the plan's held-out accuracy fell
+Per dataset it prints the quadrant, the recommended strategy, Advise's own time, each
+strategy's held-out accuracy and wall time, the plan's accuracy as a fraction of the best
+strategy's and its wall time as a fraction of the slowest one's and of the best one's, and
+whether the plan's held-out accuracy fell
 in Advise's estimated range. Then the rank agreement (Kendall tau) between the backbones'
 LogME scores and the held-out accuracy each reaches with feature extraction, over the
 backbones with real weights. docs/ADVISOR.md has the table as measured.
