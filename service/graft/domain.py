@@ -80,6 +80,9 @@ class TrainingPlan:
     # Feature extraction: 1-based stages whose pooled outputs, concatenated, feed the head;
     # () = the last stage.
     feature_stages: tuple[int, ...] = ()
+    # Feature extraction with a cut: pool each stage over a grid x grid partition of its map;
+    # 0 or 1 = globally.
+    feature_grid: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

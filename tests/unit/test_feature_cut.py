@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import graft.backbones as bb
+from graft.backbones.spec import grid_average_pool
 from graft.data import load_image
 from graft.domain import ModelVersion, Strategy, TrainingPlan
 from graft.errors import FieldViolation, InvalidArgument
@@ -152,6 +153,59 @@ def test_the_resnet_stem_is_read_after_its_activation() -> None:
     assert stem.min() >= 0  # after ReLU; bn1's own output averages negative in places
 
 
+def test_a_grid_cut_pools_each_stage_over_grid_cells() -> None:
+    model = lite0(feature_stages=(3, 5), feature_grid=2)
+    assert model.feature_grid == 2
+    assert model.head.in_features == 4 * (LITE0_CHANNELS[2] + LITE0_CHANNELS[4])
+    x = images()
+    maps: dict[int, torch.Tensor] = {}
+    handles = [
+        model.body.get_submodule(model.stage_outputs[s - 1]).register_forward_hook(
+            lambda _m, _i, out, s=s: maps.__setitem__(s, out)
+        )
+        for s in (3, 5)
+    ]
+    with torch.inference_mode():
+        feats = model.features(x)
+        for h in handles:
+            h.remove()
+        # Stage 3 of a 32 px input is an 8x8 map: four 4x4 quadrants, channel by channel.
+        m3 = maps[3]
+        assert m3.shape[-2:] == (8, 8)
+        quadrants = torch.stack(
+            [m3[..., :4, :4], m3[..., :4, 4:], m3[..., 4:, :4], m3[..., 4:, 4:]], dim=-1
+        ).mean(dim=(2, 3))  # (N, C, 4): top-left, top-right, bottom-left, bottom-right
+        torch.testing.assert_close(feats[:, : 4 * 24], quadrants.flatten(1))
+        # The mean of a stage's four cells is its global average (even-sized maps).
+        cells = feats[:, 4 * 24 :].reshape(2, 80, 4)
+        torch.testing.assert_close(cells.mean(-1), model.pooled_stage_features(x, [5])[0])
+        assert torch.equal(model(x), model.head(feats))
+
+
+def test_grid_pooling_of_small_maps_and_pooled_outputs_repeats_values() -> None:
+    one = torch.arange(6.0).reshape(2, 3, 1, 1)
+    assert torch.equal(grid_average_pool(one, 2), one.flatten(1).repeat_interleave(4, 1))
+    flat = torch.arange(6.0).reshape(2, 3)
+    assert torch.equal(grid_average_pool(flat, 2), flat.repeat_interleave(4, 1))
+    assert torch.equal(grid_average_pool(flat, 1), flat)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"feature_grid": 2},  # a grid needs a cut
+        {"feature_stages": (3,), "feature_grid": 5},
+        {"feature_stages": (3,), "feature_grid": -1},
+    ],
+)
+def test_invalid_grids_are_invalid_argument_on_plan_feature_grid(kw: dict[str, Any]) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        bb.create_model(LITE0, 3, pretrained=False, **kw)
+    [violation] = info.value.violations
+    assert isinstance(violation, FieldViolation)
+    assert violation.field == "plan.feature_grid" and violation.description
+
+
 @pytest.mark.parametrize("stages", [(0,), (10,), (-1, 3), (3, 3), (5, 3)])
 def test_invalid_stages_are_invalid_argument_on_plan_feature_stages(
     stages: tuple[int, ...],
@@ -248,3 +302,24 @@ def test_train_with_a_cut_serves_with_it(tmp_path: Path) -> None:
     assert other.resumed_from_epoch == 0 and other.model.head.in_features == 40
     assert any("features computed and cached" in m for m in rec.messages())
     assert any("ignoring the checkpoint" in m for m in rec.messages())
+    # ...and the same cut pooled over a 2x2 grid is another cut too: four times as wide,
+    # its own cache and checkpoint, and it serves with the grid.
+    rec = Recorder()
+    gridded = dataclasses.replace(plan, feature_grid=2)
+    grid_result = run(gridded, rec)
+    assert grid_result.resumed_from_epoch == 0
+    assert grid_result.model.feature_grid == 2 and grid_result.model.head.in_features == 4 * 104
+    assert any("features computed and cached" in m for m in rec.messages())
+    assert any("stages 3, 5 (each over a 2x2 grid)" in m for m in rec.messages())
+    grid_card = {**card, "plan": gridded.to_dict()}
+    grid_state = {k: v.clone() for k, v in grid_result.model.state_dict().items()}
+    served_grid = build_model(version, grid_state, grid_card)
+    assert served_grid.model.feature_grid == 2
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            served_grid.model(batch.contiguous(memory_format=torch.channels_last)),
+            grid_result.model(batch),
+        )
+    # A card written before grids existed has no feature_grid: it serves pooled globally.
+    old_card = {**card, "plan": {k: v for k, v in card["plan"].items() if k != "feature_grid"}}
+    assert build_model(version, state, old_card).model.feature_grid == 1

@@ -181,6 +181,28 @@ def test_feature_stages_only_with_feature_extraction_and_kept_by_resolve() -> No
         assert "feature extraction" in found["plan.feature_stages"]
 
 
+def test_feature_grid_only_on_a_feature_extraction_cut_and_kept_by_resolve() -> None:
+    fe = TrainingPlan(strategy=Strategy.FEATURE_EXTRACTION, feature_stages=(6, 7), feature_grid=2)
+    validate_plan(fe, LITE0)
+    p = resolve(fe)
+    assert p.feature_grid == 2 and resolve(p) == p
+    validate_plan(p, LITE0)
+    # 0 and 1 both pool globally, with or without a cut.
+    for grid in (0, 1):
+        validate_plan(TrainingPlan(strategy=Strategy.FEATURE_EXTRACTION, feature_grid=grid))
+        validate_plan(dataclasses.replace(fe, feature_grid=grid), LITE0)
+
+    found = violations(dataclasses.replace(fe, strategy=Strategy.FULL_FINE_TUNE, feature_stages=()))
+    assert (
+        list(found) == ["plan.feature_grid"] and "feature extraction" in found["plan.feature_grid"]
+    )
+    found = violations(dataclasses.replace(fe, feature_stages=()))
+    assert list(found) == ["plan.feature_grid"] and "feature_stages" in found["plan.feature_grid"]
+    for grid in (-1, 5):
+        found = violations(dataclasses.replace(fe, feature_grid=grid))
+        assert list(found) == ["plan.feature_grid"], found
+
+
 @pytest.mark.parametrize(
     "stages,spec",
     [((0,), LITE0), ((10,), LITE0), ((6,), R18), ((3, 3), LITE0), ((5, 3), LITE0)],

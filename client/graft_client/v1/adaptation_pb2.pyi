@@ -210,6 +210,7 @@ class TrainingPlan(_message.Message):
     HEAD_WARMUP_EPOCHS_FIELD_NUMBER: _builtins.int
     VALIDATION_FRACTION_FIELD_NUMBER: _builtins.int
     FEATURE_STAGES_FIELD_NUMBER: _builtins.int
+    FEATURE_GRID_FIELD_NUMBER: _builtins.int
     backbone: _builtins.str
     """Backbone catalog name, e.g. "efficientnet_lite0"."""
     strategy: Global___Strategy.ValueType
@@ -244,6 +245,11 @@ class TrainingPlan(_message.Message):
     """Full fine-tune only: epochs that train the head alone before the base unfreezes."""
     validation_fraction: _builtins.float
     """Fraction of images held out for validation when the dataset has no split."""
+    feature_grid: _builtins.int
+    """Feature extraction with `feature_stages` set: each stage's output is average-pooled
+    over a feature_grid x feature_grid partition of its map (2: four regions, so the head
+    also sees where a feature fired) instead of globally. 0 or 1 = globally; at most 4.
+    """
     @_builtins.property
     def feature_stages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Feature extraction only: the backbone stages (1-based, in 1..its stage count) whose
@@ -272,10 +278,11 @@ class TrainingPlan(_message.Message):
         head_warmup_epochs: _builtins.int = ...,
         validation_fraction: _builtins.float = ...,
         feature_stages: _abc.Iterable[_builtins.int] | None = ...,
+        feature_grid: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["augmentation", b"augmentation", "backbone", b"backbone", "base_learning_rate", b"base_learning_rate", "batch_size", b"batch_size", "class_weighting", b"class_weighting", "early_stopping_patience", b"early_stopping_patience", "epochs", b"epochs", "feature_stages", b"feature_stages", "head_learning_rate", b"head_learning_rate", "head_warmup_epochs", b"head_warmup_epochs", "image_size", b"image_size", "label_smoothing", b"label_smoothing", "seed", b"seed", "strategy", b"strategy", "trainable_stages", b"trainable_stages", "validation_fraction", b"validation_fraction", "warmup_epochs", b"warmup_epochs", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["augmentation", b"augmentation", "backbone", b"backbone", "base_learning_rate", b"base_learning_rate", "batch_size", b"batch_size", "class_weighting", b"class_weighting", "early_stopping_patience", b"early_stopping_patience", "epochs", b"epochs", "feature_grid", b"feature_grid", "feature_stages", b"feature_stages", "head_learning_rate", b"head_learning_rate", "head_warmup_epochs", b"head_warmup_epochs", "image_size", b"image_size", "label_smoothing", b"label_smoothing", "seed", b"seed", "strategy", b"strategy", "trainable_stages", b"trainable_stages", "validation_fraction", b"validation_fraction", "warmup_epochs", b"warmup_epochs", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -556,6 +563,7 @@ class BackboneScore(_message.Message):
     STAGES_FIELD_NUMBER: _builtins.int
     FEATURE_STAGES_FIELD_NUMBER: _builtins.int
     CUT_PROBE_ACCURACY_FIELD_NUMBER: _builtins.int
+    FEATURE_GRID_FIELD_NUMBER: _builtins.int
     backbone: _builtins.str
     """Backbone catalog name."""
     probe_accuracy: _builtins.float
@@ -572,6 +580,8 @@ class BackboneScore(_message.Message):
     """
     cut_probe_accuracy: _builtins.float
     """Linear-probe accuracy on the features of that cut."""
+    feature_grid: _builtins.int
+    """The pooling grid of that cut (plan.feature_grid): 1 = global average pooling."""
     @_builtins.property
     def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageScore]:
         """Per-stage transferability: pooled features of each measured stage, probed alone."""
@@ -592,10 +602,11 @@ class BackboneScore(_message.Message):
         stages: _abc.Iterable[Global___StageScore] | None = ...,
         feature_stages: _abc.Iterable[_builtins.int] | None = ...,
         cut_probe_accuracy: _builtins.float = ...,
+        feature_grid: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backbone", b"backbone", "cut_probe_accuracy", b"cut_probe_accuracy", "feature_stages", b"feature_stages", "images_per_second", b"images_per_second", "logme", b"logme", "params_millions", b"params_millions", "probe_accuracy", b"probe_accuracy", "probe_accuracy_std", b"probe_accuracy_std", "stages", b"stages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backbone", b"backbone", "cut_probe_accuracy", b"cut_probe_accuracy", "feature_grid", b"feature_grid", "feature_stages", b"feature_stages", "images_per_second", b"images_per_second", "logme", b"logme", "params_millions", b"params_millions", "probe_accuracy", b"probe_accuracy", "probe_accuracy_std", b"probe_accuracy_std", "stages", b"stages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

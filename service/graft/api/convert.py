@@ -25,7 +25,7 @@ _PLAN_FIELDS = [
     "backbone", "trainable_stages", "head_learning_rate", "base_learning_rate", "epochs",
     "batch_size", "image_size", "augmentation", "class_weighting", "early_stopping_patience",
     "seed", "weight_decay", "label_smoothing", "warmup_epochs", "head_warmup_epochs",
-    "validation_fraction",
+    "validation_fraction", "feature_grid",
 ]  # fmt: skip
 
 

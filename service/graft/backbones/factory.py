@@ -29,6 +29,7 @@ from graft.backbones.registry import get_spec
 from graft.backbones.spec import (
     GraftModel,
     PretrainedSpec,
+    feature_grid_problem,
     feature_stages_problem,
     pooled_stage_outputs,
 )
@@ -233,13 +234,15 @@ def create_model(
     pretrained: bool = True,
     weights_dir: Path | None = None,
     feature_stages: Sequence[int] = (),
+    feature_grid: int = 1,
 ) -> GraftModel:
     """Backbone `name` with its classifier cut off and a fresh Linear head of `num_classes`.
 
     pretrained=False builds the same structure with random init (for tests, and to load a
     registered artifact into). `feature_stages` (1-based, ascending) cuts the features the
-    head reads to those stages' pooled outputs, concatenated (see GraftModel); the head's
-    width is then the sum of their channel counts. NotFound for an unknown name;
+    head reads to those stages' pooled outputs, concatenated (see GraftModel), pooled over
+    a `feature_grid` × `feature_grid` partition of each map (1: globally); the head's width
+    is then the sum of their channel counts times feature_grid². NotFound for an unknown name;
     InvalidArgument (on `num_classes`, or `plan.feature_stages`) for a bad argument;
     FailedPrecondition when the pretrained weights are not here (the message says how to
     provide them).
@@ -251,6 +254,10 @@ def create_model(
     problem = feature_stages_problem(spec, cut)
     if problem:
         raise InvalidArgument.of("plan.feature_stages", problem)
+    grid = int(feature_grid) or 1
+    problem = feature_grid_problem(grid, cut)
+    if problem:
+        raise InvalidArgument.of("plan.feature_grid", problem)
     path = _require_weights(spec, weights_dir) if pretrained else None
     net = build_imagenet_architecture(spec)
     if path is not None:
@@ -267,10 +274,15 @@ def create_model(
         # Measured on this body before the head exists, so that the head's initialisation
         # draws from the seeded RNG exactly as without a cut.
         channels = _stage_channels_of(body, spec)
-        width = sum(channels[s - 1] for s in cut)
+        width = sum(channels[s - 1] for s in cut) * grid * grid
     head = nn.Linear(width, num_classes)
     return GraftModel(
-        body, head, spec, feature_stages=cut, stage_outputs=stage_output_modules(spec)
+        body,
+        head,
+        spec,
+        feature_stages=cut,
+        stage_outputs=stage_output_modules(spec),
+        feature_grid=grid,
     )
 
 

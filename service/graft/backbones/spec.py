@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.hooks import RemovableHandle
 
 
@@ -59,6 +60,11 @@ class PretrainedSpec:
     num_imagenet_classes: int = 1000
 
 
+# Largest pooling grid a feature cut may ask for (plan.feature_grid): 4x4 regions already
+# multiply the head's input by 16.
+MAX_FEATURE_GRID = 4
+
+
 def feature_stages_problem(spec: PretrainedSpec, stages: Sequence[int]) -> str:
     """Why `stages` cannot be a feature cut of `spec` ("" when it can): 1-based stage
     numbers, each in 1..len(spec.stages), strictly ascending (so no duplicates)."""
@@ -68,6 +74,20 @@ def feature_stages_problem(spec: PretrainedSpec, stages: Sequence[int]) -> str:
         return f"{spec.name} has stages 1 to {n}, got {list(out_of_range)}"
     if any(b <= a for a, b in itertools.pairwise(stages)):
         return f"stages must be strictly ascending, without repeats; got {list(stages)}"
+    return ""
+
+
+def feature_grid_problem(grid: int, stages: Sequence[int]) -> str:
+    """Why `grid` cannot pool the feature cut `stages` ("" when it can): 1 to
+    MAX_FEATURE_GRID, and above 1 only with stages named (the body's own features are
+    pooled globally inside the network)."""
+    if not 1 <= grid <= MAX_FEATURE_GRID:
+        return f"must be between 1 and {MAX_FEATURE_GRID}, got {grid}"
+    if grid > 1 and not stages:
+        return (
+            "a pooling grid needs a feature cut: set feature_stages too (the last stage "
+            "alone is [number of stages])"
+        )
     return ""
 
 
@@ -86,12 +106,30 @@ def global_average_pool(t: torch.Tensor) -> torch.Tensor:
     raise RuntimeError(f"a stage output of shape {tuple(t.shape)} is neither NCHW nor NC")
 
 
+def grid_average_pool(t: torch.Tensor, grid: int) -> torch.Tensor:
+    """(N, C, H, W) → (N, C·grid²): the mean over each cell of a grid×grid partition of the
+    map (adaptive average pooling: cells overlap by a row when H or W is not a multiple of
+    grid), flattened channel by channel (channel c's cells are columns c·grid² … c·grid² +
+    grid² − 1). grid 1 is global_average_pool. An (N, C) output, or a map smaller than the
+    grid, repeats its values over the cells, as a 1×1 map would."""
+    if grid == 1:
+        return global_average_pool(t)
+    if grid < 1:
+        raise ValueError(f"grid must be at least 1, got {grid}")
+    if t.ndim == 2:
+        t = t[:, :, None, None]
+    elif t.ndim != 4:
+        raise RuntimeError(f"a stage output of shape {tuple(t.shape)} is neither NCHW nor NC")
+    return F.adaptive_avg_pool2d(t, grid).flatten(1)
+
+
 def pooled_stage_outputs(
-    body: nn.Module, output_modules: Sequence[str], x: torch.Tensor
+    body: nn.Module, output_modules: Sequence[str], x: torch.Tensor, grid: int = 1
 ) -> list[torch.Tensor]:
-    """Global-average-pooled outputs (N, C) of the dotted submodules `output_modules` of
-    `body` on input `x`, in the order given. The forward stops right after the last of them
-    to run (modules past it are not computed), so `body` returns nothing here.
+    """Average-pooled outputs (N, C·grid²) of the dotted submodules `output_modules` of
+    `body` on input `x`, in the order given: globally pooled (N, C) with grid 1, else over a
+    grid×grid partition of the map (grid_average_pool). The forward stops right after the
+    last of them to run (modules past it are not computed), so `body` returns nothing here.
 
     Each output is pooled inside its hook, at the moment the module returns: a later
     in-place operation (ResNet's `relu(inplace=True)` on bn1's output, say) cannot change
@@ -110,7 +148,7 @@ def pooled_stage_outputs(
                 return
             if name in pooled:
                 raise RuntimeError(f"{name} ran twice in one forward: its output is ambiguous")
-            pooled[name] = global_average_pool(output)
+            pooled[name] = grid_average_pool(output, grid)
             if len(pooled) == len(set(wanted)):
                 raise _StopForward
 
@@ -135,8 +173,10 @@ class GraftModel(nn.Module):
     width `spec.num_features`) and a freshly initialised Linear head grafted on.
 
     `feature_stages` (1-based, ascending; feature extraction only) cuts the features the
-    head reads: the global-average-pooled outputs of those stages, concatenated in that
-    order. Empty (the default): the body's own pooled features, `body(x)`.
+    head reads: the average-pooled outputs of those stages, concatenated in that order —
+    pooled globally (`feature_grid` 1, the default), or over a feature_grid × feature_grid
+    partition of each map (grid_average_pool), which keeps where in the image a feature
+    fired. Empty (the default): the body's own pooled features, `body(x)`.
 
     The output of stage k is the output of module `stage_outputs[k-1]` of the body: by
     default the last module listed for the stage in `spec.stages`; create_model passes
@@ -156,6 +196,7 @@ class GraftModel(nn.Module):
         *,
         feature_stages: Sequence[int] = (),
         stage_outputs: Sequence[str] = (),
+        feature_grid: int = 1,
     ) -> None:
         super().__init__()
         self.body = body
@@ -165,6 +206,10 @@ class GraftModel(nn.Module):
         problem = feature_stages_problem(spec, self.feature_stages)
         if problem:
             raise ValueError(f"feature_stages: {problem}")
+        self.feature_grid = int(feature_grid)
+        problem = feature_grid_problem(self.feature_grid, self.feature_stages)
+        if problem:
+            raise ValueError(f"feature_grid: {problem}")
         self.stage_outputs: tuple[str, ...] = tuple(stage_outputs) or tuple(
             stage[-1] for stage in spec.stages
         )
@@ -177,8 +222,11 @@ class GraftModel(nn.Module):
         """The body's stages as module lists, input side first (see PretrainedSpec.stages)."""
         return [[self.body.get_submodule(name) for name in stage] for stage in self.spec.stages]
 
-    def pooled_stage_features(self, x: torch.Tensor, stages: Sequence[int]) -> list[torch.Tensor]:
-        """For each 1-based stage in `stages`, its global-average-pooled output (N, C).
+    def pooled_stage_features(
+        self, x: torch.Tensor, stages: Sequence[int], grid: int = 1
+    ) -> list[torch.Tensor]:
+        """For each 1-based stage in `stages`, its average-pooled output: (N, C) pooled
+        globally with grid 1, else (N, C·grid²) (grid_average_pool).
 
         The body runs only as far as the highest stage asked for. ValueError for a stage
         out of range; the order of `stages` is that of the result.
@@ -187,14 +235,16 @@ class GraftModel(nn.Module):
         bad = [s for s in stages if not 1 <= s <= n]
         if bad:
             raise ValueError(f"{self.spec.name} has stages 1 to {n}, got {bad}")
-        return pooled_stage_outputs(self.body, [self.stage_outputs[s - 1] for s in stages], x)
+        return pooled_stage_outputs(self.body, [self.stage_outputs[s - 1] for s in stages], x, grid)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """What the head reads: `body(x)`, or with a cut, the chosen stages' pooled outputs
         concatenated."""
         if not self.feature_stages:
             return self.body(x)
-        return torch.cat(self.pooled_stage_features(x, self.feature_stages), dim=1)
+        return torch.cat(
+            self.pooled_stage_features(x, self.feature_stages, self.feature_grid), dim=1
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

@@ -52,6 +52,7 @@ def feature_key(
     train_samples: Sequence[Sample],
     val_samples: Sequence[Sample],
     feature_stages: Sequence[int] = (),
+    feature_grid: int = 1,
 ) -> str:
     """Identity of a feature cache: everything the features depend on, hashed. The sample
     lists are part of it because the split (validation fraction, seed) decides which image
@@ -65,6 +66,8 @@ def feature_key(
     }
     if feature_stages:  # absent without a cut: caches written before cuts existed still fit
         identity["feature_stages"] = [int(s) for s in feature_stages]
+    if feature_grid > 1:  # likewise absent for global pooling
+        identity["feature_grid"] = int(feature_grid)
     h = hashlib.sha256()
     h.update(json.dumps(identity, sort_keys=True).encode())
     for split, samples in (("train", train_samples), ("val", val_samples)):

@@ -361,6 +361,7 @@ def train(
         pretrained=pretrained,
         weights_dir=weights_dir,
         feature_stages=plan.feature_stages,
+        feature_grid=plan.feature_grid or 1,
     )
     groups = apply_strategy(model, plan)
     model.to(device).to(memory_format=torch.channels_last)
@@ -384,6 +385,7 @@ def train(
             train_samples=train_samples,
             val_samples=val_samples,
             feature_stages=plan.feature_stages,
+            feature_grid=plan.feature_grid or 1,
         )
         t0 = time.monotonic()
         features, from_cache = load_or_compute_features(
@@ -667,6 +669,11 @@ def _describe(
         Strategy.FEATURE_EXTRACTION: "feature extraction, head only"
         + (
             f", on the pooled outputs of stages {', '.join(map(str, plan.feature_stages))}"
+            + (
+                f" (each over a {plan.feature_grid}x{plan.feature_grid} grid)"
+                if plan.feature_grid > 1
+                else ""
+            )
             if plan.feature_stages
             else ""
         ),

@@ -12,7 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from graft.backbones.spec import PretrainedSpec, feature_stages_problem
+from graft.backbones.spec import PretrainedSpec, feature_grid_problem, feature_stages_problem
 from graft.domain import Strategy, TrainingPlan
 from graft.errors import FieldViolation, InvalidArgument, NotFound
 
@@ -98,7 +98,8 @@ def resolve_plan(
     Set fields are kept as given. The result passes `validate_plan` when the input did, and
     resolving it again changes nothing. `seed` 0 is a valid seed and stays 0; booleans
     (augmentation, class weighting) and label smoothing / early stopping (0 = off) are kept,
-    and so is the feature cut (`feature_stages`; empty = the body's final features).
+    and so is the feature cut (`feature_stages`; empty = the body's final features) with its
+    pooling grid (`feature_grid`; 0 = global pooling, as 1).
     """
     strategy = plan.strategy or defaults.strategy
     fe = strategy == Strategy.FEATURE_EXTRACTION
@@ -168,6 +169,7 @@ def resolve_plan(
         weight_decay=weight_decay,
         validation_fraction=plan.validation_fraction or defaults.validation_fraction,
         feature_stages=tuple(int(s) for s in plan.feature_stages),
+        feature_grid=plan.feature_grid,
     )
 
 
@@ -231,6 +233,17 @@ def validate_plan(
             problem = feature_stages_problem(spec, plan.feature_stages)
             if problem:
                 bad("feature_stages", problem)
+
+    if plan.feature_grid > 1 and strategy != Strategy.FEATURE_EXTRACTION:
+        bad(
+            "feature_grid",
+            "only feature extraction pools a feature cut over a grid; leave it 0 or set "
+            "strategy FEATURE_EXTRACTION",
+        )
+    elif plan.feature_grid:
+        problem = feature_grid_problem(plan.feature_grid, plan.feature_stages)
+        if problem:
+            bad("feature_grid", problem)
 
     if not 0 <= plan.epochs <= MAX_EPOCHS:
         bad("epochs", f"must be between 1 and {MAX_EPOCHS} (0 = default), got {plan.epochs}")
