@@ -116,7 +116,8 @@ def describe_plan(plan: pb.TrainingPlan) -> str:
     if plan.strategy == pb.STRATEGY_FEATURE_EXTRACTION and plan.feature_stages:
         stages = "+".join(map(str, plan.feature_stages))
         word = "stage" if len(plan.feature_stages) == 1 else "stages"
-        parts[-1] += f" ({word} {stages} features)"
+        grid = f", {plan.feature_grid}x{plan.feature_grid} grid" if plan.feature_grid > 1 else ""
+        parts[-1] += f" ({word} {stages} features{grid})"
     if plan.epochs:
         parts.append(f"{plan.epochs} epochs")
     if plan.batch_size:

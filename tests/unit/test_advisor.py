@@ -400,7 +400,9 @@ def test_advise_dataset_on_fashion_mnist(
     assert depth.cut.probe.accuracy >= depth.stages[-1].probe.accuracy
     if plan.strategy == Strategy.FEATURE_EXTRACTION:
         last = (len(spec.stages),)
-        assert plan.feature_stages == (() if depth.cut.stages == last else depth.cut.stages)
+        classic = depth.cut.stages == last and depth.cut.grid == 1
+        assert plan.feature_stages == (() if classic else depth.cut.stages)
+        assert plan.feature_grid == (depth.cut.grid if depth.cut.grid > 1 else 0)
     elif plan.strategy == Strategy.PARTIAL_FINE_TUNE:
         assert plan.trainable_stages == depth.trainable_stages
     # Estimates for feature extraction and the fine-tuning strategy, the plan's among them.
@@ -436,6 +438,11 @@ def test_advise_dataset_on_fashion_mnist(
     assert f"the best single stage is {depth.best_stage}" in text
     assert f"of {len(depth.cut.candidates)} cuts probed" in text
     assert f"{100 * depth.cut.probe.accuracy:.1f}%" in text
+    assert depth.cut.grid_candidates  # the best cuts were probed pooled over a grid too
+    assert f"{len(depth.cut.grid_candidates)} of them again pooled over a 2x2 grid" in text
+    if depth.cut.grid > 1:
+        assert depth.cut.global_probe is not None
+        assert f"{100 * depth.cut.global_probe.accuracy:.1f}% for the best cut pooled" in text
     assert f"{100 * low:.1f}% to {100 * high:.1f}%" in text
     assert f"{advice.estimated_training_seconds:.0f} s" in text
 

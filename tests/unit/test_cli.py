@@ -368,6 +368,9 @@ def test_plan_summary_names_the_feature_cut() -> None:
     assert "(stage 6 features)" in cli.describe_plan(fx(6))
     assert "(stages 6+7 features)" in cli.describe_plan(fx(6, 7))
     assert "features)" not in cli.describe_plan(fx())  # the last stage, as the classic cut
+    gridded = fx(4, 5, 6)
+    gridded.feature_grid = 2
+    assert "(stages 4+5+6 features, 2x2 grid)" in cli.describe_plan(gridded)
 
 
 def test_progress_bar_on_a_terminal_redraws_in_place() -> None:

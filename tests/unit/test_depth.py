@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from graft.advisor.depth import MAX_RUN, MIN_CUT_GAIN, candidate_cuts, choose_depth
+from graft.advisor.depth import (
+    CUT_GRID,
+    GRID_CANDIDATES,
+    MAX_RUN,
+    MIN_CUT_GAIN,
+    candidate_cuts,
+    choose_depth,
+)
 
 
 def _stages(
@@ -80,3 +87,53 @@ def test_depth_is_at_least_one_and_leaves_the_first_stage_frozen() -> None:
     assert top.best_stage == 9 and top.trainable_stages == 1
     first = choose_depth(*_stages({1: 3.0}), 4)
     assert first.best_stage == 1 and first.trainable_stages == 8
+
+
+def _grid(
+    feats: list[torch.Tensor], where: dict[int, float], labels: list[int]
+) -> list[torch.Tensor]:
+    """Grid features (4 cells per feature) of the stages: each cell is the global feature
+    plus cell noise, and for the stages in `where` the label is also written into the
+    *difference* between the left and right cells, which a global mean cancels."""
+    g = torch.Generator().manual_seed(1)
+    onehot = torch.nn.functional.one_hot(torch.tensor(labels), 4).float()
+    out = []
+    for s, f in enumerate(feats, start=1):
+        cells = f[:, :, None].repeat(1, 1, CUT_GRID * CUT_GRID) + 0.1 * torch.randn(
+            f.shape[0], f.shape[1], CUT_GRID * CUT_GRID, generator=g
+        )
+        side = where.get(s, 0.0) * onehot
+        cells[:, :4, 0] += side
+        cells[:, :4, 1] -= side  # top-left up, top-right down: the mean does not change
+        out.append(cells.flatten(1))
+    return out
+
+
+def test_a_grid_that_shows_where_is_chosen_and_says_against_what() -> None:
+    feats, labels = _stages({4: 0.8, 9: 0.3})
+    grids = _grid(feats, {4: 3.0}, labels)
+    plain = choose_depth(feats, labels, 4)
+    depth = choose_depth(feats, labels, 4, grid_features=grids)
+    assert plain.cut.grid == 1 and plain.cut.grid_candidates == ()
+    assert depth.cut.grid == CUT_GRID and 4 in depth.cut.stages
+    assert depth.cut.probe.accuracy > 0.9
+    assert depth.cut.global_probe is not None
+    assert depth.cut.global_probe.accuracy == plain.cut.probe.accuracy
+    assert depth.cut.probe.accuracy >= depth.cut.global_probe.accuracy + MIN_CUT_GAIN
+    assert depth.cut.features.shape == (200, 8 * CUT_GRID**2 * len(depth.cut.stages))
+    # Probed again on the grid: the chosen global cut and the best ones, no more.
+    tried = dict(depth.cut.grid_candidates)
+    assert plain.cut.stages in tried and len(tried) <= GRID_CANDIDATES + 1
+    assert depth.cut.candidates == plain.cut.candidates  # the global search is unchanged
+    # The depth of partial fine-tuning reads the stage probes, not the grid.
+    assert depth.trainable_stages == plain.trainable_stages
+
+
+def test_a_grid_that_adds_nothing_is_not_taken() -> None:
+    feats, labels = _stages({4: 3.0})
+    # Every cell the global feature itself: a linear head on the grid can do no better.
+    grids = [f.repeat_interleave(CUT_GRID * CUT_GRID, dim=1) for f in feats]
+    depth = choose_depth(feats, labels, 4, grid_features=grids)
+    assert depth.cut.grid == 1 and depth.cut.global_probe is None
+    assert depth.cut.grid_candidates  # probed, and not better by MIN_CUT_GAIN
+    assert depth.cut.features.shape == (200, 8 * len(depth.cut.stages))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from graft.advisor.depth import Depth, choose_depth
+from graft.advisor.depth import CUT_GRID, Depth, choose_depth
 from graft.advisor.logme import logme
 from graft.advisor.matrix import (
     MATRIX,
@@ -414,9 +414,16 @@ def advise_dataset(
 
     # Depth: every stage of the chosen backbone probed; the feature cut and how many stages
     # partial fine-tuning unfreezes follow from it (depth.py).
-    depth = choose_depth(m.stage_features, sample.labels, num_classes, seed=SEED)
+    depth = choose_depth(
+        m.stage_features,
+        sample.labels,
+        num_classes,
+        seed=SEED,
+        grid_features=m.stage_grid_features,
+    )
     last = len(m.spec.stages)
-    cut = () if depth.cut.stages == (last,) else depth.cut.stages
+    # The last stage pooled globally is the body's own features: a plan writes it as no cut.
+    cut = () if depth.cut.stages == (last,) and depth.cut.grid == 1 else depth.cut.stages
 
     def plan_for(strategy: Strategy, speed: Speed | None) -> TrainingPlan:
         return build_plan(
@@ -431,6 +438,7 @@ def advise_dataset(
             strategy=strategy,
             trainable_stages=depth.trainable_stages,
             feature_stages=cut,
+            feature_grid=depth.cut.grid,
         )
 
     eval_seconds = transform_seconds(m.spec, sample, m.image_size, augment=False)
@@ -573,6 +581,11 @@ def _plan_sentence(plan: TrainingPlan, spec: PretrainedSpec) -> str:
         where = (
             f" reading stage{'s' if len(plan.feature_stages) > 1 else ''} "
             f"{'+'.join(map(str, plan.feature_stages))}"
+            + (
+                f" pooled over a {plan.feature_grid}x{plan.feature_grid} grid"
+                if plan.feature_grid > 1
+                else ""
+            )
             if plan.feature_stages
             else ""
         )
@@ -639,19 +652,36 @@ def _rationale(
         stage_text = ", ".join(f"{st.stage}: {_pct(st.probe.accuracy)}" for st in depth.stages)
         cut = depth.cut
         last = len(depth.stages)
-        cut_words = (
-            f"the last stage ({_pct(cut.probe.accuracy)})"
+        where = (
+            "the last stage"
             if cut.stages == (last,)
-            else f"stage{'s' if len(cut.stages) > 1 else ''} "
-            f"{'+'.join(map(str, cut.stages))} ({_pct(cut.probe.accuracy)}, against "
-            f"{_pct(depth.stages[-1].probe.accuracy)} for the last stage)"
+            else f"stage{'s' if len(cut.stages) > 1 else ''} {'+'.join(map(str, cut.stages))}"
+        )
+        against = (
+            []
+            if cut.stages == (last,) and cut.grid == 1
+            else [f"{_pct(depth.stages[-1].probe.accuracy)} for the last stage"]
+        )
+        if cut.grid > 1:
+            where += f" pooled over a {cut.grid}x{cut.grid} grid"
+            if cut.global_probe is not None:
+                against.insert(
+                    0, f"{_pct(cut.global_probe.accuracy)} for the best cut pooled globally"
+                )
+        cut_words = f"{where} ({_pct(cut.probe.accuracy)}" + (
+            f", against {' and '.join(against)})" if against else ")"
+        )
+        grid_words = (
+            f", {len(cut.grid_candidates)} of them again pooled over a {CUT_GRID}x{CUT_GRID} grid"
+            if cut.grid_candidates
+            else ""
         )
         parts.append(
             f"Depth, measured on {m.spec.name}'s pooled stage outputs (linear-probe accuracy "
             f"by stage, {stage_text}): the best single stage is {depth.best_stage}, so "
             f"partial fine-tuning unfreezes the {depth.trainable_stages} stage(s) above it; "
             f"of {len(cut.candidates)} cuts probed (single stages and runs of consecutive "
-            f"stages around the best ones), feature extraction reads {cut_words}."
+            f"stages around the best ones{grid_words}), feature extraction reads {cut_words}."
         )
     if pilot is not None:
         lead = advice.holdout_probe_accuracy - pilot.accuracy

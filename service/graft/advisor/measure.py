@@ -17,9 +17,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from graft.advisor.depth import CUT_GRID
 from graft.advisor.signals import BatchNormRecorder, ImageNetResponse
 from graft.backbones import create_imagenet_model, create_model, stage_output_modules
-from graft.backbones.spec import PretrainedSpec, global_average_pool
+from graft.backbones.spec import PretrainedSpec, global_average_pool, grid_average_pool
 from graft.data import ImageDecodeError, Sample, eval_transform, load_image, train_transform
 from graft.data.transforms import resize_size
 from graft.domain import Strategy, TrainingPlan
@@ -192,6 +193,9 @@ class BackboneMeasurement:
     # Globally average-pooled output of each stage (input side first), (n, channels) each:
     # the candidates for a feature-extraction cut (GraftModel.pooled_stage_features).
     stage_features: tuple[torch.Tensor, ...]
+    # The same outputs pooled over a CUT_GRID x CUT_GRID partition of each map (n, channels·4):
+    # the candidates for a cut that keeps where in the image a feature fired.
+    stage_grid_features: tuple[torch.Tensor, ...]
     images_per_second: float
     stage_fractions: tuple[float, ...]  # share of forward time per spec stage, input first
     stage_fractions_measured: bool  # False: estimated from parameter counts instead
@@ -233,13 +237,16 @@ def measure_backbone(
     classifier = net.get_submodule(spec.classifier)
     pooled: list[torch.Tensor] = []
     staged: list[list[torch.Tensor]] = [[] for _ in spec.stages]
+    gridded: list[list[torch.Tensor]] = [[] for _ in spec.stages]
 
     def keep_pooled(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         pooled.append(inputs[0].detach().flatten(1).float().cpu())
 
     def keep_stage(i: int) -> Callable[[nn.Module, object, torch.Tensor], None]:
         def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
-            staged[i].append(global_average_pool(output.detach()).float().cpu())
+            out = output.detach()
+            staged[i].append(global_average_pool(out).float().cpu())
+            gridded[i].append(grid_average_pool(out, CUT_GRID).float().cpu())
 
         return hook
 
@@ -278,6 +285,7 @@ def measure_backbone(
                 h.remove()
         features = torch.cat(pooled) if pooled else torch.empty(0, spec.num_features)
         stage_features = tuple(torch.cat(parts) for parts in staged if parts)
+        stage_grid_features = tuple(torch.cat(parts) for parts in gridded if parts)
         if signal_images and image_size != spec.input_size:
             native = eval_transform(spec, spec.input_size)
             with BatchNormRecorder(net) as rec:
@@ -298,6 +306,7 @@ def measure_backbone(
         batch_size=batch_size,
         features=features,
         stage_features=stage_features,
+        stage_grid_features=stage_grid_features,
         images_per_second=ips,
         stage_fractions=fractions,
         stage_fractions_measured=measured,

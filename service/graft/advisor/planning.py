@@ -144,10 +144,11 @@ def build_plan(
     strategy: Strategy | None = None,
     trainable_stages: int | None = None,
     feature_stages: tuple[int, ...] = (),
+    feature_grid: int = 0,
 ) -> TrainingPlan:
     """A complete plan (every field set; validate_plan accepts it) for `quadrant`; with
-    `strategy`, `trainable_stages` or `feature_stages`, those (measured) choices instead of
-    the matrix's defaults."""
+    `strategy`, `trainable_stages` or `feature_stages` (with its pooling `feature_grid`),
+    those (measured) choices instead of the matrix's defaults."""
     strategy = strategy or MATRIX[quadrant]
     fe = strategy == Strategy.FEATURE_EXTRACTION
     if strategy == Strategy.FULL_FINE_TUNE:
@@ -168,6 +169,7 @@ def build_plan(
         strategy=strategy,
         trainable_stages=stages,
         feature_stages=feature_stages if fe else (),
+        feature_grid=feature_grid if fe and feature_grid > 1 else 0,
         # Feature extraction computes features once: augmentation would have no effect.
         augmentation=quadrant == Quadrant.SMALL_DIFFERENT and not fe,
         class_weighting=imbalance_ratio > IMBALANCE_CLASS_WEIGHTING,

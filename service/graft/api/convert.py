@@ -200,6 +200,7 @@ def _backbone_score_pb(advice: Advice, b: BackboneScore) -> pb.BackboneScore:
         )
         msg.feature_stages.extend(depth.cut.stages)
         msg.cut_probe_accuracy = depth.cut.probe.accuracy
+        msg.feature_grid = depth.cut.grid
     else:
         msg.stages.extend(pb.StageScore(stage=i + 1, logme=v) for i, v in enumerate(b.stage_logme))
     return msg
