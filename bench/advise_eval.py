@@ -149,6 +149,7 @@ def evaluate(client: Client, key: str, train: Path, test: Path) -> dict[str, obj
         "similarity": advice.similarity,
         "recommended": pb.Strategy.Name(plan.strategy).removeprefix("STRATEGY_").lower(),
         "feature_stages": list(plan.feature_stages),
+        "feature_grid": plan.feature_grid,
         "trainable_stages": plan.trainable_stages,
         "advise_s": advise_s,
         "results": results,
@@ -202,7 +203,9 @@ def main() -> int:
 
         rec = str(r["recommended"])
         if r["feature_stages"]:
-            rec += f" (stages {'+'.join(map(str, r['feature_stages']))})"  # type: ignore[call-overload]
+            rec += f" (stages {'+'.join(map(str, r['feature_stages']))}"  # type: ignore[call-overload]
+            grid = int(r.get("feature_grid") or 0)  # type: ignore[call-overload]
+            rec += f", {grid}x{grid} grid)" if grid > 1 else ")"
         elif rec == "partial_fine_tune":
             rec += f" (top {r['trainable_stages']})"
         low, high = r["estimate"]  # type: ignore[misc]

@@ -3,6 +3,10 @@ several sizes, through the real service: which stages should a linear head read 
 dataset grows? (docs/ADVISOR.md § Depth.)
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/feature_cuts.py [--per-class 100,500]
+        [--cuts 6+7,6+7@2]
+
+A cut is stages joined by '+'; '@g' pools each over a g x g grid (plan.feature_grid)
+instead of globally.
 """
 
 from __future__ import annotations
@@ -38,13 +42,15 @@ def main() -> int:
             train = write_fashion_mnist_folder(root / f"train-{n}", per_class=n, split="train")
             cells = []
             for c in cuts:
+                stages, _, grid = c.partition("@")
                 plan = pb.TrainingPlan(
                     backbone="efficientnet_lite0",
                     strategy=pb.STRATEGY_FEATURE_EXTRACTION,
                     image_size=64,
-                    feature_stages=[int(s) for s in c.split("+")],
+                    feature_stages=[int(s) for s in stages.split("+")],
+                    feature_grid=int(grid or 0),
                 )
-                name = f"fx-{n}-{c.replace('+', '-')}"
+                name = f"fx-{n}-{c.replace('+', '-').replace('@', '-grid')}"
                 _, wall = train_timed(client, name, train, plan)
                 acc = held_out_accuracy(client, name, test)
                 cells.append(f"{100 * acc:.1f}% ({wall:.0f} s)")
