@@ -26,7 +26,7 @@ from graft.advisor import (
     size_axis,
 )
 from graft.advisor import measure as measure_module
-from graft.advisor.advise import FE_MARGIN
+from graft.advisor.advise import FE_MARGIN, fine_tune_range
 from graft.advisor.measure import decode_sample, measure_backbone, select_sample
 from graft.advisor.planning import (
     Speed,
@@ -463,3 +463,17 @@ def test_candidate_errors(tmp_path: Path) -> None:
     names = resolve_candidates([], tmp_path)
     assert names[0] == DEFAULT_BACKBONE and len(names) <= 3
     assert resolve_candidates([DEFAULT_BACKBONE, DEFAULT_BACKBONE], tmp_path) == [DEFAULT_BACKBONE]
+
+
+def test_fine_tune_range_is_the_pilot_within_its_standard_error_raised_by_lead_and_curve() -> None:
+    # 74% on 100 images: standard error sqrt(0.74 * 0.26 / 100) = 4.39 points.
+    low, high = fine_tune_range(0.74, 100, probe_accuracy=0.80, extra=0.0)
+    assert low == pytest.approx(0.74 - 0.0439, abs=1e-4)
+    assert high == pytest.approx(0.74 + 0.0439, abs=1e-4)
+    # A pilot ahead of the probe by 10 points, and 3 points more from the learning curve.
+    low, high = fine_tune_range(0.74, 100, probe_accuracy=0.64, extra=0.03)
+    assert low == pytest.approx(0.74 - 0.0439, abs=1e-4)
+    assert high == pytest.approx(0.87)
+    # Clipped to [0, 1]; a perfect pilot has no spread of its own.
+    assert fine_tune_range(1.0, 50, probe_accuracy=0.9, extra=0.05) == (1.0, 1.0)
+    assert fine_tune_range(0.01, 4, probe_accuracy=0.5, extra=0.0)[0] == 0.0

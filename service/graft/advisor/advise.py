@@ -515,11 +515,11 @@ def advise_dataset(
         ),
         StrategyEstimate(
             fine_tune,
-            pilot.accuracy,
-            min(1.0, pilot.accuracy + max(0.0, pilot.accuracy - probe_holdout) + extra),
+            *fine_tune_range(pilot.accuracy, pilot.val_images, probe_holdout, extra),
             estimate_training_seconds(ft_plan, ft_speed, num_train=len(train), num_val=len(val)),
             f"pilot: {pilot.epochs} epochs on {pilot.train_images} sampled images, scored on "
-            f"{pilot.val_images}; the probe's learning curve for the rest of the data",
+            f"{pilot.val_images}, ± its binomial standard error; the probe's learning curve "
+            "for the rest of the data",
         ),
     ]
     mine = next(e for e in estimates if e.strategy == strategy)
@@ -549,6 +549,20 @@ def advise_dataset(
     )
     advice.rationale = _rationale(advice, counts, m, ranking_note, len(train), len(val))
     return advice
+
+
+def fine_tune_range(
+    pilot_accuracy: float, pilot_images: int, probe_accuracy: float, extra: float
+) -> tuple[float, float]:
+    """Accuracy range of a fine-tuning strategy from its pilot: the pilot's accuracy ± its
+    binomial standard error on `pilot_images` held-out images, the high end raised by the
+    pilot's lead over the probe on the same split and by `extra` (the learning curve's gain
+    for the rest of the data). Without the standard error a pilot behind the probe with a
+    flat learning curve gave a range of width zero ("74.0% to 74.0%")."""
+    p = min(1.0, max(0.0, pilot_accuracy))
+    se = math.sqrt(p * (1.0 - p) / pilot_images) if pilot_images > 0 else 0.0
+    lead = max(0.0, p - probe_accuracy)
+    return max(0.0, p - se), min(1.0, p + max(se, lead + extra))
 
 
 def _learning_curve_gain(
