@@ -81,6 +81,15 @@ def test_bad_plan_fields(server: RunningServer, fashion: dict[str, Path]) -> Non
         with pytest.raises(InvalidArgument) as err:
             server.client().start_fine_tune("m", str(fashion["train"]), plan=bad)
         assert _fields(err.value) == {"plan.feature_stages"}, err.value
+    for bad in (
+        pb.TrainingPlan(strategy=pb.STRATEGY_FEATURE_EXTRACTION, feature_grid=2),  # no cut
+        pb.TrainingPlan(
+            strategy=pb.STRATEGY_FEATURE_EXTRACTION, feature_stages=[6], feature_grid=5
+        ),
+    ):
+        with pytest.raises(InvalidArgument) as err:
+            server.client().start_fine_tune("m", str(fashion["train"]), plan=bad)
+        assert _fields(err.value) == {"plan.feature_grid"}, err.value
 
 
 def test_backbone_without_weights(server: RunningServer, fashion: dict[str, Path]) -> None:

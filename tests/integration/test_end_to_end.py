@@ -31,6 +31,11 @@ def test_advise_train_follow_predict(server: RunningServer, fashion: dict[str, P
     assert advice.report.total_images == 160
     assert 0.0 <= advice.similarity <= 1.0
     assert advice.plan.backbone == advice.backbones[0].backbone  # the best-ranked one
+    # The plan's feature cut and its pooling grid are the ones reported for its backbone.
+    top = advice.backbones[0]
+    assert top.feature_grid in (1, 2) and top.feature_stages
+    if advice.plan.strategy == pb.STRATEGY_FEATURE_EXTRACTION:
+        assert advice.plan.feature_grid == (top.feature_grid if top.feature_grid > 1 else 0)
     assert "40" in advice.rationale  # quotes the measured images per class
     # The caller may bound the measured sample below the server's limits.
     small = client.advise(uri, max_images=40, candidate_backbones=["efficientnet_lite0"])
@@ -123,5 +128,16 @@ def test_feature_extraction_with_a_stage_cut_serves_with_that_cut(
     assert card["plan"]["feature_stages"] == [6, 7]
     paths, truth = _held_out(fashion["test"])
     predicted = [p.classes[0].label for p in client.predict("cut", paths).predictions]
+    accuracy = sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
+    assert accuracy >= 0.7, f"held-out accuracy {accuracy:.2f} (chance 0.25)"
+
+    # The same cut pooled over a 2x2 grid: through the API, the card and Predict.
+    plan.feature_grid = 2
+    job = client.wait(client.start_fine_tune("grid", str(fashion["train"]), plan=plan).job_id)
+    assert job.state == pb.JOB_STATE_SUCCEEDED, job.error
+    assert job.plan.feature_grid == 2
+    card = json.loads(client.get_model("grid").card_json)
+    assert card["plan"]["feature_stages"] == [6, 7] and card["plan"]["feature_grid"] == 2
+    predicted = [p.classes[0].label for p in client.predict("grid", paths).predictions]
     accuracy = sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
     assert accuracy >= 0.7, f"held-out accuracy {accuracy:.2f} (chance 0.25)"

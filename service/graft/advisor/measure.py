@@ -193,7 +193,8 @@ class BackboneMeasurement:
     # Globally average-pooled output of each stage (input side first), (n, channels) each:
     # the candidates for a feature-extraction cut (GraftModel.pooled_stage_features).
     stage_features: tuple[torch.Tensor, ...]
-    # The same outputs pooled over a CUT_GRID x CUT_GRID partition of each map (n, channels·4):
+    # The same outputs pooled over a CUT_GRID x CUT_GRID partition of each map,
+    # (n, channels·CUT_GRID²):
     # the candidates for a cut that keeps where in the image a feature fired.
     stage_grid_features: tuple[torch.Tensor, ...]
     images_per_second: float
