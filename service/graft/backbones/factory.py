@@ -241,9 +241,10 @@ def create_model(
     pretrained=False builds the same structure with random init (for tests, and to load a
     registered artifact into). `feature_stages` (1-based, ascending) cuts the features the
     head reads to those stages' pooled outputs, concatenated (see GraftModel), pooled over
-    a `feature_grid` × `feature_grid` partition of each map (1: globally); the head's width
-    is then the sum of their channel counts times feature_grid². NotFound for an unknown name;
-    InvalidArgument (on `num_classes`, or `plan.feature_stages`) for a bad argument;
+    a `feature_grid` × `feature_grid` partition of each map (0 or 1: globally, so a plan's
+    field passes as it is); the head's width is then the sum of their channel counts times
+    feature_grid². NotFound for an unknown name; InvalidArgument (on `num_classes`,
+    `plan.feature_stages` or `plan.feature_grid`) for a bad argument;
     FailedPrecondition when the pretrained weights are not here (the message says how to
     provide them).
     """

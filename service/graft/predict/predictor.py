@@ -89,7 +89,7 @@ def build_model(
         len(labels),
         pretrained=False,
         feature_stages=tuple(card["plan"].get("feature_stages", [])),
-        feature_grid=int(card["plan"].get("feature_grid") or 1),
+        feature_grid=int(card["plan"].get("feature_grid", 0)),
     )
     model.load_state_dict(state, strict=True)
     model.eval().to(memory_format=torch.channels_last)

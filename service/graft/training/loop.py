@@ -361,7 +361,7 @@ def train(
         pretrained=pretrained,
         weights_dir=weights_dir,
         feature_stages=plan.feature_stages,
-        feature_grid=plan.feature_grid or 1,
+        feature_grid=plan.feature_grid,
     )
     groups = apply_strategy(model, plan)
     model.to(device).to(memory_format=torch.channels_last)
@@ -385,7 +385,7 @@ def train(
             train_samples=train_samples,
             val_samples=val_samples,
             feature_stages=plan.feature_stages,
-            feature_grid=plan.feature_grid or 1,
+            feature_grid=plan.feature_grid,
         )
         t0 = time.monotonic()
         features, from_cache = load_or_compute_features(
