@@ -24,7 +24,7 @@ PHASES = [
     ("backbone passes (features, signals, speed)", "advisor/measure.py", "measure_backbone"),
     ("depth: stage and cut probes", "advisor/depth.py", "choose_depth"),
     ("pilot fine-tune", "advisor/pilot.py", "pilot_fine_tune"),
-    ("timed training step", "advisor/measure.py", "time_training_step"),
+    ("timed training step", "advisor/pilot.py", "time_training_step"),
     ("all linear probes (ranking, depth, curve)", "advisor/probe.py", "linear_probe"),
     ("all LogME scores", "advisor/logme.py", "logme"),
 ]

@@ -28,12 +28,6 @@ from graft.advisor import (
 from graft.advisor import measure as measure_module
 from graft.advisor.advise import FE_MARGIN, fine_tune_range
 from graft.advisor.measure import decode_sample, measure_backbone, select_sample
-from graft.advisor.planning import (
-    Speed,
-    build_plan,
-    estimate_training_seconds,
-    trainable_stages_for,
-)
 from graft.advisor.probe import stratified_folds
 from graft.advisor.signals import BatchNormRecorder, combine, measure_signals
 from graft.backbones import DEFAULT_BACKBONE, backbone_statuses, get_spec
@@ -42,7 +36,14 @@ from graft.data import scan_dataset
 from graft.data.demo import write_digits_folder, write_fashion_mnist_folder, write_photos_folder
 from graft.domain import Quadrant, Strategy, TrainingPlan
 from graft.errors import FailedPrecondition, InvalidArgument
-from graft.training.plan import resolve_plan, validate_plan
+from graft.plans import (
+    Speed,
+    build_plan,
+    default_trainable_stages,
+    estimate_training_seconds,
+    resolve_plan,
+    validate_plan,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -116,8 +117,8 @@ def test_declared_statistics_get_the_matrix_answer(
     assert advice.plan.augmentation == (expected == Quadrant.SMALL_DIFFERENT)
     expected_k = {
         Quadrant.LARGE_DIFFERENT: n,
-        Quadrant.LARGE_SIMILAR: 2,
-        Quadrant.SMALL_DIFFERENT: math.ceil(n / 2),
+        Quadrant.LARGE_SIMILAR: math.ceil(n / 3),  # "small K": 3 of Lite0's 9 stages
+        Quadrant.SMALL_DIFFERENT: math.ceil(n / 2),  # deeper: 5 of 9
         Quadrant.SMALL_SIMILAR: 0,
     }[expected]
     assert advice.plan.trainable_stages == expected_k
@@ -138,8 +139,8 @@ def test_declared_threshold_is_configurable() -> None:
 def test_partial_depth_small_different_deeper_than_large_similar() -> None:
     for spec in (get_spec("efficientnet_lite0"), get_spec("resnet18")):
         n = len(spec.stages)
-        shallow = trainable_stages_for(Quadrant.LARGE_SIMILAR, n)
-        deep = trainable_stages_for(Quadrant.SMALL_DIFFERENT, n)
+        shallow = default_trainable_stages(n, Quadrant.LARGE_SIMILAR)
+        deep = default_trainable_stages(n, Quadrant.SMALL_DIFFERENT)
         assert 0 < shallow < deep < n
 
 

@@ -1,16 +1,28 @@
-"""graft.training.plan: defaults, the image-size rule, and every validation violation."""
+"""graft.plans: defaults, the image-size rule, partial fine-tuning's one depth rule, every
+validation violation, and that the module imports without torch."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
-from graft.backbones import DEFAULT_BACKBONE, get_spec
-from graft.domain import Strategy, TrainingPlan
+from graft.backbones import DEFAULT_BACKBONE, get_spec, list_backbones
+from graft.domain import Quadrant, Strategy, TrainingPlan
 from graft.errors import InvalidArgument
-from graft.training.plan import DEFAULTS, default_image_size, resolve_plan, validate_plan
+from graft.plans import (
+    DEFAULTS,
+    MATRIX,
+    build_plan,
+    default_image_size,
+    default_trainable_stages,
+    resolve_plan,
+    validate_plan,
+)
 
 LITE0 = get_spec("efficientnet_lite0")  # 224 px, 9 stages
 R18 = get_spec("resnet18")  # 224 px, 5 stages
@@ -77,6 +89,79 @@ def test_set_fields_are_kept() -> None:
     assert resolve(given, R18) == given
     # Only the head's rate given: the base's is 10x lower.
     assert resolve(TrainingPlan(head_learning_rate=0.02)).base_learning_rate == pytest.approx(2e-3)
+
+
+def test_plans_and_the_catalog_import_without_torch() -> None:
+    """The API server validates and resolves plans; it must not need torch for that."""
+    code = (
+        "import sys\n"
+        "import graft.plans\n"
+        "from graft.backbones import get_spec, list_backbones\n"
+        "from graft.domain import TrainingPlan\n"
+        "spec = get_spec('efficientnet_lite0')\n"
+        "plan = graft.plans.resolve_plan(TrainingPlan(), spec, num_train_images=100)\n"
+        "graft.plans.validate_plan(plan)\n"
+        "assert len(list_backbones()) > 1\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    "n,small,deep",
+    [(9, 3, 5), (8, 3, 4), (6, 2, 3), (5, 2, 3), (2, 1, 2), (1, 1, 1)],
+)
+def test_default_trainable_stages_rule(n: int, small: int, deep: int) -> None:
+    """Small K: a third of the stages, rounded up; deeper (quadrant 3): half, rounded up,
+    at least one more than small K; never more than there are."""
+    assert default_trainable_stages(n) == small
+    assert default_trainable_stages(n, Quadrant.LARGE_SIMILAR) == small
+    assert default_trainable_stages(n, Quadrant.SMALL_DIFFERENT) == deep
+
+
+def test_one_depth_rule_for_resolve_plan_and_the_quadrant_plans() -> None:
+    """A partial plan without stages and the advisor's plan without a measured depth get
+    their stages from the same rule (they used to disagree: 3 against 2 for quadrant 2)."""
+    for spec in list_backbones():
+        n = len(spec.stages)
+        partial = TrainingPlan(strategy=Strategy.PARTIAL_FINE_TUNE)
+        assert resolve(partial, spec).trainable_stages == default_trainable_stages(n)
+        for quadrant in (Quadrant.LARGE_SIMILAR, Quadrant.SMALL_DIFFERENT):
+            assert MATRIX[quadrant] == Strategy.PARTIAL_FINE_TUNE
+            plan = build_plan(
+                quadrant,
+                spec,
+                num_train=800,
+                num_val=200,
+                median_size=(28, 28),
+                imbalance_ratio=1.0,
+            )
+            assert plan.trainable_stages == default_trainable_stages(n, quadrant)
+        # Quadrant 2 is the plain default: resolving its plan without stages changes nothing.
+        q2 = build_plan(
+            Quadrant.LARGE_SIMILAR,
+            spec,
+            num_train=800,
+            num_val=200,
+            median_size=(28, 28),
+            imbalance_ratio=1.0,
+        )
+        unset = dataclasses.replace(q2, trainable_stages=0)
+        assert resolve(unset, spec, median_size=(28, 28)) == q2
+    # The figures in docs/TRAINING.md were measured with EfficientNet-Lite0's top 3 stages.
+    assert default_trainable_stages(len(LITE0.stages)) == 3 == math.ceil(9 / 3)
+    # A measured depth is kept as it is.
+    measured = build_plan(
+        Quadrant.SMALL_DIFFERENT,
+        LITE0,
+        num_train=800,
+        num_val=200,
+        median_size=(28, 28),
+        imbalance_ratio=1.0,
+        trainable_stages=7,
+    )
+    assert measured.trainable_stages == 7
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from graft.training import (
     train,
 )
 from graft.training.checkpoint import FILENAME, RngState
-from graft.training.loop import class_weights
+from graft.training.engine import class_weights
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (50, 60, 210)}
 

@@ -9,10 +9,10 @@ from graft.advisor.advise import (
     advise_declared,
     resolve_candidates,
 )
-from graft.advisor.matrix import MATRIX, SIMILARITY_THRESHOLD, quadrant_for, size_axis
 from graft.advisor.probe import ProbeResult, linear_probe
 from graft.advisor.report import DatasetReportData
 from graft.advisor.signals import SIGNALS, Signal
+from graft.plans.matrix import MATRIX, SIMILARITY_THRESHOLD, quadrant_for, size_axis
 
 __all__ = [
     "MATRIX",

@@ -35,7 +35,7 @@ from graft.backbones import DEFAULT_BACKBONE, create_imagenet_model, get_spec
 from graft.backbones.spec import PretrainedSpec
 from graft.data import eval_transform, scan_dataset
 from graft.domain import Strategy
-from graft.training.plan import default_image_size
+from graft.plans import default_image_size
 
 
 def _grayscale_copy(src: Path, dst: Path) -> Path:
@@ -83,10 +83,10 @@ def check_estimate(per_class: int, epochs: int) -> None:
     import dataclasses
 
     from graft.advisor.advise import advise_dataset
-    from graft.advisor.planning import estimate_training_seconds
     from graft.config import Config
     from graft.data import split_dataset
     from graft.data.demo import write_fashion_mnist_folder, write_photos_folder
+    from graft.plans import estimate_training_seconds
     from graft.training.loop import train
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,32 +1,54 @@
-"""A pilot fine-tune on the Advise sample: what a fine-tuning strategy reaches on these
-images in a few epochs, measured on the same held-out part the linear probe is scored on.
+"""The advisor's two runs of the training engine on the Advise sample: a pilot fine-tune,
+and a few timed training steps.
 
-It is the measurement behind a departure from the matrix: when frozen features with a linear
-head already match what fine-tuning reaches, feature extraction gives the same accuracy for a
-fraction of the time. The pilot trains the model the worker would build (same freezing,
-BatchNorm handling, parameter groups and learning rates, augmentation) on the decoded sample
-in memory, for PILOT_EPOCHS epochs with a cosine schedule.
+The pilot is the measurement behind a departure from the matrix: what a fine-tuning
+strategy reaches on these images in a few epochs, scored on the same held-out part the
+linear probe is scored on; when frozen features with a linear head already match it,
+feature extraction gives the same accuracy for a fraction of the time. The timed steps give
+the time estimate its cost per training image.
+
+Both run the worker's own engine (graft.training.engine): the same model build, freezing,
+head warm-up, BatchNorm handling, AdamW groups and learning rates, schedule shape, loss
+(label smoothing, class weights) and step, so they measure what a real run of the plan
+does. What differs is only what a pilot must: the data is the decoded sample in memory
+(shuffled by the pilot's own seeded generator), and the run is PILOT_EPOCHS epochs long,
+with the plan's schedule compressed to that length (warm-up over half an epoch).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from graft.advisor.measure import DecodedSample
-from graft.backbones import create_model
+from graft.advisor.measure import TIMING_BATCHES, DecodedSample
 from graft.data import eval_transform, train_transform
-from graft.domain import TrainingPlan
-from graft.training.strategies import apply_strategy, set_train_mode
+from graft.data.transforms import Transform
+from graft.domain import Strategy, TrainingPlan
+from graft.training.engine import (
+    Schedule,
+    begin_epoch,
+    build_model,
+    evaluate,
+    make_loss,
+    make_optimizer,
+    make_scheduler,
+    synchronize,
+    to_device,
+    train_epoch,
+    train_step,
+)
+from graft.training.errors import TrainingCancelled
 
 PILOT_EPOCHS = 4
 PILOT_MAX_TRAIN_IMAGES = 640  # bounds the pilot's cost on large samples
+EVAL_BATCH = 128
+
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -36,6 +58,28 @@ class PilotResult:
     epochs: int
     train_images: int
     val_images: int
+
+
+def _never() -> bool:
+    return False
+
+
+def _stack(
+    sample: DecodedSample, tf: Transform, idx: Sequence[int], device: torch.device
+) -> torch.Tensor:
+    x = torch.stack([tf(sample.images[i]) for i in idx])
+    return x.to(device).contiguous(memory_format=torch.channels_last)
+
+
+def pilot_schedule(plan: TrainingPlan, epochs: int, steps_per_epoch: int) -> Schedule:
+    """The plan's schedule compressed to a pilot of `epochs` epochs: linear warm-up over
+    half an epoch, cosine decay to the pilot's last step, and the base groups starting
+    after the plan's head warm-up (full fine-tuning: the head alone for its first epoch)."""
+    return Schedule(
+        total_steps=max(1, epochs * steps_per_epoch),
+        warmup_steps=max(1, steps_per_epoch // 2),
+        base_start=min(plan.head_warmup_epochs, epochs) * steps_per_epoch,
+    )
 
 
 def pilot_fine_tune(
@@ -49,69 +93,122 @@ def pilot_fine_tune(
     weights_dir: Path | None = None,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> PilotResult:
-    """Fine-tune `plan` (resolved) on sample[train_idx] and score it on sample[val_idx]."""
+    """Fine-tune `plan` (resolved) on sample[train_idx] and score it on sample[val_idx].
+
+    `should_stop()` is asked before every step, between epochs and before the evaluation;
+    when it returns True, TrainingCancelled is raised (Advise cancelled)."""
     started = time.perf_counter()
+    stop = should_stop or _never
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     train_idx = list(train_idx)
     if len(train_idx) > PILOT_MAX_TRAIN_IMAGES:
         keep = torch.randperm(len(train_idx), generator=gen)[:PILOT_MAX_TRAIN_IMAGES]
         train_idx = [train_idx[i] for i in sorted(keep.tolist())]
-    torch.manual_seed(seed)
-    model = create_model(plan.backbone, num_classes, weights_dir=weights_dir)
-    groups = apply_strategy(model, plan)
-    model.to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(groups)
+    model = build_model(plan, num_classes, device=device, seed=seed, weights_dir=weights_dir)
     batch = max(1, min(plan.batch_size, len(train_idx)))
-    steps_per_epoch = math.ceil(len(train_idx) / batch)
-    total = max(1, epochs * steps_per_epoch)
-    warmup = max(1, steps_per_epoch // 2)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: (
-            (s + 1) / warmup
-            if s < warmup
-            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
-        ),
-    )
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=plan.label_smoothing)
+    # The trainer's rule: BatchNorm cannot normalise a last batch of one image.
+    drop_last = len(train_idx) > batch and len(train_idx) % batch == 1
+    steps_per_epoch = len(train_idx) // batch if drop_last else math.ceil(len(train_idx) / batch)
+    optimizer = make_optimizer(model, plan)
+    scheduler = make_scheduler(optimizer, pilot_schedule(plan, epochs, steps_per_epoch))
+    loss_fn = make_loss(plan, [sample.labels[i] for i in train_idx], num_classes, device)
     augment = train_transform(model.spec, plan.image_size, plan.augmentation)
     plain = eval_transform(model.spec, plan.image_size)
     labels = torch.tensor(sample.labels)
+    # Without augmentation every epoch sees the same tensors: transform them once.
+    fixed_train = None if plan.augmentation else _stack(sample, plain, train_idx, device)
 
-    def stack(tf: object, idx: Sequence[int]) -> torch.Tensor:
-        x = torch.stack([tf(sample.images[i]) for i in idx])  # type: ignore[operator]
-        return x.to(device).contiguous(memory_format=torch.channels_last)
-
-    fixed_train = None if plan.augmentation else stack(plain, train_idx)
-    for _ in range(epochs):
-        set_train_mode(model, plan)
+    def train_batches() -> Iterator[Batch]:
         order = torch.randperm(len(train_idx), generator=gen).tolist()
-        for lo in range(0, len(order), batch):
+        for lo in range(0, steps_per_epoch * batch, batch):
             part = order[lo : lo + batch]
             if fixed_train is not None:
                 x = fixed_train[part]
-            else:
-                x = stack(augment, [train_idx[i] for i in part])
-            y = labels[[train_idx[i] for i in part]].to(device)
-            loss = loss_fn(model(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    model.eval()
-    correct = 0
-    with torch.inference_mode():
-        val_idx = list(val_idx)
-        for lo in range(0, len(val_idx), 128):
-            part = val_idx[lo : lo + 128]
-            pred = model(stack(plain, part)).argmax(1).cpu()
-            correct += int((pred == labels[part]).sum())
+            else:  # augmentation draws from torch's global RNG, seeded by build_model
+                x = _stack(sample, augment, [train_idx[i] for i in part], device)
+            yield x, labels[[train_idx[i] for i in part]]
+
+    for epoch in range(epochs):
+        if stop():
+            raise TrainingCancelled(f"pilot cancelled before epoch {epoch + 1}")
+        begin_epoch(model, plan, epoch)
+        train_epoch(
+            model,
+            train_batches(),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loss_fn=loss_fn,
+            device=device,
+            should_stop=stop,
+            epoch=epoch + 1,
+        )
+    val_idx = list(val_idx)
+    val_batches = (
+        (_stack(sample, plain, part, device), labels[part])
+        for part in (val_idx[lo : lo + EVAL_BATCH] for lo in range(0, len(val_idx), EVAL_BATCH))
+    )
+    metrics = evaluate(
+        model,
+        val_batches,
+        labels=[str(c) for c in range(num_classes)],
+        device=device,
+        should_stop=stop,
+    )
     return PilotResult(
-        accuracy=correct / max(1, len(val_idx)),
+        accuracy=metrics.accuracy,
         seconds=time.perf_counter() - started,
         epochs=epochs,
         train_images=len(train_idx),
         val_images=len(val_idx),
     )
+
+
+def time_training_step(
+    plan: TrainingPlan,
+    sample: DecodedSample,
+    num_classes: int,
+    *,
+    weights_dir: Path | None = None,
+    device: torch.device | str = "cpu",
+    should_stop: Callable[[], bool] | None = None,
+) -> float:
+    """Seconds per image of one optimisation step of `plan` (resolved: backbone, strategy,
+    trainable stages, batch and image size), measured with the engine's own model, modes
+    (after any head warm-up), optimiser, schedule, loss and step on a batch of sample
+    images. The mean of TIMING_BATCHES steps after one warm-up step counts (the mean, not
+    the fastest: the estimate should hold for a whole run, competing processes included).
+    Preprocessing is not included (see measure.transform_seconds). `should_stop()` is asked
+    before every step; True raises TrainingCancelled.
+    """
+    if plan.strategy == Strategy.FEATURE_EXTRACTION or len(sample) == 0:
+        return 0.0
+    stop = should_stop or _never
+    device = torch.device(device)
+    # Unseeded: the timing draws no number anything later depends on.
+    model = build_model(plan, num_classes, device=device, seed=None, weights_dir=weights_dir)
+    begin_epoch(model, plan, plan.head_warmup_epochs)  # the first epoch that trains the base
+    optimizer = make_optimizer(model, plan)
+    scheduler = make_scheduler(optimizer, Schedule(TIMING_BATCHES + 1, warmup_steps=1))
+    n = len(sample)
+    idx = [i % n for i in range(plan.batch_size)]
+    targets = [sample.labels[i] for i in idx]
+    loss_fn = make_loss(plan, targets, num_classes, device)
+    tf = eval_transform(model.spec, plan.image_size)
+    x = to_device(torch.stack([tf(sample.images[i]) for i in idx]), device)
+    y = torch.tensor(targets, device=device)
+    spent = 0.0
+    for i in range(TIMING_BATCHES + 1):
+        if stop():
+            raise TrainingCancelled(f"training-step timing cancelled at step {i + 1}")
+        synchronize(device)
+        t0 = time.perf_counter()
+        train_step(
+            model, x, y, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, device=device
+        )
+        synchronize(device)
+        if i:  # the first step is a warm-up (allocations, AdamW state)
+            spent += time.perf_counter() - t0
+    return spent / (TIMING_BATCHES * plan.batch_size)

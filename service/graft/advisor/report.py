@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from graft.advisor.planning import imbalance_ratio
 from graft.data import Sample, ScannedDataset, split_dataset
+from graft.plans import imbalance_ratio
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from graft.backbones.spec import PretrainedSpec
+from graft.backbones.pretrained import PretrainedSpec
 from graft.errors import NotFound
 
 SpecFn = Callable[[], PretrainedSpec]

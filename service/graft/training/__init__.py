@@ -3,11 +3,12 @@
 The worker (worker.py) claims jobs and calls `train`; everything it needs is exported here.
 """
 
+from graft.plans import DEFAULTS, PlanDefaults, resolve_plan, validate_plan
 from graft.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from graft.training.engine import evaluate, select_device
 from graft.training.errors import TrainingCancelled
-from graft.training.loop import TrainResult, evaluate, select_device, train, train_one_epoch
+from graft.training.loop import TrainResult, train, train_one_epoch
 from graft.training.metrics import evaluate_predictions
-from graft.training.plan import DEFAULTS, PlanDefaults, resolve_plan, validate_plan
 from graft.training.strategies import apply_strategy, set_train_mode
 
 __all__ = [

@@ -19,9 +19,10 @@ from graft.backbones import DEFAULT_BACKBONE, get_spec
 from graft.data import scan_dataset, split_dataset
 from graft.data.demo import write_fashion_mnist_folder
 from graft.domain import EventKind, ProgressEvent, Strategy, TrainingPlan
+from graft.plans import resolve_plan, validate_plan
 from graft.training.checkpoint import FILENAME
-from graft.training.loop import select_device, train
-from graft.training.plan import resolve_plan, validate_plan
+from graft.training.engine import select_device
+from graft.training.loop import train
 
 
 def main(argv: list[str] | None = None) -> None:

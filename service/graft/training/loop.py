@@ -1,9 +1,11 @@
-"""The training loop: `train_one_epoch` and `evaluate`, and `train`, which runs a job.
+"""The training loop: `train_one_epoch`, and `train`, which runs a job.
 
 Read it top to bottom: `train` builds the model and the data, restores a checkpoint when one
 fits, then for each epoch trains, evaluates, keeps the best weights and checkpoints. Full
 and partial fine-tuning train the whole model on images; feature extraction trains only the
-head, on body features computed once (features.py). Both go through the same two functions.
+head, on body features computed once (features.py). Both go through the same engine
+(engine.py: model, optimiser, schedule, loss, step, evaluate), which the advisor's pilot
+uses too.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from graft.backbones import create_model, get_spec
+from graft.backbones import get_spec
 from graft.backbones.spec import GraftModel
 from graft.data import ImageDataset, Sample, eval_transform, train_transform
 from graft.domain import (
@@ -39,15 +41,31 @@ from graft.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from graft.training.engine import (
+    Schedule,
+    begin_epoch,
+    build_model,
+    evaluate,
+    make_loss,
+    make_optimizer,
+    make_scheduler,
+    select_device,
+    train_epoch,
+)
 from graft.training.errors import TrainingCancelled, TrainingPreempted
 from graft.training.features import feature_key, load_or_compute_features
-from graft.training.metrics import evaluate_predictions
-from graft.training.strategies import (
-    apply_strategy,
-    set_train_mode,
-    set_trainable,
-    trained_stage_count,
-)
+from graft.training.strategies import trained_stage_count
+
+__all__ = [
+    "Progress",
+    "TrainResult",
+    "TrainingCancelled",
+    "TrainingObserver",
+    "evaluate",
+    "select_device",
+    "train",
+    "train_one_epoch",
+]
 
 Emit = Callable[[ProgressEvent], None]
 
@@ -86,29 +104,6 @@ class TrainResult:
     best_epoch: int  # 1-based
     resumed_from_epoch: int  # completed epochs found in the checkpoint (0: fresh start)
     train_seconds: float  # wall time of all attempts together
-
-
-def select_device(preference: str = "") -> torch.device:
-    """`preference` ("cpu", "cuda", "cuda:1"), or CUDA when available, else the CPU."""
-    if preference:
-        return torch.device(preference)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _autocast(device: torch.device) -> torch.autocast:
-    # bf16 autocast on CUDA only: it halves activation memory and uses tensor cores, and
-    # bf16 has fp32's range so no GradScaler is needed. On CPU, bf16 is slower than fp32
-    # on most hosts, so CPU runs in fp32.
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    # non_blocking with pinned host memory lets the copy overlap the previous step on CUDA.
-    # Image batches go channels_last (NHWC): convolutions are about 1.8x faster that way on
-    # this CPU and use tensor cores on GPUs. Cached features (N x C) stay as they are.
-    if x.ndim == 4:
-        return x.to(device, non_blocking=True, memory_format=torch.channels_last)
-    return x.to(device, non_blocking=True)
 
 
 class Progress:
@@ -189,82 +184,25 @@ def train_one_epoch(
     should_stop: Callable[[], bool],
     observer: TrainingObserver | None = None,
 ) -> float:
-    """One pass over `loader`; returns the mean training loss. The caller has put `model`
-    in train mode with frozen stages in eval mode (strategies.set_train_mode)."""
-    total = torch.zeros((), device=device)
-    steps = 0
-    for step, (inputs, targets) in enumerate(loader, start=1):
-        if should_stop():  # "CancelJob stops a running job within one step"
-            raise TrainingCancelled(f"cancelled at epoch {epoch}, step {step}")
-        inputs = _to_device(inputs, device)
-        targets = targets.to(device, non_blocking=True)
-        with _autocast(device):
-            logits = model(inputs)
-        loss = loss_fn(logits.float(), targets)  # the loss in fp32 even under autocast
-        optimizer.zero_grad(set_to_none=True)  # None, not 0: frozen params stay gradient-free
-        loss.backward()
-        lr = optimizer.param_groups[0]["lr"]  # the head's rate for this step
-        optimizer.step()
-        scheduler.step()  # the schedule is per step: warm-up, then cosine decay
-        loss = loss.detach()
-        total += loss
-        steps += 1
-        progress.step(epoch, step, loss, len(targets), lr)
+    """One pass over `loader` (engine.train_epoch) with STEP events and observer calls;
+    returns the mean training loss. The caller has called engine.begin_epoch."""
+
+    def on_step(step: int, loss: torch.Tensor, images: int, lr: float) -> None:
+        progress.step(epoch, step, loss, images, lr)
         if observer is not None:
-            observer.on_step(len(targets))
-    return total.item() / max(1, steps)  # syncs once per epoch
+            observer.on_step(images)
 
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    *,
-    labels: Sequence[str],
-    device: torch.device,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> EvaluationMetrics:
-    """Metrics of `model` (put in eval mode here) on `loader`."""
-    model.eval()
-    all_logits: list[torch.Tensor] = []
-    all_targets: list[torch.Tensor] = []
-    for inputs, targets in loader:
-        if should_stop():
-            raise TrainingCancelled("cancelled during evaluation")
-        with _autocast(device):
-            logits = model(_to_device(inputs, device))
-        all_logits.append(logits.float().cpu())  # syncs per batch; evaluation is short
-        all_targets.append(targets)
-    if not all_logits:
-        return evaluate_predictions(torch.zeros(0, len(labels)), torch.zeros(0), labels)
-    return evaluate_predictions(torch.cat(all_logits), torch.cat(all_targets), labels)
-
-
-def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights, scaled so that the mean weight over the training images is
-    1 (the loss keeps its usual size): w_c = N / (C_present * n_c). Absent classes get 1."""
-    counts = torch.bincount(torch.as_tensor(list(labels), dtype=torch.long), minlength=num_classes)
-    present = int((counts > 0).sum())
-    w = torch.ones(num_classes)
-    mask = counts > 0
-    w[mask] = len(labels) / (present * counts[mask].double()).float()
-    return w
-
-
-def _lr_factor(start: int, warmup: int, total: int) -> Callable[[int], float]:
-    """Learning-rate multiplier at step `s`: 0 before `start` (a group still frozen by the
-    head warm-up), linear warm-up over `warmup` steps, then cosine decay to the last step."""
-
-    def f(s: int) -> float:
-        s -= start
-        if s < 0:
-            return 0.0
-        if s < warmup:
-            return (s + 1) / warmup
-        decay_steps = max(1, total - start - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (s - warmup) / decay_steps)))
-
-    return f
+    return train_epoch(
+        model,
+        loader,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=loss_fn,
+        device=device,
+        should_stop=should_stop,
+        epoch=epoch,
+        on_step=on_step,
+    )
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -354,17 +292,14 @@ def train(
         update_bn_statistics = not pretrained
 
     # --- model: pretrained body + fresh head, initialised from the seed -------------------
-    torch.manual_seed(plan.seed)
-    model = create_model(
-        plan.backbone,
+    model = build_model(
+        plan,
         len(classes),
-        pretrained=pretrained,
+        device=device,
+        seed=plan.seed,
         weights_dir=weights_dir,
-        feature_stages=plan.feature_stages,
-        feature_grid=plan.feature_grid,
+        pretrained=pretrained,
     )
-    groups = apply_strategy(model, plan)
-    model.to(device).to(memory_format=torch.channels_last)
     trained_module = model.head if fe else model  # what train_one_epoch and evaluate run
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     progress = Progress(job_id, emit, total_epochs=plan.epochs, interval=step_event_interval)
@@ -446,23 +381,9 @@ def train(
         )
 
     # --- loss, optimizer, schedule ------------------------------------------------------
-    weight = (
-        class_weights([s.label for s in train_samples], len(classes)).to(device)
-        if plan.class_weighting
-        else None
-    )
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=plan.label_smoothing)
-    optimizer = torch.optim.AdamW(groups, lr=plan.head_learning_rate)
-    total_steps = plan.epochs * steps_per_epoch
-    warmup_steps = round(plan.warmup_epochs * steps_per_epoch)
-    base_start = plan.head_warmup_epochs * steps_per_epoch
-    scheduler = LambdaLR(
-        optimizer,
-        [
-            _lr_factor(0 if g["name"].startswith("head") else base_start, warmup_steps, total_steps)
-            for g in groups
-        ],
-    )
+    loss_fn = make_loss(plan, [s.label for s in train_samples], len(classes), device)
+    optimizer = make_optimizer(model, plan)
+    scheduler = make_scheduler(optimizer, Schedule.for_plan(plan, steps_per_epoch))
 
     # --- resume ---------------------------------------------------------------------
     start_epoch, best_epoch = 0, 0
@@ -522,13 +443,9 @@ def train(
             break
         epoch_start = time.monotonic()
         observer.on_epoch_start()
-        head_warmup = epoch < plan.head_warmup_epochs
         if not fe and epoch == plan.head_warmup_epochs and epoch > 0:
             progress.message("head warm-up done: the base starts training", epoch=epoch + 1)
-        set_trainable(model, plan, head_warmup=head_warmup)
-        set_train_mode(
-            model, plan, head_warmup=head_warmup, update_bn_statistics=update_bn_statistics
-        )
+        begin_epoch(model, plan, epoch, update_bn_statistics=update_bn_statistics)
 
         train_loss = train_one_epoch(
             trained_module,

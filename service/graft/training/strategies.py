@@ -90,8 +90,8 @@ def _decay_split(
     return [p for p in params if id(p) not in no_decay], [p for p in params if id(p) in no_decay]
 
 
-def apply_strategy(model: GraftModel, plan: TrainingPlan) -> list[dict[str, Any]]:
-    """Freeze what the strategy freezes and return AdamW parameter groups.
+def param_groups(model: GraftModel, plan: TrainingPlan) -> list[dict[str, Any]]:
+    """AdamW parameter groups of the strategy (nothing is frozen or changed here).
 
     Groups, in this order and only when non-empty: `head` and `head_no_decay` at the head's
     learning rate, `base` and `base_no_decay` at the base's. The first group is always the
@@ -99,7 +99,6 @@ def apply_strategy(model: GraftModel, plan: TrainingPlan) -> list[dict[str, Any]
     parameter that trains after any head warm-up; during the warm-up they have no gradient
     and AdamW leaves them alone.
     """
-    set_trainable(model, plan, head_warmup=False)
     base_params, _ = _split_body_params(model, plan, head_warmup=False)
     head_params = list(model.head.parameters())
 
@@ -118,6 +117,13 @@ def apply_strategy(model: GraftModel, plan: TrainingPlan) -> list[dict[str, Any]
                 {"name": f"{name}_no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0}
             )
     return groups
+
+
+def apply_strategy(model: GraftModel, plan: TrainingPlan) -> list[dict[str, Any]]:
+    """Freeze what the strategy freezes (`set_trainable`) and return its AdamW parameter
+    groups (`param_groups`)."""
+    set_trainable(model, plan, head_warmup=False)
+    return param_groups(model, plan)
 
 
 def set_train_mode(

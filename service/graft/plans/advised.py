@@ -1,14 +1,14 @@
-"""From a quadrant to a complete TrainingPlan, and the plan's estimated training time.
+"""The advisor's plan rules: from a quadrant to a complete TrainingPlan, and the plan's
+estimated training time. Torch-free, like the rest of graft.plans.
 
 The rules (docs/ADVISOR.md § Plan rules):
 
-- strategy: the matrix's, unless Advise passes a measured departure (advise.py);
+- strategy: the matrix's, unless Advise passes a measured departure (graft.advisor.advise);
 - trainable stages: all for full fine-tune; for partial fine-tuning the measured depth
-  (depth.py: the stages above the most transferable one) when Advise measured it, else the
-  top TOP_STAGES_LARGE_SIMILAR (2) for quadrant 2 ("small K": the generic lower stages of a
-  net pretrained on similar data need no change) and about half the stages, ceil(n/2), for
-  quadrant 3 (different data needs deeper adaptation); 0 for feature extraction, which
-  reads the measured feature cut;
+  (graft.advisor.depth: the stages above the most transferable one) when Advise measured
+  it, else defaults.default_trainable_stages for the quadrant — the same rule resolve_plan
+  applies to a plan without stages ("small K", and deeper for quadrant 3); 0 for feature
+  extraction, which reads the measured feature cut;
 - augmentation on in quadrant 3 only (the matrix's "plus data augmentation"); class
   weighting on when the largest class has more than IMBALANCE_CLASS_WEIGHTING (3) times the
   images of the smallest;
@@ -16,7 +16,7 @@ The rules (docs/ADVISOR.md § Plan rules):
   MAX_FINE_TUNE_EPOCHS) but no more than fit TIME_BUDGET_SECONDS at the measured speed (at
   least MIN_FINE_TUNE_EPOCHS); early stopping after EARLY_STOPPING_PATIENCE epochs;
 - everything else (learning rates, batch size, image size, warm-up, weight decay,
-  validation fraction) from graft.training.plan.resolve_plan.
+  validation fraction) from defaults.resolve_plan.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from graft.advisor.matrix import MATRIX
-from graft.backbones.spec import PretrainedSpec
+from graft.backbones.pretrained import PretrainedSpec
 from graft.domain import Quadrant, Strategy, TrainingPlan
-from graft.training.plan import resolve_plan, validate_plan
+from graft.plans.defaults import default_trainable_stages, resolve_plan
+from graft.plans.matrix import MATRIX
+from graft.plans.validation import validate_plan
 
-TOP_STAGES_LARGE_SIMILAR = 2
 IMBALANCE_CLASS_WEIGHTING = 3.0
 # Fine-tuning runs for about this many optimiser steps (at least MIN_FINE_TUNE_EPOCHS, at
 # most MAX_FINE_TUNE_EPOCHS epochs). Measured on Fashion-MNIST 1000/class (8000 training
@@ -46,17 +46,6 @@ EARLY_STOPPING_PATIENCE = 3
 # top of the forward itself: DESIGN.md measured 1188 img/s inference vs 288 img/s training
 # of the full EfficientNet-Lite0 at 64 px on this machine's 2 cores (4.1x).
 BACKWARD_COST = 3.0
-
-
-def trainable_stages_for(quadrant: Quadrant, num_stages: int) -> int:
-    strategy = MATRIX[quadrant]
-    if strategy == Strategy.FULL_FINE_TUNE:
-        return num_stages
-    if strategy == Strategy.FEATURE_EXTRACTION:
-        return 0
-    if quadrant == Quadrant.LARGE_SIMILAR:
-        return min(TOP_STAGES_LARGE_SIMILAR, num_stages)
-    return min(num_stages, max(TOP_STAGES_LARGE_SIMILAR + 1, math.ceil(num_stages / 2)))
 
 
 @dataclass(frozen=True)
@@ -154,14 +143,7 @@ def build_plan(
     if strategy == Strategy.FULL_FINE_TUNE:
         stages = len(spec.stages)
     elif strategy == Strategy.PARTIAL_FINE_TUNE:
-        n = len(spec.stages)
-        default = trainable_stages_for(
-            quadrant
-            if MATRIX[quadrant] == Strategy.PARTIAL_FINE_TUNE
-            else Quadrant.SMALL_DIFFERENT,
-            n,
-        )
-        stages = trainable_stages or default
+        stages = trainable_stages or default_trainable_stages(len(spec.stages), quadrant)
     else:
         stages = 0
     draft = TrainingPlan(
