@@ -210,6 +210,43 @@ class Job:
     metrics: EvaluationMetrics | None = None
     lease_owner: str = ""
     lease_expires: float = 0.0
+    # StartFineTune without a plan: the worker advises first, then trains that plan.
+    advise_first: bool = False
+    # False until the worker has scanned the dataset and completed `plan` (resolve_plan or
+    # Advise); until then `plan` is what the caller asked for.
+    plan_resolved: bool = True
+    # A failed job's error as graft.errors.error_to_dict gives it (kind, field violations).
+    error_detail: dict[str, Any] = field(default_factory=dict)
+
+
+class TaskKind(enum.IntEnum):
+    """Short work the API awaits on a caller's behalf, done by an advisor lane."""
+
+    UNSPECIFIED = 0
+    ADVISE = 1  # measure a dataset and advise (AdviseRequest -> AdviseResponse)
+    CHECK_UPLOAD = 2  # extract and scan an uploaded archive (UploadDataset's answer)
+
+
+@dataclass
+class Task:
+    """One piece of awaited work: the API queues it, a worker claims it under a lease and
+    writes its result (JSON) or its error (graft.errors.error_to_dict); nothing outlives the
+    caller: past `deadline` (epoch seconds, 0 = none) or on cancel it is abandoned."""
+
+    task_id: str
+    kind: TaskKind
+    state: JobState
+    request: dict[str, Any]
+    create_time: float
+    deadline: float = 0.0
+    result: dict[str, Any] = field(default_factory=dict)
+    error_detail: dict[str, Any] = field(default_factory=dict)
+    cancel_requested: bool = False
+    lease_owner: str = ""
+    lease_expires: float = 0.0
+    worker_pid: int = 0  # the process that ran it (claims record it)
+    start_time: float | None = None
+    end_time: float | None = None
 
 
 @dataclass

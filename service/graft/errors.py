@@ -5,7 +5,7 @@ Anything else that escapes an RPC is a bug and becomes INTERNAL (logged with its
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class GraftError(Exception):
@@ -50,16 +50,57 @@ class FailedPrecondition(GraftError):
 
 
 class ResourceExhausted(GraftError):
-    """A size or count limit was exceeded."""
+    """A size or count limit was exceeded. `retry_after` (seconds, 0 = not said) is set when
+    the limit is load, not size: trying again after that long may succeed."""
+
+    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unavailable(GraftError):
     """The service is draining or a dependency is unreachable; retrying later may work."""
 
 
-@dataclass
-class ErrorReport:
-    """What a worker records about a failed job."""
+class Cancelled(GraftError):
+    """The work was cancelled (by its caller, or because the caller's deadline passed)."""
 
-    message: str
-    details: list[str] = field(default_factory=list)
+
+class DeadlineExceeded(GraftError):
+    """The caller's deadline passed before the work could be done (Predict: while its
+    images waited in the batch queue)."""
+
+
+_KINDS: dict[str, type[GraftError]] = {
+    cls.__name__: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unavailable,
+        Cancelled,
+        DeadlineExceeded,
+    )
+}
+
+
+def error_to_dict(exc: GraftError) -> dict[str, object]:
+    """A typed error as JSON-able data, so a worker can hand it to the API through the store
+    with its kind and field violations intact (`error_from_dict` rebuilds it)."""
+    out: dict[str, object] = {"kind": type(exc).__name__, "message": exc.message}
+    if isinstance(exc, InvalidArgument):
+        out["violations"] = [[v.field, v.description] for v in exc.violations]
+    return out
+
+
+def error_from_dict(d: dict[str, object]) -> GraftError:
+    """The error `error_to_dict` described (an unknown kind: a plain GraftError)."""
+    message = str(d.get("message", ""))
+    cls = _KINDS.get(str(d.get("kind", "")), GraftError)
+    if cls is InvalidArgument:
+        raw = d.get("violations") or []
+        assert isinstance(raw, list)
+        return InvalidArgument(message, [FieldViolation(str(f), str(x)) for f, x in raw])
+    return cls(message)

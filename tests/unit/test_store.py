@@ -29,11 +29,19 @@ from graft.domain import (
     ModelVersion,
     ProgressEvent,
     Strategy,
+    TaskKind,
     TrainingPlan,
 )
-from graft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from graft.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from graft.store import JobStore, SqliteJobStore, open_store
-from graft.store.sqlite import SCHEMA_VERSION
+from graft.store.sqlite import _SCHEMA, SCHEMA_VERSION
 
 Opener = Callable[..., JobStore]
 
@@ -649,6 +657,156 @@ def test_ping_and_close(opener: Opener) -> None:
 
 
 # --- SQLite specifics -----------------------------------------------------------------
+
+
+# --- plans completed by the worker, failure details, progress polling -----------------
+
+
+def test_a_job_queued_before_its_plan_is_resolved(store: JobStore) -> None:
+    job, _ = store.create_job(
+        model_name="m", dataset=DATA, plan=TrainingPlan(), request_id="", advise_first=True,
+        plan_resolved=False,
+    )  # fmt: skip
+    assert job.advise_first and not job.plan_resolved
+    claimed = store.claim_job("w1", 30)
+    assert claimed is not None and claimed.job_id == job.job_id
+    with pytest.raises(FailedPrecondition, match="does not hold"):
+        store.set_job_plan(job.job_id, "w2", PLAN)
+    done = store.set_job_plan(job.job_id, "w1", PLAN)
+    assert done.plan_resolved and done.plan == PLAN and done.advise_first
+    assert store.get_job(job.job_id).plan == PLAN
+    assert new_job(store) and store.get_job(new_job(store)).plan_resolved  # the default
+
+
+def test_a_failure_keeps_its_kind_and_field_violations(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.claim_job("w1", 30)
+    detail = {"kind": "InvalidArgument", "message": "m", "violations": [["dataset.uri", "x"]]}
+    job = store.finish_job(job_id, "w1", JobState.FAILED, error="m", error_detail=detail)
+    assert job.error == "m" and job.error_detail == detail
+    assert store.get_job(job_id).error_detail == detail
+    assert store.get_job(new_job(store)).error_detail == {}
+
+
+def test_job_progress_and_active_counts(store: JobStore) -> None:
+    a, b = new_job(store, name="m"), new_job(store, name="m")
+    new_job(store, name="other")
+    store.append_event(a, step(1))
+    progress = store.job_progress([a, b, "0" * 32])
+    assert progress == {a: (2, JobState.QUEUED), b: (1, JobState.QUEUED)}
+    store.request_cancel(b)
+    assert store.job_progress([b]) == {b: (2, JobState.CANCELLED)}
+    with pytest.raises(ResourceExhausted, match="1 jobs queued or running") as full:
+        store.create_job(model_name="m", dataset=DATA, plan=PLAN, request_id="r", max_active=1)
+    assert full.value.retry_after > 0
+    store.request_cancel(a)
+    job, created = store.create_job(
+        model_name="m", dataset=DATA, plan=PLAN, request_id="r", max_active=1
+    )
+    again, twice = store.create_job(
+        model_name="m", dataset=DATA, plan=PLAN, request_id="r", max_active=1
+    )  # the retry of a request is answered, not refused
+    assert created and not twice and again.job_id == job.job_id
+    many = [new_job(store, name=f"n{i}") for i in range(1200)]  # past one IN (...) chunk
+    assert len(store.job_progress(many)) == 1200
+
+
+# --- tasks ----------------------------------------------------------------------------
+
+
+def test_tasks_are_claimed_oldest_first_by_kind(store: JobStore, clock: FakeClock) -> None:
+    first = store.create_task(TaskKind.ADVISE, {"n": 1})
+    upload = store.create_task(TaskKind.CHECK_UPLOAD, {"n": 2})
+    second = store.create_task(TaskKind.ADVISE, {"n": 3}, deadline=T0 + 100)
+    assert first.state == JobState.QUEUED and first.request == {"n": 1}
+    assert store.claim_task("w", 11, 30, [TaskKind.CHECK_UPLOAD]).task_id == upload.task_id
+    claimed = store.claim_task("w", 12, 30, [TaskKind.ADVISE])
+    assert claimed is not None and claimed.task_id == first.task_id
+    assert claimed.state == JobState.RUNNING and claimed.worker_pid == 12
+    assert claimed.lease_owner == "w" and claimed.start_time == T0
+    assert store.claim_task("w", 12, 30, [TaskKind.ADVISE]).task_id == second.task_id
+    assert store.claim_task("w", 12, 30, [TaskKind.ADVISE, TaskKind.CHECK_UPLOAD]) is None
+    assert store.count_tasks(TaskKind.ADVISE, [JobState.RUNNING]) == 2
+
+
+def test_task_results_and_errors(store: JobStore) -> None:
+    ok, bad = store.create_task(TaskKind.ADVISE, {}), store.create_task(TaskKind.ADVISE, {})
+    store.claim_task("w", 1, 30, [TaskKind.ADVISE])
+    store.claim_task("w", 1, 30, [TaskKind.ADVISE])
+    with pytest.raises(FailedPrecondition, match="does not hold"):
+        store.finish_task(ok.task_id, "other", JobState.SUCCEEDED)
+    done = store.finish_task(ok.task_id, "w", JobState.SUCCEEDED, result={"answer": [1, 2]})
+    assert done.state == JobState.SUCCEEDED and done.result == {"answer": [1, 2]}
+    detail = {"kind": "FailedPrecondition", "message": "one class"}
+    failed = store.finish_task(bad.task_id, "w", JobState.FAILED, error_detail=detail)
+    assert store.get_task(bad.task_id).error_detail == detail == failed.error_detail
+    assert store.task_states([ok.task_id, bad.task_id, "x"]) == {
+        ok.task_id: JobState.SUCCEEDED,
+        bad.task_id: JobState.FAILED,
+    }
+    with pytest.raises(NotFound):
+        store.get_task("x")
+
+
+def test_a_cancelled_or_late_task_is_never_started_and_stops_running(
+    store: JobStore, clock: FakeClock
+) -> None:
+    queued = store.create_task(TaskKind.ADVISE, {})
+    assert store.cancel_task(queued.task_id).state == JobState.CANCELLED  # at once
+    late = store.create_task(TaskKind.ADVISE, {}, deadline=T0 + 5)
+    running = store.create_task(TaskKind.ADVISE, {}, deadline=T0 + 60)
+    clock.advance(10)
+    claimed = store.claim_task("w", 1, 30, [TaskKind.ADVISE])  # `late` is abandoned
+    assert claimed is not None and claimed.task_id == running.task_id
+    assert store.get_task(late.task_id).state == JobState.CANCELLED
+    assert store.renew_task_lease(running.task_id, "w", 30)
+    assert not store.renew_task_lease(running.task_id, "other", 30)
+    store.cancel_task(running.task_id)
+    assert store.get_task(running.task_id).cancel_requested
+    assert not store.renew_task_lease(running.task_id, "w", 30)  # the worker stops
+    past = store.create_task(TaskKind.ADVISE, {}, deadline=T0 + 20)
+    store.claim_task("w", 1, 30, [TaskKind.ADVISE])
+    clock.advance(15)
+    assert not store.renew_task_lease(past.task_id, "w", 30)  # its deadline passed
+
+
+def test_a_task_whose_worker_died_is_claimed_again(store: JobStore, clock: FakeClock) -> None:
+    task = store.create_task(TaskKind.CHECK_UPLOAD, {})
+    store.claim_task("w1", 1, 30, [TaskKind.CHECK_UPLOAD])
+    assert store.claim_task("w2", 2, 30, [TaskKind.CHECK_UPLOAD]) is None
+    clock.advance(31)
+    again = store.claim_task("w2", 2, 30, [TaskKind.CHECK_UPLOAD])
+    assert again is not None and again.task_id == task.task_id and again.lease_owner == "w2"
+
+
+def test_ended_tasks_are_deleted_after_an_hour(store: JobStore, clock: FakeClock) -> None:
+    old = store.create_task(TaskKind.ADVISE, {})
+    store.cancel_task(old.task_id)
+    clock.advance(3601)
+    store.create_task(TaskKind.ADVISE, {})
+    with pytest.raises(NotFound):
+        store.get_task(old.task_id)
+
+
+def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
+    """A store written by the previous release opens with its jobs intact."""
+    path = tmp_path / "graft.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+        conn.execute(
+            "INSERT INTO jobs (job_id, model_name, plan_json, state, create_time)"
+            " VALUES ('a', 'm', '{}', 1, 1.0)"
+        )
+    store = SqliteJobStore(path)
+    job = store.get_job("a")
+    assert job.plan_resolved and not job.advise_first and job.error_detail == {}
+    assert store.create_task(TaskKind.ADVISE, {}).state == JobState.QUEUED
+    store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
 
 
 def test_sqlite_file_is_wal_with_schema_version(tmp_path: Path) -> None:

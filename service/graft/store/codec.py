@@ -13,6 +13,8 @@ from graft.domain import (
     JobState,
     ModelVersion,
     ProgressEvent,
+    Task,
+    TaskKind,
     TrainingPlan,
 )
 
@@ -20,7 +22,14 @@ from graft.domain import (
 JOB_COLUMNS = (
     "job_id, model_name, dataset_uri, dataset_id, plan_json, request_id, state, create_time,"
     " start_time, end_time, error, model_version, attempts, cancel_requested, last_sequence,"
-    " skipped_files, metrics_json, lease_owner, lease_expires"
+    " skipped_files, metrics_json, lease_owner, lease_expires, advise_first, plan_resolved,"
+    " error_json"
+)
+
+# The tasks columns a Task is built from, in `task_from_row` order.
+TASK_COLUMNS = (
+    "task_id, kind, state, request_json, create_time, deadline, result_json, error_json,"
+    " cancel_requested, lease_owner, lease_expires, worker_pid, start_time, end_time"
 )
 
 MODEL_COLUMNS = (
@@ -62,6 +71,9 @@ def job_from_row(row: tuple[Any, ...]) -> Job:
         metrics_json,
         lease_owner,
         lease_expires,
+        advise_first,
+        plan_resolved,
+        error_json,
     ) = row
     return Job(
         job_id=job_id,
@@ -82,6 +94,44 @@ def job_from_row(row: tuple[Any, ...]) -> Job:
         metrics=metrics_from_json(metrics_json),
         lease_owner=lease_owner,
         lease_expires=lease_expires,
+        advise_first=bool(advise_first),
+        plan_resolved=bool(plan_resolved),
+        error_detail=json.loads(error_json) if error_json else {},
+    )
+
+
+def task_from_row(row: tuple[Any, ...]) -> Task:
+    (
+        task_id,
+        kind,
+        state,
+        request_json,
+        create_time,
+        deadline,
+        result_json,
+        error_json,
+        cancel_requested,
+        lease_owner,
+        lease_expires,
+        worker_pid,
+        start_time,
+        end_time,
+    ) = row
+    return Task(
+        task_id=task_id,
+        kind=TaskKind(kind),
+        state=JobState(state),
+        request=json.loads(request_json),
+        create_time=create_time,
+        deadline=deadline,
+        result=json.loads(result_json) if result_json else {},
+        error_detail=json.loads(error_json) if error_json else {},
+        cancel_requested=bool(cancel_requested),
+        lease_owner=lease_owner,
+        lease_expires=lease_expires,
+        worker_pid=worker_pid,
+        start_time=start_time,
+        end_time=end_time,
     )
 
 

@@ -9,7 +9,7 @@ state does not allow, `Unavailable` when the database cannot be reached or stays
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -21,6 +21,8 @@ from graft.domain import (
     ModelRef,
     ModelVersion,
     ProgressEvent,
+    Task,
+    TaskKind,
     TrainingPlan,
 )
 
@@ -66,10 +68,17 @@ class JobStore(Protocol):
         plan: TrainingPlan,
         request_id: str,
         config_json: str = "",
+        advise_first: bool = False,
+        plan_resolved: bool = True,
+        max_active: int = 0,
     ) -> tuple[Job, bool]:
         """Queue a new job and append its event 1 (STATE QUEUED), atomically.
 
         A non-empty `request_id` already used returns that job and False (nothing new).
+        `max_active` > 0: ResourceExhausted (with a retry hint) when `model_name` already
+        has that many jobs QUEUED or RUNNING (a retried request_id is still answered).
+        `plan_resolved=False`: `plan` is the caller's, to be completed by the worker once it
+        has scanned the dataset (`set_job_plan`); `advise_first`: the worker advises first.
         """
         ...
 
@@ -112,11 +121,23 @@ class JobStore(Protocol):
         state: JobState,
         *,
         error: str = "",
+        error_detail: dict[str, Any] | None = None,
         model_version: int = 0,
         metrics: EvaluationMetrics | None = None,
     ) -> Job:
         """End a RUNNING job held by `worker_id` in terminal `state`, appending its final
-        STATE event, atomically. Anyone but the lease holder: FailedPrecondition."""
+        STATE event, atomically. Anyone but the lease holder: FailedPrecondition.
+        `error_detail` is the failure as graft.errors.error_to_dict gives it."""
+        ...
+
+    def set_job_plan(self, job_id: str, worker_id: str, plan: TrainingPlan) -> Job:
+        """Record the completed plan of a job `worker_id` holds (`plan_resolved` becomes
+        True). Anyone but the lease holder: FailedPrecondition."""
+        ...
+
+    def job_progress(self, job_ids: Sequence[str]) -> dict[str, tuple[int, JobState]]:
+        """For each known job of `job_ids`: (last_sequence, state), in one read. The API's
+        progress watcher polls this for every job someone follows."""
         ...
 
     def release_job(self, job_id: str, worker_id: str, reason: str) -> Job:
@@ -219,6 +240,55 @@ class JobStore(Protocol):
 
     def get_upload(self, dataset_id: str) -> UploadInfo:
         """The upload, or NotFound."""
+        ...
+
+    # --- tasks (short work the API awaits: Advise, upload checks) ----------------------
+
+    def create_task(self, kind: TaskKind, request: dict[str, Any], deadline: float = 0.0) -> Task:
+        """Queue a task (QUEUED). `deadline`: epoch seconds after which nobody waits for it
+        (0 = none). Ended tasks older than an hour are deleted on the way."""
+        ...
+
+    def get_task(self, task_id: str) -> Task:
+        """The task, or NotFound."""
+        ...
+
+    def claim_task(
+        self, worker_id: str, pid: int, lease_seconds: float, kinds: Sequence[TaskKind]
+    ) -> Task | None:
+        """Take the oldest QUEUED task of `kinds` (or a RUNNING one whose lease expired),
+        leased to `worker_id` (process `pid`). Tasks cancelled or past their deadline are
+        ended CANCELLED instead of handed out. None when there is nothing to do."""
+        ...
+
+    def renew_task_lease(self, task_id: str, worker_id: str, lease_seconds: float) -> bool:
+        """Extend the lease; False when the worker should stop: it no longer holds the task,
+        a cancel was requested, or the deadline has passed."""
+        ...
+
+    def finish_task(
+        self,
+        task_id: str,
+        worker_id: str,
+        state: JobState,
+        *,
+        result: dict[str, Any] | None = None,
+        error_detail: dict[str, Any] | None = None,
+    ) -> Task:
+        """End a RUNNING task held by `worker_id`. Anyone else: FailedPrecondition."""
+        ...
+
+    def cancel_task(self, task_id: str) -> Task:
+        """QUEUED: CANCELLED at once. RUNNING: `cancel_requested` (its worker stops).
+        Ended: unchanged."""
+        ...
+
+    def task_states(self, task_ids: Sequence[str]) -> dict[str, JobState]:
+        """The state of each known task of `task_ids`, in one read."""
+        ...
+
+    def count_tasks(self, kind: TaskKind, states: Sequence[JobState]) -> int:
+        """Tasks of `kind` in any of `states`."""
         ...
 
     # --- lifecycle --------------------------------------------------------------------

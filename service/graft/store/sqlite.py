@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,12 +41,22 @@ from graft.domain import (
     ModelRef,
     ModelVersion,
     ProgressEvent,
+    Task,
+    TaskKind,
     TrainingPlan,
 )
-from graft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from graft.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from graft.store.codec import (
     JOB_COLUMNS,
     MODEL_COLUMNS,
+    TASK_COLUMNS,
     dumps,
     event_from_row,
     event_to_json,
@@ -54,15 +64,16 @@ from graft.store.codec import (
     metrics_to_json,
     model_from_row,
     state_event,
+    task_from_row,
 )
 from graft.store.protocol import PublishArtifact, UploadInfo, WorkerInfo
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-# Applied in one transaction when the file has no schema yet. Later versions add
-# migrations keyed by the version they start from.
+# Applied in one transaction when the file has no schema yet (then _MIGRATIONS[1:]);
+# _MIGRATIONS[v] takes a file from schema version v to v + 1.
 _SCHEMA = (
     """CREATE TABLE jobs (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- insertion order: FIFO claims, newest-first lists
@@ -131,6 +142,40 @@ _SCHEMA = (
         create_time REAL NOT NULL
     )""",
 )
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 1 -> 2: work moves to the workers. A job may be queued before its plan is resolved
+    # (the worker scans the dataset, then resolves or advises); failures keep their kind
+    # and field violations; tasks are the short work (Advise, upload checks) the API awaits.
+    1: (
+        "ALTER TABLE jobs ADD COLUMN advise_first INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN plan_resolved INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE jobs ADD COLUMN error_json TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX jobs_model_state ON jobs (model_name, state)",
+        """CREATE TABLE tasks (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- FIFO claims
+            task_id TEXT NOT NULL UNIQUE,
+            kind INTEGER NOT NULL,
+            state INTEGER NOT NULL,
+            request_json TEXT NOT NULL,
+            create_time REAL NOT NULL,
+            deadline REAL NOT NULL DEFAULT 0,
+            result_json TEXT NOT NULL DEFAULT '',
+            error_json TEXT NOT NULL DEFAULT '',
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            lease_owner TEXT NOT NULL DEFAULT '',
+            lease_expires REAL NOT NULL DEFAULT 0,
+            worker_pid INTEGER NOT NULL DEFAULT 0,
+            start_time REAL,
+            end_time REAL
+        )""",
+        "CREATE INDEX tasks_state ON tasks (state, kind, seq)",
+    ),
+}
+# Ended tasks are kept this long (for a caller that polls once more), then deleted.
+TASK_RETENTION_SECONDS = 3600.0
+# Ids per `IN (...)` query (SQLite allows 32766 parameters).
+_IN_CHUNK = 500
 
 
 class SqliteJobStore:
@@ -245,7 +290,13 @@ class SqliteJobStore:
             if found is None:
                 for statement in _SCHEMA:
                     c.execute(statement)
-                c.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+                found = 1
+                c.execute("INSERT INTO schema_version (version) VALUES (1)")
+            if found < SCHEMA_VERSION:
+                for version in range(found, SCHEMA_VERSION):
+                    for statement in _MIGRATIONS[version]:
+                        c.execute(statement)
+                c.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
             elif found > SCHEMA_VERSION:
                 raise FailedPrecondition(
                     f"job store {self.path} has schema version {found}, newer than this "
@@ -308,14 +359,23 @@ class SqliteJobStore:
         message: str,
         *,
         error: str = "",
+        error_detail: dict[str, Any] | None = None,
         model_version: int = 0,
         metrics: EvaluationMetrics | None = None,
     ) -> None:
         """Move a job to terminal `state` and append its final STATE event."""
         c.execute(
-            "UPDATE jobs SET state = ?, end_time = ?, error = ?, model_version = ?,"
-            " metrics_json = ?, lease_expires = 0 WHERE job_id = ?",
-            (int(state), now, error, model_version, metrics_to_json(metrics), job_id),
+            "UPDATE jobs SET state = ?, end_time = ?, error = ?, error_json = ?,"
+            " model_version = ?, metrics_json = ?, lease_expires = 0 WHERE job_id = ?",
+            (
+                int(state),
+                now,
+                error,
+                dumps(error_detail) if error_detail else "",
+                model_version,
+                metrics_to_json(metrics),
+                job_id,
+            ),
         )
         self._append(c, job_id, state_event(state, message, metrics), now)
 
@@ -327,6 +387,9 @@ class SqliteJobStore:
         plan: TrainingPlan,
         request_id: str,
         config_json: str = "",
+        advise_first: bool = False,
+        plan_resolved: bool = True,
+        max_active: int = 0,
     ) -> tuple[Job, bool]:
         now = self._clock()
         with self._tx(write=True) as c:
@@ -336,11 +399,22 @@ class SqliteJobStore:
                 ).fetchone()
                 if row is not None:
                     return job_from_row(row), False
+            if max_active:
+                (active,) = c.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE model_name = ? AND state IN (?, ?)",
+                    (model_name, int(JobState.QUEUED), int(JobState.RUNNING)),
+                ).fetchone()
+                if active >= max_active:
+                    raise ResourceExhausted(
+                        f"model {model_name!r} has {active} jobs queued or running, the most"
+                        f" allowed ({max_active}); wait for one to end or cancel one",
+                        retry_after=30.0,
+                    )
             job_id = uuid.uuid4().hex
             c.execute(
                 "INSERT INTO jobs (job_id, model_name, dataset_uri, dataset_id, plan_json,"
-                " request_id, config_json, state, create_time)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " request_id, config_json, state, create_time, advise_first, plan_resolved)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     model_name,
@@ -351,6 +425,8 @@ class SqliteJobStore:
                     config_json,
                     int(JobState.QUEUED),
                     now,
+                    int(advise_first),
+                    int(plan_resolved),
                 ),
             )
             self._append(c, job_id, state_event(JobState.QUEUED, "queued"), now)
@@ -455,6 +531,7 @@ class SqliteJobStore:
         state: JobState,
         *,
         error: str = "",
+        error_detail: dict[str, Any] | None = None,
         model_version: int = 0,
         metrics: EvaluationMetrics | None = None,
     ) -> Job:
@@ -484,6 +561,7 @@ class SqliteJobStore:
                 now,
                 message,
                 error=error,
+                error_detail=error_detail,
                 model_version=model_version,
                 metrics=metrics,
             )
@@ -492,12 +570,7 @@ class SqliteJobStore:
     def release_job(self, job_id: str, worker_id: str, reason: str) -> Job:
         now = self._clock()
         with self._tx(write=True) as c:
-            job = self._get(c, job_id)
-            if job.state != JobState.RUNNING or job.lease_owner != worker_id:
-                raise FailedPrecondition(
-                    f"worker {worker_id} does not hold job {job_id} (it is "
-                    f"{job.state.name.lower()}, leased to {job.lease_owner or 'nobody'})"
-                )
+            self._held(c, job_id, worker_id)
             c.execute(
                 "UPDATE jobs SET state = ?, lease_owner = '', lease_expires = 0 WHERE job_id = ?",
                 (int(JobState.QUEUED), job_id),
@@ -511,6 +584,38 @@ class SqliteJobStore:
             cur = c.execute("UPDATE jobs SET skipped_files = ? WHERE job_id = ?", (n, job_id))
             if cur.rowcount == 0:
                 raise NotFound(f"job {job_id!r} not found")
+
+    def set_job_plan(self, job_id: str, worker_id: str, plan: TrainingPlan) -> Job:
+        with self._tx(write=True) as c:
+            job = self._held(c, job_id, worker_id)
+            c.execute(
+                "UPDATE jobs SET plan_json = ?, plan_resolved = 1 WHERE job_id = ?",
+                (dumps(plan.to_dict()), job.job_id),
+            )
+            return self._get(c, job_id)
+
+    def _held(self, c: sqlite3.Connection, job_id: str, worker_id: str) -> Job:
+        job = self._get(c, job_id)
+        if job.state != JobState.RUNNING or job.lease_owner != worker_id:
+            raise FailedPrecondition(
+                f"worker {worker_id} does not hold job {job_id} (it is "
+                f"{job.state.name.lower()}, leased to {job.lease_owner or 'nobody'})"
+            )
+        return job
+
+    def job_progress(self, job_ids: Sequence[str]) -> dict[str, tuple[int, JobState]]:
+        out: dict[str, tuple[int, JobState]] = {}
+        ids = list(dict.fromkeys(job_ids))
+        with self._tx(write=False) as c:
+            for lo in range(0, len(ids), _IN_CHUNK):
+                part = ids[lo : lo + _IN_CHUNK]
+                marks = ",".join("?" * len(part))
+                for job_id, last, state in c.execute(
+                    f"SELECT job_id, last_sequence, state FROM jobs WHERE job_id IN ({marks})",
+                    part,
+                ):
+                    out[job_id] = (last, JobState(state))
+        return out
 
     def queue_depth(self) -> int:
         with self._tx(write=False) as c:
@@ -756,3 +861,151 @@ class SqliteJobStore:
         if row is None:
             raise NotFound(f"dataset {dataset_id!r} not found")
         return UploadInfo(*row)
+
+    # --- tasks ------------------------------------------------------------------------
+
+    @staticmethod
+    def _get_task(c: sqlite3.Connection, task_id: str) -> Task:
+        row = c.execute(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"task {task_id!r} not found")
+        return task_from_row(row)
+
+    @staticmethod
+    def _end_task(
+        c: sqlite3.Connection,
+        task_id: str,
+        state: JobState,
+        now: float,
+        result: dict[str, Any] | None = None,
+        error_detail: dict[str, Any] | None = None,
+    ) -> None:
+        c.execute(
+            "UPDATE tasks SET state = ?, end_time = ?, result_json = ?, error_json = ?,"
+            " lease_expires = 0 WHERE task_id = ?",
+            (
+                int(state),
+                now,
+                dumps(result) if result else "",
+                dumps(error_detail) if error_detail else "",
+                task_id,
+            ),
+        )
+
+    def create_task(self, kind: TaskKind, request: dict[str, Any], deadline: float = 0.0) -> Task:
+        now = self._clock()
+        task_id = uuid.uuid4().hex
+        with self._tx(write=True) as c:
+            c.execute(
+                "DELETE FROM tasks WHERE state IN (?, ?, ?) AND end_time < ?",
+                (
+                    int(JobState.SUCCEEDED),
+                    int(JobState.FAILED),
+                    int(JobState.CANCELLED),
+                    now - TASK_RETENTION_SECONDS,
+                ),
+            )
+            c.execute(
+                "INSERT INTO tasks (task_id, kind, state, request_json, create_time, deadline)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (task_id, int(kind), int(JobState.QUEUED), dumps(request), now, deadline),
+            )
+            return self._get_task(c, task_id)
+
+    def get_task(self, task_id: str) -> Task:
+        with self._tx(write=False) as c:
+            return self._get_task(c, task_id)
+
+    def claim_task(
+        self, worker_id: str, pid: int, lease_seconds: float, kinds: Sequence[TaskKind]
+    ) -> Task | None:
+        now = self._clock()
+        kind_marks = ",".join("?" * len(kinds))
+        with self._tx(write=True) as c:
+            while True:
+                row = c.execute(
+                    "SELECT task_id, cancel_requested, deadline FROM tasks"
+                    f" WHERE kind IN ({kind_marks})"
+                    " AND (state = ? OR (state = ? AND lease_expires <= ?))"
+                    " ORDER BY seq LIMIT 1",
+                    (*(int(k) for k in kinds), int(JobState.QUEUED), int(JobState.RUNNING), now),
+                ).fetchone()
+                if row is None:
+                    return None
+                task_id, cancel_requested, deadline = row
+                if cancel_requested or (deadline and deadline <= now):
+                    # Nobody waits for it any more: abandon it rather than start it.
+                    self._end_task(c, task_id, JobState.CANCELLED, now)
+                    continue
+                c.execute(
+                    "UPDATE tasks SET state = ?, lease_owner = ?, lease_expires = ?,"
+                    " worker_pid = ?, start_time = COALESCE(start_time, ?) WHERE task_id = ?",
+                    (int(JobState.RUNNING), worker_id, now + lease_seconds, pid, now, task_id),
+                )
+                return self._get_task(c, task_id)
+
+    def renew_task_lease(self, task_id: str, worker_id: str, lease_seconds: float) -> bool:
+        now = self._clock()
+        with self._tx(write=True) as c:
+            cur = c.execute(
+                "UPDATE tasks SET lease_expires = ? WHERE task_id = ? AND state = ?"
+                " AND lease_owner = ? AND cancel_requested = 0 AND (deadline = 0 OR deadline > ?)",
+                (now + lease_seconds, task_id, int(JobState.RUNNING), worker_id, now),
+            )
+            return cur.rowcount == 1
+
+    def finish_task(
+        self,
+        task_id: str,
+        worker_id: str,
+        state: JobState,
+        *,
+        result: dict[str, Any] | None = None,
+        error_detail: dict[str, Any] | None = None,
+    ) -> Task:
+        if not state.terminal:
+            raise InvalidArgument.of("state", f"{state.name} is not a terminal state")
+        now = self._clock()
+        with self._tx(write=True) as c:
+            task = self._get_task(c, task_id)
+            if task.state != JobState.RUNNING or task.lease_owner != worker_id:
+                raise FailedPrecondition(
+                    f"worker {worker_id} does not hold task {task_id} (it is "
+                    f"{task.state.name.lower()}, leased to {task.lease_owner or 'nobody'})"
+                )
+            self._end_task(c, task_id, state, now, result, error_detail)
+            return self._get_task(c, task_id)
+
+    def cancel_task(self, task_id: str) -> Task:
+        now = self._clock()
+        with self._tx(write=True) as c:
+            task = self._get_task(c, task_id)
+            if task.state == JobState.QUEUED:
+                self._end_task(c, task_id, JobState.CANCELLED, now)
+            elif task.state == JobState.RUNNING:
+                c.execute("UPDATE tasks SET cancel_requested = 1 WHERE task_id = ?", (task_id,))
+            return self._get_task(c, task_id)
+
+    def task_states(self, task_ids: Sequence[str]) -> dict[str, JobState]:
+        out: dict[str, JobState] = {}
+        ids = list(dict.fromkeys(task_ids))
+        with self._tx(write=False) as c:
+            for lo in range(0, len(ids), _IN_CHUNK):
+                part = ids[lo : lo + _IN_CHUNK]
+                marks = ",".join("?" * len(part))
+                for task_id, state in c.execute(
+                    f"SELECT task_id, state FROM tasks WHERE task_id IN ({marks})", part
+                ):
+                    out[task_id] = JobState(state)
+        return out
+
+    def count_tasks(self, kind: TaskKind, states: Sequence[JobState]) -> int:
+        marks = ",".join("?" * len(states))
+        with self._tx(write=False) as c:
+            (n,) = c.execute(
+                f"SELECT COUNT(*) FROM tasks WHERE kind = ? AND state IN ({marks})",
+                (int(kind), *(int(s) for s in states)),
+            ).fetchone()
+        return int(n)
