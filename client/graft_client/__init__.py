@@ -32,6 +32,8 @@ from graft_client.errors import (
     Unimplemented,
     Unknown,
     from_rpc_error,
+    from_status,
+    job_error,
 )
 from graft_client.v1 import adaptation_pb2 as pb
 
@@ -58,6 +60,8 @@ __all__ = [
     "Unimplemented",
     "Unknown",
     "from_rpc_error",
+    "from_status",
+    "job_error",
     "job_state",
     "parse_model_ref",
     "pb",

@@ -34,6 +34,8 @@ __all__ = [
     "Unimplemented",
     "Unknown",
     "from_rpc_error",
+    "from_status",
+    "job_error",
     "parse_status_details",
 ]
 
@@ -187,6 +189,45 @@ def error_class(code: grpc.StatusCode) -> type[GraftError]:
     return _BY_CODE.get(code, GraftError)
 
 
+def _unpack(status: status_pb2.Status) -> tuple[list[_message.Message], list[tuple[str, str]]]:
+    details: list[_message.Message] = []
+    violations: list[tuple[str, str]] = []
+    for any_detail in status.details:
+        unpacked: _message.Message = any_detail
+        for detail_type in _DETAIL_TYPES:
+            if any_detail.Is(detail_type.DESCRIPTOR):
+                candidate = detail_type()
+                if any_detail.Unpack(candidate):
+                    unpacked = candidate
+                break
+        details.append(unpacked)
+        if isinstance(unpacked, error_details_pb2.BadRequest):
+            violations.extend((v.field, v.description) for v in unpacked.field_violations)
+    return details, violations
+
+
+def from_status(status: status_pb2.Status) -> GraftError:
+    """The GraftError a google.rpc.Status stands for (as carried by `Job.error_status` and
+    `Prediction.error`), its details unpacked."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), None)
+    code = code or grpc.StatusCode.UNKNOWN
+    details, violations = _unpack(status)
+    cls = error_class(code)
+    return cls(
+        status.message, code=code, details=details, field_violations=violations, status=status
+    )
+
+
+def job_error(job: Any) -> GraftError | None:
+    """A failed job's failure as the GraftError it would have raised had the server checked
+    it before queueing (`Job.error_status`: e.g. FailedPrecondition for a dataset with one
+    class, InvalidArgument with field violations); None when the job has not failed.
+    Servers older than this field give a plain GraftError with the job's `error` text."""
+    if job.HasField("error_status"):
+        return from_status(job.error_status)
+    return GraftError(job.error) if job.error else None
+
+
 def parse_status_details(
     trailing_metadata: Sequence[tuple[str, str | bytes]] | None,
 ) -> tuple[status_pb2.Status | None, list[_message.Message], list[tuple[str, str]]]:
@@ -208,19 +249,7 @@ def parse_status_details(
         status.ParseFromString(raw)
     except _message.DecodeError:
         return None, [], []
-    details: list[_message.Message] = []
-    violations: list[tuple[str, str]] = []
-    for any_detail in status.details:
-        unpacked: _message.Message = any_detail
-        for detail_type in _DETAIL_TYPES:
-            if any_detail.Is(detail_type.DESCRIPTOR):
-                candidate = detail_type()
-                if any_detail.Unpack(candidate):
-                    unpacked = candidate
-                break
-        details.append(unpacked)
-        if isinstance(unpacked, error_details_pb2.BadRequest):
-            violations.extend((v.field, v.description) for v in unpacked.field_violations)
+    details, violations = _unpack(status)
     return status, details, violations
 
 

@@ -335,6 +335,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grace-seconds", type=float, help="drain time for in-flight RPCs on SIGTERM (default 10)"
     )
+    p.add_argument(
+        "--limit",
+        action="append",
+        dest="rpc_limits",
+        metavar="METHOD=C[:Q]",
+        help="admission control: at most C concurrent METHOD RPCs and Q more waiting; beyond,"
+        " RESOURCE_EXHAUSTED (repeatable; METHOD '*' = every other; docs/OPERATIONS.md)",
+    )
+    p.add_argument(
+        "--max-jobs-per-model",
+        type=int,
+        help="jobs queued or running per model name before StartFineTune says"
+        " RESOURCE_EXHAUSTED (default 16)",
+    )
     p.set_defaults(handler=cmd_serve, command_parser=p)
 
     p = commands.add_parser("worker", parents=[log_opts], help="run a training worker")
@@ -359,6 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="on SIGTERM, longest wait for the epoch's checkpoint before stopping at the next"
         " step (default 20)",
+    )
+    p.add_argument(
+        "--lane",
+        action="append",
+        dest="lanes",
+        choices=("trainer", "advisor"),
+        help="what this worker runs: fine-tune jobs (trainer), Advise and upload checks"
+        " (advisor); repeatable (default: both)",
     )
     p.set_defaults(handler=cmd_worker, command_parser=p)
 
@@ -508,9 +530,17 @@ def cmd_serve(ctx: Context) -> int:
         max_message_bytes=a.max_message_bytes,
         max_upload_bytes=a.max_upload_bytes,
         grace_seconds=a.grace_seconds,
+        rpc_limits=tuple(a.rpc_limits) if a.rpc_limits else None,
+        max_active_jobs_per_model=a.max_jobs_per_model,
         log_format=a.log_format,
         log_level=a.log_level,
     )
+    try:
+        from graft.api.admission import parse_limits
+
+        parse_limits(config.rpc_limits)
+    except ValueError as exc:
+        a.command_parser.error(str(exc))
     from graft.server import run_server
 
     return run_server(config)
@@ -528,6 +558,7 @@ def cmd_worker(ctx: Context) -> int:
         log_format=a.log_format,
         log_level=a.log_level,
         stop_timeout_seconds=a.stop_timeout,
+        lanes=tuple(dict.fromkeys(a.lanes)) if a.lanes else None,
     )
     from graft.training.worker import run_worker
 

@@ -27,6 +27,22 @@ class Config:
     poll_seconds: float = 0.5
     grace_seconds: float = 10.0
     model_cache_size: int = 4
+    # Predict (docs/PREDICT.md). Concurrent calls for one model version share a forward
+    # pass of at most predict_max_batch images: an idle runner takes what is queued at once,
+    # and waits up to predict_max_delay_ms for more only when that is above 0.
+    # "NAME=MAX_BATCH[:DELAY_MS]" entries override both for the model NAME.
+    predict_max_batch: int = 32
+    predict_max_delay_ms: float = 0.0
+    predict_model_batching: tuple[str, ...] = ()
+    # Inference runners (threads, one forward pass each at a time) and the threads each one
+    # computes with; decode threads. 0: one runner per core, cores // runners threads each,
+    # one decode thread per core.
+    predict_runners: int = 0
+    predict_threads_per_runner: int = 0
+    predict_decode_threads: int = 0
+    # Runtimes measured at model load, in this order; the fastest one that answers like
+    # eager is served ("eager" alone turns the others off; eager is always the fallback).
+    predict_runtimes: tuple[str, ...] = ("onnxruntime", "torchscript", "eager")
     small_dataset_threshold: int = 1000
     advise_max_per_class: int = 50
     advise_max_images: int = 2000
@@ -37,6 +53,19 @@ class Config:
     # On SIGTERM a worker stops its job at the next epoch checkpoint, or after this long at
     # the next step (resuming from the previous checkpoint), and hands the job back.
     stop_timeout_seconds: float = 20.0
+    # Admission control (docs/OPERATIONS.md § Admission control): "Method=C[:Q]" entries
+    # override graft.api.admission.DEFAULT_LIMITS; jobs queued or running per model name;
+    # Advise tasks queued or running in all; the server-side deadline of an Advise whose
+    # caller set none (the advisor lane stops the work then).
+    rpc_limits: tuple[str, ...] = ()
+    max_active_jobs_per_model: int = 16
+    max_pending_advice: int = 32
+    advise_timeout_seconds: float = 900.0
+    # Threads that run blocking store calls for the asyncio API (each call is milliseconds).
+    store_threads: int = 8
+    # What `graft worker` runs: "trainer" (fine-tune jobs), "advisor" (Advise and upload
+    # checks), or both ("trainer,advisor"). `graft serve` runs one process per lane.
+    lanes: tuple[str, ...] = ("trainer", "advisor")
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -86,6 +115,9 @@ class Config:
             kw["data_dir"] = Path(kw["data_dir"])
         if "data_roots" in kw:
             kw["data_roots"] = tuple(Path(p) for p in kw["data_roots"])
+        for name in ("rpc_limits", "lanes"):
+            if name in kw:
+                kw[name] = tuple(kw[name])
         return cls(**kw)
 
 

@@ -1,32 +1,39 @@
-"""`graft serve`: the API server. It validates, converts and delegates; it never trains.
+"""`graft serve`: the API server, on grpc.aio. It validates, converts and delegates; it
+never trains, probes or scans a dataset (that is the workers'), and an open stream or a
+waiting call costs no thread.
 
-On the embedded default it also starts and supervises one local worker process
-(restarted if it dies). SIGTERM/SIGINT: health goes NOT_SERVING, new RPCs are refused,
-in-flight ones get `grace_seconds` to finish, the worker is stopped, exit 0.
+On the embedded default it also starts and supervises one worker process per lane (a
+trainer and an advisor, each restarted if it dies), so advice never waits behind a
+fine-tune. SIGTERM/SIGINT: health goes NOT_SERVING, new RPCs are refused, in-flight ones get
+`grace_seconds` to finish, the workers are stopped, exit 0.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+import dataclasses
 import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine
 from concurrent import futures
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from graft.api.errors import ErrorBoundaryInterceptor, WrappingInterceptor, wrap_handler
+from graft.api.admission import AdmissionInterceptor, parse_limits
+from graft.api.drain import DrainGate
+from graft.api.errors import ErrorBoundaryInterceptor
+from graft.api.health import SERVICE_NAME, WORKER_HEALTH_NAME, HealthMonitor
 from graft.api.servicer import AdaptationServicer, Services
+from graft.api.watcher import StoreWatcher
 from graft.config import Config
 from graft.observability.logs import setup_logging
 from graft.observability.metrics import (
@@ -38,309 +45,218 @@ from graft.observability.metrics import (
 from graft.predict import Predictor
 from graft.registry import ModelRegistry
 from graft.store import open_store
-from graft_client.v1 import adaptation_pb2 as pb
+from graft.supervisor import embedded_supervisors
 from graft_client.v1 import adaptation_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AdaptationService"].full_name
-# Health service name for "some worker is alive" (heartbeat within `worker_ready_seconds`).
-# The API stays SERVING without one: jobs queue until a worker comes.
-WORKER_HEALTH_NAME = "graft.worker"
+T = TypeVar("T")
 
 
-class HealthMonitor:
-    """Keeps grpc.health.v1 truthful: NOT_SERVING until started and once draining; the API
-    ("" and the AdaptationService) SERVING only while the store answers a ping; the
-    `graft.worker` entry SERVING while some worker's heartbeat is recent."""
+@dataclasses.dataclass
+class Built:
+    """An API server, built and not yet started, with what shutdown needs."""
 
-    def __init__(
-        self,
-        health_servicer: health.HealthServicer,
-        services: Services,
-        interval: float = 2.0,
-    ) -> None:
-        self.health = health_servicer
-        self.services = services
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
-        self._api_serving: bool | None = None
-        self._worker_serving: bool | None = None
-        for name in ("", SERVICE_NAME, WORKER_HEALTH_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-
-    def start(self) -> None:
-        self.check()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            if self.services.draining.is_set():
-                return  # enter_graceful_shutdown has set NOT_SERVING for good
-            self.check()
-
-    def check(self) -> None:
-        store = self.services.store
-        try:
-            store.ping()
-            api_ok = True
-            now = time.time()
-            window = self.services.config.worker_ready_seconds
-            worker_ok = any(now - w.last_heartbeat <= window for w in store.list_workers())
-        except Exception as exc:
-            api_ok = worker_ok = False
-            if self._api_serving is not False:
-                log.error("health: the job store does not answer (%s): NOT_SERVING", exc)
-        if self.services.draining.is_set():
-            return
-        if api_ok != self._api_serving:
-            status = _status(api_ok)
-            for name in ("", SERVICE_NAME):
-                self.health.set(name, status)
-            if api_ok and self._api_serving is False:
-                log.info("health: the job store answers again: SERVING")
-            self._api_serving = api_ok
-        if worker_ok != self._worker_serving:
-            self.health.set(WORKER_HEALTH_NAME, _status(worker_ok))
-            log.info("health: %s", "a worker is ready" if worker_ok else "no worker is ready")
-            self._worker_serving = worker_ok
+    server: grpc.aio.Server
+    services: Services
+    health: HealthServicer
+    gate: DrainGate
+    metrics: ServerMetrics
 
 
-class DrainGate(WrappingInterceptor):
-    """Draining without surprises: once `draining` is set, a new AdaptationService RPC is
-    refused with UNAVAILABLE (which clients retry elsewhere) instead of being cut off later;
-    RPCs already running are counted, so shutdown can wait for them (`wait_idle`) before
-    the gRPC server stops (which would cancel whatever still runs or waits)."""
-
-    def __init__(self, draining: threading.Event) -> None:
-        self.draining = draining
-        self._in_flight = 0
-        self._last_arrival = 0.0
-        self._idle = threading.Condition()
-
-    @contextlib.contextmanager
-    def _track(self) -> Iterator[None]:
-        with self._idle:
-            self._in_flight += 1
-        try:
-            yield
-        finally:
-            with self._idle:
-                self._in_flight -= 1
-                self._idle.notify_all()
-
-    def wait_idle(self, timeout: float, quiet: float = 1.0) -> bool:
-        """Wait until no RPC runs and none has arrived for `quiet` seconds (True), or
-        `timeout` seconds pass (False). The quiet period lets clients' transparent retries
-        of UNAVAILABLE run out against this server rather than meet a stopped one, which
-        would answer CANCELLED."""
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while True:
-                now = time.monotonic()
-                if self._in_flight == 0 and now - self._last_arrival >= quiet:
-                    return True
-                if now >= deadline:
-                    return False
-                self._idle.wait(min(0.05, deadline - now))
-
-    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        if not method.startswith(f"/{SERVICE_NAME}/"):
-            # Health checks and reflection answer throughout (health says NOT_SERVING) and
-            # are not waited for: a client's open health Watch must not hold the shutdown.
-            return handler
-
-        def refuse_if_draining(context: grpc.ServicerContext) -> None:
-            with self._idle:
-                self._last_arrival = time.monotonic()
-            if self.draining.is_set():
-                context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    "server is shutting down; retry (another instance, or this one restarted)",
-                )
-
-        def unary(fn: Callable[..., Any], streaming_request: bool) -> Callable[..., Any]:
-            def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-                refuse_if_draining(context)
-                with self._track():
-                    return fn(request, context)
-
-            return wrapper
-
-        def stream(fn: Callable[..., Any], streaming_request: bool) -> Callable[..., Any]:
-            def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                refuse_if_draining(context)
-                with self._track():
-                    yield from fn(request, context)
-
-            return wrapper
-
-        return wrap_handler(handler, unary_response=unary, stream_response=stream)
-
-
-def _status(ok: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
-    return (
-        health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
-
-
-class WorkerSupervisor:
-    """Runs one `graft worker` child process and restarts it when it exits."""
-
-    def __init__(self, config: Config, restart_delay: float = 1.0) -> None:
-        self.config = config
-        self.restart_delay = restart_delay
-        self.process: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
-        self._config_file = config.data_dir / "worker-config.json"
-
-    def start(self) -> None:
-        self._config_file.parent.mkdir(parents=True, exist_ok=True)
-        self._config_file.write_text(self.config.to_json())
-        self._thread.start()
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        cmd = [
-            sys.executable,
-            "-m",
-            "graft.training.worker",
-            "--config-file",
-            str(self._config_file),
-        ]
-        proc = subprocess.Popen(cmd)
-        log.info("started worker process pid %d", proc.pid)
-        return proc
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.process = self._spawn()
-            while self.process.poll() is None:
-                if self._stop.wait(0.2):
-                    return
-            log.warning(
-                "worker pid %d exited with %s; restarting",
-                self.process.pid,
-                self.process.returncode,
-            )
-            self.restarts += 1
-            if self._stop.wait(self.restart_delay):
-                return
-
-    def request_stop(self) -> None:
-        """SIGTERM the worker now: it stops at its next checkpoint and hands its job back."""
-        self._stop.set()
-        proc = self.process
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-
-    def stop(self, timeout: float) -> None:
-        self.request_stop()
-        proc = self.process
-        if proc is not None and proc.poll() is None:
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("worker pid %d did not stop in %.0fs; killing it", proc.pid, timeout)
-                proc.kill()
-                proc.wait()
-        self._thread.join(timeout=5)
-
-
-def build_server(
-    config: Config, metrics: ServerMetrics | None = None
-) -> tuple[grpc.Server, Services, health.HealthServicer, DrainGate]:
+def build_server(config: Config, metrics: ServerMetrics | None = None) -> Built:
+    """The grpc.aio server with every service and interceptor; call inside the event loop
+    that will run it."""
     metrics = metrics or ServerMetrics()
     store = open_store(config)
     registry = ModelRegistry(store, config.registry_dir)
+    store_pool = futures.ThreadPoolExecutor(config.store_threads, thread_name_prefix="store")
     services = Services(
         config=config,
         store=store,
         registry=registry,
         predictor=Predictor(registry, store, config.model_cache_size, metrics=metrics),
         draining=threading.Event(),
+        watcher=StoreWatcher(
+            store,
+            lambda fn, *a: asyncio.get_running_loop().run_in_executor(store_pool, fn, *a),
+            interval=min(0.25, config.poll_seconds),
+        ),
+        store_pool=store_pool,
+        predict_pool=futures.ThreadPoolExecutor(
+            max(1, os.cpu_count() or 1), thread_name_prefix="predict"
+        ),
     )
     gate = DrainGate(services.draining)
-    options = [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="rpc"),
-        # Metrics outermost: it records the status code the gate and the error boundary set.
-        interceptors=[MetricsInterceptor(metrics), gate, ErrorBoundaryInterceptor()],
-        options=options,
+    admission = AdmissionInterceptor(
+        SERVICE_NAME, parse_limits(config.rpc_limits), observe=metrics.observe_admission
+    )
+    server = grpc.aio.server(
+        # Outermost first. Metrics records the status the others set; the error boundary
+        # turns admission's ResourceExhausted (and every domain error) into its status.
+        interceptors=[MetricsInterceptor(metrics), gate, ErrorBoundaryInterceptor(), admission],
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
     )
     pb_grpc.add_AdaptationServiceServicer_to_server(AdaptationServicer(services), server)
-    health_servicer = health.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
     )
-    for name in ("", SERVICE_NAME, WORKER_HEALTH_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    return server, services, health_servicer, gate
+    return Built(server, services, health_servicer, gate, metrics)
 
 
-def run_server(config: Config) -> int:
-    setup_logging(config.log_format, config.log_level, process="server")
-    log.info("config: %s", config.to_json())
+async def start(built: Built, address: str) -> int:
+    """Bind, start serving and watching; returns the bound port (0: could not bind)."""
+    for name in ("", SERVICE_NAME, WORKER_HEALTH_NAME):  # until the monitor says otherwise
+        await built.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    port = built.server.add_insecure_port(address)
+    if port == 0:
+        return 0
+    await built.server.start()
+    built.services.watcher.start()
+    return port
+
+
+async def shutdown(built: Built, grace_seconds: float, on_draining: Callable[[], None]) -> None:
+    """Drain: NOT_SERVING, refuse new RPCs, wait for in-flight ones (at most
+    `grace_seconds`), stop the server, release the pools and the store."""
+    services = built.services
+    services.draining.set()
+    services.watcher.wake_all()  # open streams see the drain now and end (UNAVAILABLE)
+    await built.health.enter_graceful_shutdown()
+    on_draining()
+    if not await built.gate.wait_idle(grace_seconds):
+        log.warning("RPCs still running after %.0f s of draining: aborting them", grace_seconds)
+    await services.watcher.stop()  # wakes streams and waiters: they see the drain and end
+    await built.server.stop(0.5)
+    services.store_pool.shutdown(wait=False, cancel_futures=True)
+    services.predict_pool.shutdown(wait=False, cancel_futures=True)
+    services.store.close()
+
+
+async def serve(config: Config) -> int:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = ServerMetrics()
     metrics.set_build_info()
-    server, services, health_servicer, gate = build_server(config, metrics)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    built = build_server(config, metrics)
+    port = await start(built, f"{config.host}:{config.port}")
     if port == 0:
         log.error("could not bind %s:%d", config.host, config.port)
         return 1
     metrics_port = 0
     if config.metrics_port:
-        metrics.registry.register(StoreCollector(services.store, config.worker_ready_seconds))
+        metrics.registry.register(StoreCollector(built.services.store, config.worker_ready_seconds))
         metrics_port = serve_metrics(metrics.registry, config.metrics_port, config.host)
         log.info("metrics on http://%s:%d/metrics", config.host, metrics_port)
-    monitor = HealthMonitor(health_servicer, services)
-    supervisor = WorkerSupervisor(config) if config.embedded_worker else None
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        log.info("received signal %d: draining", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    server.start()
-    if supervisor:
+    monitor = HealthMonitor(built.health, built.services)
+    supervisors = embedded_supervisors(config) if config.embedded_worker else []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _on_signal, signum, stop)
+    for supervisor in supervisors:
         supervisor.start()
-    monitor.start()  # SERVING once the store answers
+    await monitor.start()  # SERVING once the store answers
     _write_ready_file(config, port, metrics_port)
     log.info("graft serving on %s:%d (data dir %s)", config.host, port, config.data_dir)
 
-    stop.wait()
-    services.draining.set()
-    health_servicer.enter_graceful_shutdown()
-    monitor.stop()
-    if supervisor:
-        supervisor.request_stop()  # the worker checkpoints while RPCs drain
-    if not gate.wait_idle(config.grace_seconds):
-        log.warning(
-            "RPCs still running after %.0f s of draining: aborting them", config.grace_seconds
-        )
-    server.stop(0.5).wait()
-    if supervisor:
-        # The worker stops at its next checkpoint, or at the next step after its stop
-        # timeout; past this much longer, it is killed (its lease then lapses: no loss).
-        supervisor.stop(timeout=config.stop_timeout_seconds + config.grace_seconds + 30)
-    services.store.close()
+    await stop.wait()
+    await monitor.stop()
+
+    def stop_workers() -> None:  # they checkpoint while RPCs drain
+        for supervisor in supervisors:
+            supervisor.request_stop()
+
+    await shutdown(built, config.grace_seconds, stop_workers)
+    # A worker stops at its next checkpoint, or at the next step after its stop timeout;
+    # past this much longer, it is killed (its lease then lapses: no loss).
+    timeout = config.stop_timeout_seconds + config.grace_seconds + 30
+    await asyncio.gather(*(asyncio.to_thread(s.stop, timeout) for s in supervisors))
     log.info("graft stopped")
     return 0
+
+
+def _on_signal(signum: int, stop: asyncio.Event) -> None:
+    log.info("received signal %d: draining", signum)
+    stop.set()
+
+
+def run_server(config: Config) -> int:
+    setup_logging(config.log_format, config.log_level, process="server")
+    log.info("config: %s", config.to_json())
+    return asyncio.run(serve(config))
+
+
+class BackgroundServer:
+    """An API server on its own event loop in a background thread, for tests, benchmarks
+    and embedding: `with BackgroundServer(config) as s: Client(s.target)`. No worker process
+    is started; `advisor=True` runs an advisor lane in a thread of this process (for
+    in-process tests of Advise and uploads: a deployment runs it in a worker process).
+    `call(coro)` runs a coroutine on the server's loop."""
+
+    def __init__(
+        self, config: Config, metrics: ServerMetrics | None = None, *, advisor: bool = False
+    ) -> None:
+        import torch
+
+        self.config = config
+        self.metrics = metrics or ServerMetrics()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="aio-server")
+        self._thread.daemon = True
+        self._thread.start()
+        self.built: Built = self.call(self._build())
+        self.port = self.call(start(self.built, f"{config.host}:0"))
+        if self.port == 0:
+            raise OSError(f"could not bind {config.host}")
+        self._lane_stop = threading.Event()
+        self._lane: threading.Thread | None = None
+        if advisor:
+            from graft.advisor.lane import AdvisorLane
+
+            lane = AdvisorLane(
+                config,
+                self.built.services.store,
+                "in-process",
+                torch.device("cpu"),
+                self._lane_stop,
+            )
+            self._lane = threading.Thread(target=lane.run, name="advisor-lane", daemon=True)
+            self._lane.start()
+
+    async def _build(self) -> Built:
+        return build_server(self.config, self.metrics)
+
+    @property
+    def target(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    @property
+    def services(self) -> Services:
+        return self.built.services
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, grace_seconds: float = 0.0) -> None:
+        self._lane_stop.set()
+        if self._lane is not None:
+            self._lane.join(timeout=30)
+        if self.loop.is_running():
+            self.call(shutdown(self.built, grace_seconds, lambda: None), timeout=grace_seconds + 30)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> BackgroundServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def _write_ready_file(config: Config, port: int, metrics_port: int) -> None:

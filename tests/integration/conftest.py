@@ -39,14 +39,15 @@ class RunningServer:
     def client(self, timeout: float = 60.0) -> Client:
         return Client(self.target, timeout=timeout)
 
-    def worker_pid(self) -> int:
-        """The pid of the embedded worker: the server's child running graft.training.worker."""
+    def worker_pid(self, lane: str = "trainer") -> int:
+        """The pid of an embedded worker: the server's child running graft.training.worker
+        for `lane` (trainer or advisor; its config file is named after the lane)."""
         for task in Path(f"/proc/{self.process.pid}/task").iterdir():
             for pid in (task / "children").read_text().split():
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-                if b"graft.training.worker" in cmdline:
+                if b"graft.training.worker" in cmdline and f"-{lane}.json".encode() in cmdline:
                     return int(pid)
-        raise AssertionError("no worker process found")
+        raise AssertionError(f"no {lane} worker process found")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

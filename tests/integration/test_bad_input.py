@@ -16,6 +16,7 @@ from graft_client import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    job_error,
     pb,
 )
 from tests.integration.conftest import RunningServer
@@ -48,8 +49,15 @@ def test_dataset_ref_empty(server: RunningServer) -> None:
 def test_single_class_and_empty_datasets(server: RunningServer, fashion: dict[str, Path]) -> None:
     one = server.data_root / "one-class"
     shutil.copytree(next(fashion["train"].iterdir()), one / "only")
+    client = server.client()
+    # The dataset is scanned by the worker: the job is queued, then fails with the status
+    # the server would once have answered with.
+    job = client.wait(client.start_fine_tune("m", str(one)).job_id, timeout=60)
+    assert job.state == pb.JOB_STATE_FAILED
+    error = job_error(job)
+    assert isinstance(error, FailedPrecondition) and "class" in error.message
     with pytest.raises(FailedPrecondition) as err:
-        server.client().start_fine_tune("m", str(one))
+        client.advise(str(one))  # Advise still answers with the error itself
     assert "class" in err.value.message
     empty = server.data_root / "no-images" / "a"
     empty.mkdir(parents=True)

@@ -185,7 +185,7 @@ def test_prometheus_scrapes_server_and_worker(
     assert prom.value("graft_queue_depth") == 0
     assert prom.value("graft_oldest_queued_job_age_seconds") == 0
     assert prom.value("graft_registry_model_versions") == 1
-    assert prom.value("graft_workers_ready") == 1
+    assert prom.value("graft_workers_ready") == 2  # the embedded trainer and advisor
     assert prom.value("graft_store_up") == 1
     build = prom.query("graft_build_info")
     assert len(build) == 1 and build[0]["metric"]["version"] and build[0]["value"][1] == "1"

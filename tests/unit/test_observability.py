@@ -16,10 +16,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 import graft_client
+from graft.api.health import WORKER_HEALTH_NAME, HealthMonitor
 from graft.config import Config
 from graft.observability.logs import log_context, setup_logging
 from graft.observability.metrics import ServerMetrics, StoreCollector
-from graft.server import WORKER_HEALTH_NAME, HealthMonitor, build_server
+from graft.server import BackgroundServer
 from graft_client import Client, pb
 
 SERVICE = "graft.v1.AdaptationService"
@@ -35,16 +36,10 @@ def running(tmp_path: Path) -> Iterator[tuple[Client, ServerMetrics, Config]]:
             Image.fromarray(pixels).save(root / "two" / label / f"{i}.png")
     config = Config(data_dir=tmp_path / "data", data_roots=(root,), embedded_worker=False)
     metrics = ServerMetrics()
-    server, services, _, _ = build_server(config, metrics)
-    metrics.registry.register(StoreCollector(services.store, config.worker_ready_seconds))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        with Client(f"127.0.0.1:{port}", timeout=30) as client:
+    with BackgroundServer(config, metrics, advisor=True) as server:
+        metrics.registry.register(StoreCollector(server.services.store, 15))
+        with Client(server.target, timeout=30) as client:
             yield client, metrics, config
-    finally:
-        server.stop(0).wait()
-        services.store.close()
 
 
 def value(metrics: ServerMetrics, name: str, **labels: str) -> float:
@@ -112,12 +107,11 @@ def test_grpc_server_metrics_for_unary_and_streaming_rpcs(
 
 def test_health_follows_store_and_workers(tmp_path: Path) -> None:
     config = Config(data_dir=tmp_path / "data", embedded_worker=False)
-    server, services, health_servicer, _ = build_server(config)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    monitor = HealthMonitor(health_servicer, services, interval=3600)
+    server = BackgroundServer(config)
+    services = server.services
+    monitor = HealthMonitor(server.built.health, services, interval=3600)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with grpc.insecure_channel(server.target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
 
             def status(name: str) -> int:
@@ -129,18 +123,18 @@ def test_health_follows_store_and_workers(tmp_path: Path) -> None:
                 health_pb2.HealthCheckResponse.NOT_SERVING,
             )
             assert status("") == not_serving  # before start
-            monitor.start()
+            server.call(monitor.start())
             assert status("") == serving and status(SERVICE) == serving
             assert status(WORKER_HEALTH_NAME) == not_serving  # no worker yet
             services.store.heartbeat_worker("w1", 1, "host", {})
-            monitor.check()
+            server.call(monitor.check())
             assert status(WORKER_HEALTH_NAME) == serving
             services.store.close()  # the store stops answering
-            monitor.check()
+            server.call(monitor.check())
             assert status("") == not_serving and status(WORKER_HEALTH_NAME) == not_serving
     finally:
-        monitor.stop()
-        server.stop(0).wait()
+        server.call(monitor.stop())
+        server.stop()
 
 
 def test_json_log_lines_carry_the_bound_context(capsys: pytest.CaptureFixture[str]) -> None:
@@ -184,27 +178,25 @@ def test_store_collector_reports_a_store_that_does_not_answer() -> None:
 def test_draining_refuses_new_rpcs_with_unavailable_and_counts_them(tmp_path: Path) -> None:
     config = Config(data_dir=tmp_path / "data", embedded_worker=False)
     metrics = ServerMetrics()
-    server, services, _, gate = build_server(config, metrics)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server = BackgroundServer(config, metrics)
+    gate, services = server.built.gate, server.services
     try:
-        with Client(f"127.0.0.1:{port}", timeout=10) as client:
+        with Client(server.target, timeout=10) as client:
             client.list_backbones()
-            assert gate.wait_idle(5)  # nothing runs between calls, and none arrives
+            assert server.call(gate.wait_idle(5))  # nothing runs between calls, none arrives
             services.draining.set()
             with pytest.raises(graft_client.Unavailable, match="shutting down"):
                 client.list_backbones()
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # health still answers
+        with grpc.insecure_channel(server.target) as channel:  # health still answers
             stub = health_pb2_grpc.HealthStub(channel)
             stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
             # An open health Watch is not an RPC the drain waits for.
             watch = stub.Watch(health_pb2.HealthCheckRequest(), timeout=30)
             next(watch)
-            assert gate.wait_idle(5)
+            assert server.call(gate.wait_idle(5))
             watch.cancel()
     finally:
-        server.stop(0).wait()
-        services.store.close()
+        server.stop()
     refused = value(
         metrics, "grpc_server_handled_total", **rpc("ListBackbones"), grpc_code="Unavailable"
     )

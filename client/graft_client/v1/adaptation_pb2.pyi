@@ -852,6 +852,8 @@ class Job(_message.Message):
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     SKIPPED_FILES_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
+    ERROR_STATUS_FIELD_NUMBER: _builtins.int
+    PLAN_RESOLVED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Server-assigned id."""
     state: Global___JobState.ValueType
@@ -870,6 +872,11 @@ class Job(_message.Message):
     """Sequence number of its newest progress event."""
     skipped_files: _builtins.int
     """Files skipped as undecodable."""
+    plan_resolved: _builtins.bool
+    """False while the worker has not yet scanned the dataset and completed the plan
+    (filled defaults, or advised it when StartFineTune had no plan); `plan` is then the
+    plan as requested.
+    """
     @_builtins.property
     def dataset(self) -> Global___DatasetRef:
         """The dataset it trains on."""
@@ -898,6 +905,14 @@ class Job(_message.Message):
     def metrics(self) -> Global___EvaluationMetrics:
         """Validation metrics of the registered model."""
 
+    @_builtins.property
+    def error_status(self) -> _status_pb2.Status:
+        """For a failed job, the failure as a status: its code (INVALID_ARGUMENT,
+        FAILED_PRECONDITION, NOT_FOUND, ...) and, for invalid input, google.rpc.BadRequest
+        field violations naming the request field at fault (the dataset is scanned by the
+        worker, so a dataset StartFineTune accepted can still fail here). Unset otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -917,10 +932,12 @@ class Job(_message.Message):
         last_sequence: _builtins.int = ...,
         skipped_files: _builtins.int = ...,
         metrics: Global___EvaluationMetrics | None = ...,
+        error_status: _status_pb2.Status | None = ...,
+        plan_resolved: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dataset", b"dataset", "end_time", b"end_time", "metrics", b"metrics", "model", b"model", "plan", b"plan", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dataset", b"dataset", "end_time", b"end_time", "error_status", b"error_status", "metrics", b"metrics", "model", b"model", "plan", b"plan", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "dataset", b"dataset", "end_time", b"end_time", "error", b"error", "job_id", b"job_id", "last_sequence", b"last_sequence", "metrics", b"metrics", "model", b"model", "model_name", b"model_name", "plan", b"plan", "request_id", b"request_id", "skipped_files", b"skipped_files", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "dataset", b"dataset", "end_time", b"end_time", "error", b"error", "error_status", b"error_status", "job_id", b"job_id", "last_sequence", b"last_sequence", "metrics", b"metrics", "model", b"model", "model_name", b"model_name", "plan", b"plan", "plan_resolved", b"plan_resolved", "request_id", b"request_id", "skipped_files", b"skipped_files", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -13,17 +13,9 @@ from pathlib import Path
 
 import torch
 
+from graft.advisor import cancel
 from graft.advisor.depth import CUT_GRID, Depth, choose_depth
 from graft.advisor.logme import logme
-from graft.advisor.matrix import (
-    MATRIX,
-    QUADRANT_WORDS,
-    SIMILARITY_THRESHOLD,
-    STRATEGY_WORDS,
-    is_similar,
-    quadrant_for,
-    size_axis,
-)
 from graft.advisor.measure import (
     SIGNAL_MAX_IMAGES,
     BackboneMeasurement,
@@ -31,16 +23,9 @@ from graft.advisor.measure import (
     measure_backbone,
     needed_short_side,
     select_sample,
-    time_training_step,
     transform_seconds,
 )
-from graft.advisor.pilot import PilotResult, pilot_fine_tune
-from graft.advisor.planning import (
-    IMBALANCE_CLASS_WEIGHTING,
-    Speed,
-    build_plan,
-    estimate_training_seconds,
-)
+from graft.advisor.pilot import PilotResult, pilot_fine_tune, time_training_step
 from graft.advisor.probe import (
     ProbeResult,
     holdout_probe,
@@ -57,8 +42,23 @@ from graft.data import ScannedDataset, split_dataset
 from graft.data.dataset import DEFAULT_MAX_CACHED_PIXELS
 from graft.domain import Quadrant, Strategy, TrainingPlan
 from graft.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from graft.training.plan import DEFAULTS as PLAN_DEFAULTS
-from graft.training.plan import resolve_plan
+from graft.plans import DEFAULTS as PLAN_DEFAULTS
+from graft.plans import resolve_plan
+from graft.plans.advised import (
+    IMBALANCE_CLASS_WEIGHTING,
+    Speed,
+    build_plan,
+    estimate_training_seconds,
+)
+from graft.plans.matrix import (
+    MATRIX,
+    QUADRANT_WORDS,
+    SIMILARITY_THRESHOLD,
+    STRATEGY_WORDS,
+    is_similar,
+    quadrant_for,
+    size_axis,
+)
 
 log = logging.getLogger(__name__)
 
@@ -451,7 +451,12 @@ def advise_dataset(
             decode_seconds_per_image=sample.decode_seconds_per_image,
             decode_every_epoch=pixels > DEFAULT_MAX_CACHED_PIXELS,
             train_seconds_per_image=time_training_step(
-                draft, sample, num_classes, weights_dir=config.weights_dir, device=device
+                draft,
+                sample,
+                num_classes,
+                weights_dir=config.weights_dir,
+                device=device,
+                should_stop=cancel.should_stop,
             )
             if timed
             else 0.0,
@@ -480,6 +485,7 @@ def advise_dataset(
         weights_dir=config.weights_dir,
         device=device,
         seed=SEED,
+        should_stop=cancel.should_stop,
     )
     probe_holdout = holdout_probe(
         depth.cut.features, sample.labels, pilot_train, pilot_val, num_classes=num_classes

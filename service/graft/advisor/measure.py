@@ -17,14 +17,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from graft.advisor.cancel import checkpoint
 from graft.advisor.depth import CUT_GRID
 from graft.advisor.signals import BatchNormRecorder, ImageNetResponse
-from graft.backbones import create_imagenet_model, create_model, stage_output_modules
+from graft.backbones import create_imagenet_model, stage_output_modules
 from graft.backbones.spec import PretrainedSpec, global_average_pool, grid_average_pool
 from graft.data import ImageDecodeError, Sample, eval_transform, load_image, train_transform
 from graft.data.transforms import resize_size
-from graft.domain import Strategy, TrainingPlan
-from graft.training.strategies import apply_strategy, set_train_mode
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,9 @@ def decode_sample(
     kept: list[Sample] = []
     images: list[Image.Image] = []
     t0 = time.perf_counter()
-    for s in samples:
+    for i, s in enumerate(samples):
+        if i % 32 == 0:
+            checkpoint()
         try:
             images.append(_shrink(load(s.path), max_short_side))
         except (ImageDecodeError, OSError) as e:
@@ -128,51 +129,6 @@ def transform_seconds(
     for im in images:
         tf(im)
     return (time.perf_counter() - t0) / len(images)
-
-
-def time_training_step(
-    plan: TrainingPlan,
-    sample: DecodedSample,
-    num_classes: int,
-    *,
-    weights_dir: Path | None = None,
-    device: torch.device | str = "cpu",
-) -> float:
-    """Seconds per image of one optimisation step of `plan` (resolved: backbone, strategy,
-    trainable stages, batch and image size), measured: the model the worker builds, frozen
-    and put in train mode by the worker's own graft.training.strategies, AdamW, a
-    forward, backward and step on a batch of sample images. The mean of TIMING_BATCHES
-    steps after one warm-up counts (the mean, not the fastest: the estimate should hold for
-    a whole run, competing processes included). Preprocessing is not included (see
-    transform_seconds).
-    """
-    if plan.strategy == Strategy.FEATURE_EXTRACTION or len(sample) == 0:
-        return 0.0
-    device = torch.device(device)
-    model = create_model(plan.backbone, num_classes, weights_dir=weights_dir)
-    groups = apply_strategy(model, plan)
-    model.to(device).to(memory_format=torch.channels_last)
-    set_train_mode(model, plan)
-    optimizer = torch.optim.AdamW(groups, lr=plan.head_learning_rate)
-    loss_fn = nn.CrossEntropyLoss()
-    n = len(sample)
-    tf = eval_transform(model.spec, plan.image_size)
-    idx = [i % n for i in range(plan.batch_size)]
-    x = torch.stack([tf(sample.images[i]) for i in idx]).to(device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.tensor([sample.labels[i] for i in idx], device=device)
-    spent = 0.0
-    for i in range(TIMING_BATCHES + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        _sync(device)
-        if i:  # the first step is a warm-up (allocations, AdamW state)
-            spent += time.perf_counter() - t0
-    return spent / (TIMING_BATCHES * plan.batch_size)
 
 
 def needed_short_side(specs: Sequence[PretrainedSpec], image_sizes: Sequence[int]) -> int:
@@ -256,6 +212,7 @@ def measure_backbone(
     transform = eval_transform(spec, image_size)
 
     def run(lo: int, hi: int, tf: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+        checkpoint()
         x = torch.stack([tf(im) for im in sample.images[lo:hi]]).to(device)
         out: torch.Tensor = net(x.contiguous(memory_format=torch.channels_last))
         return out.float().cpu()

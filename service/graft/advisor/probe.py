@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from graft.advisor.cancel import checkpoint
 from graft.training.loop import feature_statistics
 
 MAX_FOLDS = 5
@@ -129,6 +130,7 @@ def linear_probe(
     accuracies = []
     correct = torch.zeros(len(labels), dtype=torch.bool)
     for f in range(k):
+        checkpoint()
         test = fold == f
         train = ~test
         if not bool(test.any()) or not bool(train.any()):

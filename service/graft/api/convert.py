@@ -9,6 +9,7 @@ from google.protobuf import timestamp_pb2
 from graft.advisor import Advice
 from graft.advisor.advise import BackboneScore
 from graft.advisor.report import DatasetReportData
+from graft.api.errors import to_rpc_status
 from graft.domain import (
     DatasetRef,
     EvaluationMetrics,
@@ -19,6 +20,7 @@ from graft.domain import (
     Strategy,
     TrainingPlan,
 )
+from graft.errors import error_from_dict
 from graft_client.v1 import adaptation_pb2 as pb
 
 _PLAN_FIELDS = [
@@ -100,6 +102,8 @@ def job_to_pb(job: Job) -> pb.Job:
         last_sequence=job.last_sequence,
         skipped_files=job.skipped_files,
         metrics=metrics_to_pb(job.metrics),
+        error_status=to_rpc_status(error_from_dict(job.error_detail)) if job.error_detail else None,
+        plan_resolved=job.plan_resolved,
     )
 
 

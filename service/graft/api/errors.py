@@ -1,17 +1,24 @@
 """The one error boundary: typed domain errors → specific gRPC status codes with rich
-details (google.rpc.BadRequest for INVALID_ARGUMENT); the truly unexpected → INTERNAL
-with an id to find the logged trace, never the trace itself."""
+details (google.rpc.BadRequest for INVALID_ARGUMENT, google.rpc.RetryInfo when a load limit
+says when to retry); the truly unexpected → INTERNAL with an id to find the logged trace,
+never the trace itself.
+
+The server is `grpc.aio`: every handler is a coroutine function (unary responses, and
+streams written with `context.write`) or an async generator function (streamed responses).
+`wrap_handler` wraps either kind and keeps it that kind, which is how grpc.aio tells them
+apart."""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -26,6 +33,8 @@ _CODES: list[tuple[type[errors.GraftError], int]] = [
     (errors.FailedPrecondition, code_pb2.FAILED_PRECONDITION),
     (errors.ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
     (errors.Unavailable, code_pb2.UNAVAILABLE),
+    (errors.Cancelled, code_pb2.CANCELLED),
+    (errors.DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),
 ]
 
 
@@ -46,63 +55,74 @@ def to_rpc_status(exc: errors.GraftError) -> status_pb2.Status:
             )
         )
         status.details.append(detail)
+    if isinstance(exc, errors.ResourceExhausted) and exc.retry_after > 0:
+        detail = any_pb2.Any()
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(max(1, round(exc.retry_after * 1000)))
+        detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        status.details.append(detail)
     return status
 
 
-def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, errors.GraftError):
-        context.abort_with_status(rpc_status.to_status(to_rpc_status(exc)))
+        status = rpc_status.to_status(to_rpc_status(exc))
+        await context.abort(status.code, status.details, status.trailing_metadata)
     incident = uuid.uuid4().hex[:12]
     log.exception("unexpected error in %s (incident %s)", method, incident, exc_info=exc)
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see server log")
+    await context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see server log"
+    )
 
 
-def _aborted_already(context: grpc.ServicerContext) -> bool:
-    # context.abort() raises a bare Exception after setting the code: let that one through.
-    code = context.code()
-    return code is not None and code != grpc.StatusCode.OK
+def _aborted_already(exc: BaseException) -> bool:
+    # context.abort() raises AbortError after setting the status: let that one through.
+    return isinstance(exc, grpc.aio.AbortError)
 
 
-def guard_unary(method: str, fn: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
+Behaviour = Callable[..., Any]
+
+
+def guard(method: str, fn: Behaviour) -> Behaviour:
+    """`fn` with domain errors turned into their status and anything else into INTERNAL."""
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for response in fn(request, context):
+                    yield response
+            except Exception as exc:
+                if _aborted_already(exc):
+                    raise
+                await _abort(context, exc, method)
+
+        return stream
+
     @functools.wraps(fn)
-    def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return fn(request, context)
+            return await fn(request, context)
         except Exception as exc:
-            if _aborted_already(context):
+            if _aborted_already(exc):
                 raise
-            _abort(context, exc, method)
-            raise
+            await _abort(context, exc, method)
 
-    return wrapper
-
-
-def guard_stream(
-    method: str, fn: Callable[[Any, grpc.ServicerContext], Iterator[Any]]
-) -> Callable[..., Iterator[Any]]:
-    @functools.wraps(fn)
-    def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            yield from fn(request, context)
-        except Exception as exc:
-            if _aborted_already(context):
-                raise
-            _abort(context, exc, method)
-            raise
-
-    return wrapper
+    return unary
 
 
-class WrappingInterceptor(grpc.ServerInterceptor):
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
     """A server interceptor that wraps each RPC's handler: subclasses define `wrap`."""
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        return None if handler is None else self.wrap(handler, handler_call_details.method)
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return self.wrap(handler, handler_call_details.method)
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """`handler` of `method` ("/package.Service/Method"), wrapped (see wrap_handler)."""
@@ -113,40 +133,25 @@ class ErrorBoundaryInterceptor(WrappingInterceptor):
     """Wraps every handler of the server with the error mapping above."""
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        return wrap_handler(
-            handler,
-            unary_response=lambda fn, _streaming_request: guard_unary(method, fn),
-            stream_response=lambda fn, _streaming_request: guard_stream(method, fn),
-        )
-
-
-Wrap = Callable[[Callable[..., Any], bool], Callable[..., Any]]
+        return wrap_handler(handler, lambda fn: guard(method, fn))
 
 
 def wrap_handler(
-    handler: grpc.RpcMethodHandler, *, unary_response: Wrap, stream_response: Wrap
+    handler: grpc.RpcMethodHandler, wrap: Callable[[Behaviour], Behaviour]
 ) -> grpc.RpcMethodHandler:
-    """`handler` with its behaviour function wrapped: `unary_response(fn, streaming_request)`
-    for RPCs that answer once, `stream_response(fn, streaming_request)` for those that
-    stream their answer. Serializers are kept. Shared by the server's interceptors."""
+    """`handler` with its behaviour function replaced by `wrap(behaviour)`; serializers and
+    the RPC's kind are kept. `wrap` must return the same kind of function it is given
+    (coroutine function or async generator function). Shared by the server's interceptors."""
     kwargs = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            unary_response(handler.unary_unary, False), **kwargs
-        )
+        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **kwargs)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(
-            unary_response(handler.stream_unary, True), **kwargs
-        )
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **kwargs)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            stream_response(handler.unary_stream, False), **kwargs
-        )
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **kwargs)
     if handler.stream_stream:
-        return grpc.stream_stream_rpc_method_handler(
-            stream_response(handler.stream_stream, True), **kwargs
-        )
+        return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **kwargs)
     return handler

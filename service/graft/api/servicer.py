@@ -1,33 +1,49 @@
-"""graft.v1.AdaptationService: each method validates, converts and delegates."""
+"""graft.v1.AdaptationService on grpc.aio: each method validates cheaply, converts and
+delegates; none computes on the event loop.
+
+Blocking store calls (milliseconds each) run on a small thread pool (`Services.call`);
+Predict runs on the Predict executor; everything heavy (scanning a dataset, measuring it
+for Advise, checking an upload, training) is work for a worker process, handed over
+through the store and, where the RPC's contract is to answer with its result (Advise,
+UploadDataset), awaited without holding a thread: the store watcher wakes the call when
+the task ends, and a caller that goes away or runs out of time cancels the work.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
 
 from graft import errors
-from graft.advisor import DeclaredStats, advise_dataset, advise_declared
+from graft.advisor.advise import DeclaredStats, advise_declared
 from graft.api import convert
 from graft.api.errors import to_rpc_status
+from graft.api.watcher import StoreWatcher
 from graft.backbones import DEFAULT_BACKBONE, backbone_statuses, get_spec
 from graft.config import Config
-from graft.data import ScannedDataset, resolve_dataset, save_upload, scan_dataset
-from graft.domain import DatasetRef, JobState, ModelRef, TrainingPlan
+from graft.data import UploadReceiver, locate_dataset
+from graft.domain import DatasetRef, EventKind, JobState, ModelRef, TaskKind, TrainingPlan
+from graft.plans import validate_plan
 from graft.predict import Predictor
 from graft.registry import ModelRegistry, validate_model_name, validate_name
 from graft.store import JobStore
-from graft.training.plan import resolve_plan, validate_plan
 from graft_client.v1 import adaptation_pb2 as pb
 from graft_client.v1 import adaptation_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+T = TypeVar("T")
 
 
 def _require(ok: bool, field: str, description: str) -> None:
@@ -51,6 +67,13 @@ class Services:
     registry: ModelRegistry
     predictor: Predictor
     draining: threading.Event
+    watcher: StoreWatcher
+    store_pool: Executor
+    predict_pool: Executor
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` (a blocking store or file call) on the store pool, awaited."""
+        return await asyncio.get_running_loop().run_in_executor(self.store_pool, fn, *args)
 
 
 class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
@@ -59,8 +82,11 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
 
     # -- advice and training ------------------------------------------------------------
 
-    def Advise(self, request: pb.AdviseRequest, context: grpc.ServicerContext) -> pb.AdviseResponse:
-        threshold = request.small_dataset_threshold or self.s.config.small_dataset_threshold
+    async def Advise(
+        self, request: pb.AdviseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AdviseResponse:
+        config = self.s.config
+        threshold = request.small_dataset_threshold or config.small_dataset_threshold
         _require(threshold > 0, "small_dataset_threshold", "must be positive")
         has_dataset = request.dataset.uri or request.dataset.dataset_id
         if not has_dataset and request.HasField("declared"):
@@ -71,7 +97,6 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
             stats = DeclaredStats(d.num_classes, d.images_per_class, d.similarity_hint)
             advice = advise_declared(stats, small_threshold=threshold, backbone=DEFAULT_BACKBONE)
             return convert.advice_to_pb(advice)
-        config = self.s.config
         for field, value, limit in (
             ("max_images_per_class", request.max_images_per_class, config.advise_max_per_class),
             ("max_images", request.max_images, config.advise_max_images),
@@ -80,99 +105,108 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         _require(
             request.max_images == 0 or request.max_images >= 2, "max_images", "must be at least 2"
         )
-        dataset = self._scan(convert.dataset_from_pb(request.dataset))
-        advice = advise_dataset(
-            dataset,
-            config=config,
-            candidates=[c.strip() for c in request.candidate_backbones],
-            small_threshold=threshold,
-            max_per_class=request.max_images_per_class or None,
-            max_images=request.max_images or None,
+        await self._locate(convert.dataset_from_pb(request.dataset))
+        pending = await self.s.call(
+            self.s.store.count_tasks, TaskKind.ADVISE, (JobState.QUEUED, JobState.RUNNING)
         )
-        return convert.advice_to_pb(advice)
+        if pending >= config.max_pending_advice:
+            raise errors.ResourceExhausted(
+                f"{pending} Advise requests are already queued or running (the most this "
+                "service takes); retry shortly",
+                retry_after=5.0,
+            )
+        task_request = {
+            "advise_request": json_format.MessageToDict(request, preserving_proto_field_name=True)
+        }
+        result = await self._run_task(TaskKind.ADVISE, task_request, context)
+        return json_format.ParseDict(result["advise_response"], pb.AdviseResponse())
 
-    def StartFineTune(
-        self, request: pb.StartFineTuneRequest, context: grpc.ServicerContext
+    async def StartFineTune(
+        self, request: pb.StartFineTuneRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartFineTuneResponse:
         name = request.model_name.strip()
         _require(bool(name), "model_name", "is required")
         validate_model_name(name)
         _require(len(request.request_id) <= 200, "request_id", "at most 200 characters")
         ref = convert.dataset_from_pb(request.dataset)
-        dataset = self._scan(ref)
+        await self._locate(ref)
+        plan = TrainingPlan()
         if request.HasField("plan"):
             plan = convert.plan_from_pb(request.plan)
             try:
                 spec = get_spec(plan.backbone or DEFAULT_BACKBONE)
             except errors.NotFound as exc:
                 raise errors.InvalidArgument.of("plan.backbone", exc.message) from exc
-            plan = resolve_plan(
-                plan,
-                spec,
-                num_train_images=len(dataset.samples),
-                median_size=dataset.median_size,
+            validate_plan(plan, spec)  # what is set must be right; the worker fills the rest
+            await self.s.call(self._check_weights, plan.backbone or DEFAULT_BACKBONE)
+        job, created = await self.s.call(
+            lambda: self.s.store.create_job(
+                model_name=name,
+                dataset=ref,
+                plan=plan,
+                request_id=request.request_id.strip(),
+                config_json=self.s.config.to_json(),
+                advise_first=not request.HasField("plan"),
+                plan_resolved=False,
+                max_active=self.s.config.max_active_jobs_per_model,
             )
-        else:  # no plan: advise, then train with exactly the advised plan
-            plan = advise_dataset(dataset, config=self.s.config).plan
-            spec = get_spec(plan.backbone)
-        validate_plan(plan, spec)
-        self._check_weights(plan)
-        job, created = self.s.store.create_job(
-            model_name=name,
-            dataset=ref,
-            plan=plan,
-            request_id=request.request_id.strip(),
-            config_json=self.s.config.to_json(),
         )
         if created:
-            log.info("queued job %s for model %s (%s)", job.job_id, name, plan.strategy.name)
+            how = plan.strategy.name if request.HasField("plan") else "advise, then train"
+            log.info("queued job %s for model %s (%s)", job.job_id, name, how)
         return pb.StartFineTuneResponse(job=convert.job_to_pb(job))
 
-    def StreamProgress(
-        self, request: pb.StreamProgressRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.ProgressEvent]:
+    async def StreamProgress(
+        self, request: pb.StreamProgressRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ProgressEvent]:
         job_id = _job_id(request.job_id)
         _require(request.after_sequence >= 0, "after_sequence", "must not be negative")
-        self.s.store.get_job(job_id)  # NOT_FOUND before the stream starts
         after = request.after_sequence
-        while context.is_active():
-            events = self.s.store.events_after(job_id, after, limit=500)
-            for event in events:
-                yield convert.event_to_pb(event)
-                after = event.sequence
-            if events:
-                continue
-            if self.s.store.get_job(job_id).state.terminal:
-                # A terminal state event is the last one written, so nothing can follow.
-                if not self.s.store.events_after(job_id, after, limit=1):
+        async with self.s.watcher.follow_job(job_id) as changed:
+            job = await self.s.call(self.s.store.get_job, job_id)  # NOT_FOUND first
+            ended = job.state.terminal
+            while True:
+                changed.clear()
+                events = await self.s.call(self.s.store.events_after, job_id, after, 500)
+                for event in events:
+                    yield convert.event_to_pb(event)
+                    after = event.sequence
+                    # The terminal STATE event is the last one a job ever gets.
+                    ended = ended or (event.kind == EventKind.STATE and event.state.terminal)
+                if len(events) == 500:
+                    continue
+                if ended:
                     return
-                continue
-            if self.s.draining.wait(self.s.config.poll_seconds):
-                raise errors.Unavailable("server is shutting down; reconnect with after_sequence")
+                if self.s.draining.is_set():
+                    raise errors.Unavailable(
+                        "server is shutting down; reconnect with after_sequence"
+                    )
+                await changed.wait()
 
-    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.GetJobResponse:
-        return pb.GetJobResponse(
-            job=convert.job_to_pb(self.s.store.get_job(_job_id(request.job_id)))
-        )
+    async def GetJob(
+        self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetJobResponse:
+        job = await self.s.call(self.s.store.get_job, _job_id(request.job_id))
+        return pb.GetJobResponse(job=convert.job_to_pb(job))
 
-    def ListJobs(
-        self, request: pb.ListJobsRequest, context: grpc.ServicerContext
+    async def ListJobs(
+        self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListJobsResponse:
         _require(0 <= request.limit <= 10_000, "limit", "must be in [0, 10000]")
         state = JobState(request.state) if request.state else None
-        jobs = self.s.store.list_jobs(state=state, limit=request.limit or 100)
+        jobs = await self.s.call(self.s.store.list_jobs, state, request.limit or 100)
         return pb.ListJobsResponse(jobs=[convert.job_to_pb(j) for j in jobs])
 
-    def CancelJob(
-        self, request: pb.CancelJobRequest, context: grpc.ServicerContext
+    async def CancelJob(
+        self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelJobResponse:
-        job = self.s.store.request_cancel(_job_id(request.job_id))
+        job = await self.s.call(self.s.store.request_cancel, _job_id(request.job_id))
         return pb.CancelJobResponse(job=convert.job_to_pb(job))
 
     # -- registry and inference ---------------------------------------------------------
 
-    def Predict(
-        self, request: pb.PredictRequest, context: grpc.ServicerContext
+    async def Predict(
+        self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictResponse:
         ref = self._model_ref(request.model)
         _require(len(request.images) > 0, "images", "at least one image is required")
@@ -182,7 +216,10 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
                 f"{len(request.images)} images in one request; at most {limit} are allowed"
             )
         _require(0 <= request.top_k <= 1000, "top_k", "must be in [0, 1000]")
-        result = self.s.predictor.predict(ref, [im.data for im in request.images], request.top_k)
+        images = [im.data for im in request.images]
+        result = await asyncio.get_running_loop().run_in_executor(
+            self.s.predict_pool, self.s.predictor.predict, ref, images, request.top_k
+        )
         return pb.PredictResponse(
             model=pb.ModelRef(name=result.version.name, version=result.version.version),
             predictions=[
@@ -194,10 +231,10 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
             ],
         )
 
-    def ListModels(
-        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        models = self.s.store.list_models(request.name_prefix.strip())
+        models = await self.s.call(self.s.store.list_models, request.name_prefix.strip())
         return pb.ListModelsResponse(
             models=[
                 pb.Model(name=name, versions=[convert.model_version_to_pb(v) for v in versions])
@@ -205,25 +242,29 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
             ]
         )
 
-    def GetModel(
-        self, request: pb.GetModelRequest, context: grpc.ServicerContext
+    async def GetModel(
+        self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelResponse:
-        version = self.s.store.resolve_model(self._model_ref(request.model))
+        ref = self._model_ref(request.model)
+        version = await self.s.call(self.s.store.resolve_model, ref)
         return pb.GetModelResponse(model=convert.model_version_to_pb(version))
 
-    def SetModelAlias(
-        self, request: pb.SetModelAliasRequest, context: grpc.ServicerContext
+    async def SetModelAlias(
+        self, request: pb.SetModelAliasRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetModelAliasResponse:
         _require(bool(request.name.strip()), "name", "is required")
         _require(bool(request.alias), "alias", "is required")
         validate_name(request.alias, "alias")
         _require(request.version >= 1, "version", "must be a version number (from 1)")
-        version = self.s.store.set_alias(request.name.strip(), request.alias, request.version)
+        version = await self.s.call(
+            self.s.store.set_alias, request.name.strip(), request.alias, request.version
+        )
         return pb.SetModelAliasResponse(model=convert.model_version_to_pb(version))
 
-    def ListBackbones(
-        self, request: pb.ListBackbonesRequest, context: grpc.ServicerContext
+    async def ListBackbones(
+        self, request: pb.ListBackbonesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListBackbonesResponse:
+        statuses = await self.s.call(backbone_statuses, self.s.config.weights_dir)
         return pb.ListBackbonesResponse(
             backbones=[
                 pb.Backbone(
@@ -236,38 +277,78 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
                     params_millions=b.params_millions,
                     is_default=b.is_default,
                 )
-                for b in backbone_statuses(self.s.config.weights_dir)
+                for b in statuses
             ]
         )
 
-    def UploadDataset(
-        self, request_iterator: Iterator[pb.UploadDatasetRequest], context: grpc.ServicerContext
+    async def UploadDataset(
+        self,
+        request_iterator: AsyncIterator[pb.UploadDatasetRequest],
+        context: grpc.aio.ServicerContext,
     ) -> pb.UploadDatasetResponse:
-        first = next(request_iterator, None)
+        first = await anext(aiter(request_iterator), None)
         if first is None:
             raise errors.InvalidArgument.of("chunk", "the upload stream was empty")
         _require(bool(first.filename.strip()), "filename", "the first message must name the file")
-
-        def chunks() -> Iterator[bytes]:
-            yield first.chunk
-            for message in request_iterator:
-                yield message.chunk
-
-        info = save_upload(self.s.config, first.filename.strip(), chunks(), first.sha256.strip())
+        receiver = await self.s.call(
+            UploadReceiver, self.s.config, first.filename.strip(), first.sha256.strip()
+        )
+        try:
+            await self.s.call(receiver.write, first.chunk)
+            async for message in request_iterator:
+                await self.s.call(receiver.write, message.chunk)
+            received = await self.s.call(receiver.finish)
+        except BaseException:
+            await asyncio.shield(self.s.call(receiver.abort))
+            raise
+        info = await self._run_task(TaskKind.CHECK_UPLOAD, received, context)
         return pb.UploadDatasetResponse(
-            dataset_id=info.dataset_id,
-            size_bytes=info.size_bytes,
-            images=info.images,
-            classes=info.classes,
-            skipped_files=info.skipped_files,
+            dataset_id=str(received["dataset_id"]),
+            size_bytes=int(info["size_bytes"]),
+            images=int(info["images"]),
+            classes=int(info["classes"]),
+            skipped_files=int(info["skipped_files"]),
         )
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _scan(self, ref: DatasetRef) -> ScannedDataset:
-        """Resolve and scan a dataset: a bad or unusable one is rejected up front."""
-        path = resolve_dataset(ref, self.s.config)
-        return scan_dataset(path)
+    async def _locate(self, ref: DatasetRef) -> None:
+        """The dataset reference is valid and points at something (no scanning here)."""
+        await self.s.call(locate_dataset, ref, self.s.config)
+
+    async def _run_task(
+        self, kind: TaskKind, request: dict[str, Any], context: grpc.aio.ServicerContext
+    ) -> dict[str, Any]:
+        """Queue a task for a worker and await its result without holding a thread. The
+        caller's deadline (or, with none, `advise_timeout_seconds`) goes with the task; a
+        caller that goes away or runs out of time cancels it, and its worker stops."""
+        remaining = context.time_remaining()
+        budget = self.s.config.advise_timeout_seconds
+        timeout = budget if remaining is None else min(remaining, budget)
+        store = self.s.store
+        task = await self.s.call(store.create_task, kind, request, time.time() + timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await self.s.watcher.wait_task(task.task_id)
+        except BaseException as exc:
+            # Cancelled (the client went away or its deadline passed), timed out here, or
+            # the server is stopping: nobody will read the result, so stop the work.
+            asyncio.get_running_loop().run_in_executor(
+                self.s.store_pool, store.cancel_task, task.task_id
+            )
+            if isinstance(exc, TimeoutError):
+                raise errors.Unavailable(
+                    f"no worker finished the {kind.name.lower()} task in {timeout:.0f} s"
+                ) from None
+            raise
+        task = await self.s.call(store.get_task, task.task_id)
+        if task.state == JobState.SUCCEEDED:
+            return task.result
+        if task.state == JobState.FAILED:
+            raise errors.error_from_dict(task.error_detail)
+        if self.s.draining.is_set():
+            raise errors.Unavailable("server is shutting down; retry")
+        raise errors.Unavailable(f"the {kind.name.lower()} task was cancelled; retry")
 
     def _model_ref(self, msg: pb.ModelRef) -> ModelRef:
         ref = convert.model_ref_from_pb(msg)
@@ -276,10 +357,10 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         _require(not (ref.version and ref.alias), "model", "give a version or an alias, not both")
         return ref
 
-    def _check_weights(self, plan: TrainingPlan) -> None:
+    def _check_weights(self, backbone: str) -> None:
         status = {b.name: b for b in backbone_statuses(self.s.config.weights_dir)}
-        entry = status.get(plan.backbone)
+        entry = status.get(backbone)
         if entry is not None and not entry.ready:
             raise errors.FailedPrecondition(
-                f"backbone {plan.backbone!r} has no pretrained weights here: {entry.weights}"
+                f"backbone {backbone!r} has no pretrained weights here: {entry.weights}"
             )

@@ -3,7 +3,14 @@ splitting, and THE preprocessing shared by training and Predict. See docs/DATA.m
 
 from graft.data.dataset import ImageDataset
 from graft.data.images import ImageDecodeError, load_image
-from graft.data.resolve import UploadInfo, resolve_dataset, save_upload
+from graft.data.resolve import (
+    UploadInfo,
+    UploadReceiver,
+    check_upload,
+    locate_dataset,
+    resolve_dataset,
+    save_upload,
+)
 from graft.data.scan import Sample, ScannedDataset, scan_dataset, split_dataset
 from graft.data.transforms import eval_transform, train_transform
 
@@ -13,8 +20,11 @@ __all__ = [
     "Sample",
     "ScannedDataset",
     "UploadInfo",
+    "UploadReceiver",
+    "check_upload",
     "eval_transform",
     "load_image",
+    "locate_dataset",
     "resolve_dataset",
     "save_upload",
     "scan_dataset",

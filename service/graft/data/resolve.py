@@ -57,13 +57,14 @@ def archive_suffix(name: str) -> str:
 # --------------------------------------------------------------------------- resolving
 
 
-def resolve_dataset(ref: DatasetRef, config: Config) -> Path:
-    """A local path for `ref`: a folder to scan, or a CSV manifest.
+def locate_dataset(ref: DatasetRef, config: Config) -> tuple[Path, str, str]:
+    """Where `ref` points, checked cheaply (a few stat calls, no reading): the path, the
+    request field it came from, and the upload's recorded sha256 ("" if none or a uri).
 
     `uri` must lie inside one of `config.data_roots` after resolving symlinks and `..`;
     a relative `uri` is looked up under each data root in turn. `dataset_id` names an
-    upload. Archives are extracted once into `config.cache_dir/extracted/<sha256>`.
-    """
+    upload. The path is a folder, a .csv manifest or an archive; anything else is rejected.
+    This is all the API server does with a dataset: scanning is a worker's."""
     if bool(ref.uri) == bool(ref.dataset_id):
         raise InvalidArgument.of("dataset", "set exactly one of uri or dataset_id")
     known_sha = ""
@@ -73,19 +74,24 @@ def resolve_dataset(ref: DatasetRef, config: Config) -> Path:
     else:
         path, known_sha = _upload_archive(ref.dataset_id, config)
         field = "dataset.dataset_id"
-    if path.is_dir():
-        return path
-    if path.suffix.lower() == ".csv":
-        return path
-    if archive_suffix(path.name):
-        try:
-            return extracted_root(path, config, known_sha)
-        except UnsafeArchive as e:
-            raise InvalidArgument.of(field, str(e)) from None
+    if path.is_dir() or path.suffix.lower() == ".csv" or archive_suffix(path.name):
+        return path, field, known_sha
     raise InvalidArgument.of(
         field,
         f"{path.name} is not a folder, a .zip/.tar/.tar.gz/.tgz archive or a .csv manifest",
     )
+
+
+def resolve_dataset(ref: DatasetRef, config: Config) -> Path:
+    """A local path for `ref` to scan: a folder, or a CSV manifest (see `locate_dataset`).
+    Archives are extracted once into `config.cache_dir/extracted/<sha256>`."""
+    path, field, known_sha = locate_dataset(ref, config)
+    if archive_suffix(path.name) and not path.is_dir():
+        try:
+            return extracted_root(path, config, known_sha)
+        except UnsafeArchive as e:
+            raise InvalidArgument.of(field, str(e)) from None
+    return path
 
 
 def _confined(uri: str, config: Config) -> Path:
@@ -268,45 +274,91 @@ def sanitise_filename(filename: str) -> str:
     return safe[-200:]
 
 
-def save_upload(
-    config: Config, filename: str, chunks: Iterable[bytes], sha256: str = ""
-) -> UploadInfo:
-    """Store an uploaded archive under `uploads_dir/<new id>/`, check it, and scan it.
+class UploadReceiver:
+    """The API's part of an upload: write the streamed archive under
+    `uploads_dir/<new id>/` and hash it, bounded by `config.max_upload_bytes`. Checking what
+    the archive holds (extracting, scanning) is a worker's (`check_upload`). Blocking file
+    I/O: the asyncio API calls it off its event loop, one chunk at a time."""
 
-    Raises InvalidArgument (`filename`, `sha256`, `chunk`), ResourceExhausted past
-    `config.max_upload_bytes`, or FailedPrecondition when the archive holds no usable
-    dataset. Nothing is kept of a rejected upload.
-    """
-    if not archive_suffix(filename):
-        raise InvalidArgument.of(
-            "filename", f"{filename!r} is not a .zip, .tar, .tar.gz or .tgz archive"
-        )
-    if sha256 and not _SHA_RE.match(sha256):
-        raise InvalidArgument.of("sha256", "must be 64 hexadecimal digits")
-    name = sanitise_filename(filename)
-    dataset_id = uuid.uuid4().hex
-    d = config.uploads_dir / dataset_id
-    d.mkdir(parents=True)
-    try:
-        size, digest = _write_chunks(d / (name + ".part"), chunks, config.max_upload_bytes)
-        if sha256 and digest != sha256.lower():
+    def __init__(self, config: Config, filename: str, sha256: str = "") -> None:
+        if not archive_suffix(filename):
             raise InvalidArgument.of(
-                "sha256", f"the received {size} bytes hash to {digest}, not {sha256.lower()}"
+                "filename", f"{filename!r} is not a .zip, .tar, .tar.gz or .tgz archive"
             )
-        path = d / name
-        os.replace(d / (name + ".part"), path)
+        if sha256 and not _SHA_RE.match(sha256):
+            raise InvalidArgument.of("sha256", "must be 64 hexadecimal digits")
+        self.filename, self.expected_sha = filename, sha256.lower()
+        self.name = sanitise_filename(filename)
+        self.limit = config.max_upload_bytes
+        self.dataset_id = uuid.uuid4().hex
+        self.dir = config.uploads_dir / self.dataset_id
+        self.dir.mkdir(parents=True)
+        self._part = self.dir / (self.name + ".part")
+        self._file = open(self._part, "wb")  # noqa: SIM115 (closed by finish or abort)
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise ResourceExhausted(
+                f"upload exceeds the limit of {self.limit} bytes (max_upload_bytes)"
+            )
+        self._hash.update(chunk)
+        self._file.write(chunk)
+
+    def finish(self) -> dict[str, object]:
+        """Close and check the archive; the request of its CHECK_UPLOAD task."""
+        self._file.close()
+        digest = self._hash.hexdigest()
+        if self.size == 0:
+            raise InvalidArgument.of("chunk", "the upload is empty")
+        if self.expected_sha and digest != self.expected_sha:
+            raise InvalidArgument.of(
+                "sha256",
+                f"the received {self.size} bytes hash to {digest}, not {self.expected_sha}",
+            )
+        os.replace(self._part, self.dir / self.name)
+        return {
+            "dataset_id": self.dataset_id,
+            "filename": self.name,
+            "original_filename": self.filename,
+            "size_bytes": self.size,
+            "sha256": digest,
+        }
+
+    def abort(self) -> None:
+        """Nothing is kept of a rejected or abandoned upload."""
+        self._file.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def check_upload(config: Config, received: dict[str, object]) -> UploadInfo:
+    """The worker's part of an upload: extract and scan the archive `UploadReceiver` wrote,
+    then record it (its meta file makes it usable as a `dataset_id`).
+
+    Raises InvalidArgument (`chunk`) for an unsafe archive, FailedPrecondition when it holds
+    no usable dataset. Nothing is kept of a rejected upload."""
+    dataset_id, name, digest = (str(received[k]) for k in ("dataset_id", "filename", "sha256"))
+    d = _upload_dir(dataset_id, config)
+    try:
         extracted = config.cache_dir / "extracted" / digest
         fresh = not extracted.is_dir()
         try:
-            ds = scan_dataset(extracted_root(path, config, digest))
+            ds = scan_dataset(extracted_root(d / name, config, digest))
         except UnsafeArchive as e:
             raise InvalidArgument.of("chunk", str(e)) from None
         except BaseException:
             if fresh:  # don't let rejected uploads fill the cache
                 shutil.rmtree(extracted, ignore_errors=True)
             raise
-        meta = {"filename": name, "original_filename": filename, "size_bytes": size}
-        meta |= {"sha256": digest, "fingerprint": ds.fingerprint}
+        meta = {
+            "filename": name,
+            "original_filename": received["original_filename"],
+            "size_bytes": received["size_bytes"],
+            "sha256": digest,
+            "fingerprint": ds.fingerprint,
+        }
         (d / (UPLOAD_META + ".tmp")).write_text(json.dumps(meta, indent=1))
         os.replace(d / (UPLOAD_META + ".tmp"), d / UPLOAD_META)
     except BaseException:
@@ -314,28 +366,27 @@ def save_upload(
         raise
     return UploadInfo(
         dataset_id=dataset_id,
-        size_bytes=size,
+        size_bytes=int(str(received["size_bytes"])),
         images=len(ds.samples),
         classes=len(ds.classes),
         skipped_files=len(ds.skipped),
     )
 
 
-def _write_chunks(path: Path, chunks: Iterable[bytes], limit: int) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "wb") as fh:
+def save_upload(
+    config: Config, filename: str, chunks: Iterable[bytes], sha256: str = ""
+) -> UploadInfo:
+    """Receive and check an upload in one call (scripts and tests; the service splits it
+    between the API and a worker)."""
+    receiver = UploadReceiver(config, filename, sha256)
+    try:
         for chunk in chunks:
-            size += len(chunk)
-            if size > limit:
-                raise ResourceExhausted(
-                    f"upload exceeds the limit of {limit} bytes (max_upload_bytes)"
-                )
-            h.update(chunk)
-            fh.write(chunk)
-    if size == 0:
-        raise InvalidArgument.of("chunk", "the upload is empty")
-    return size, h.hexdigest()
+            receiver.write(chunk)
+        received = receiver.finish()
+    except BaseException:
+        receiver.abort()
+        raise
+    return check_upload(config, received)
 
 
 def delete_upload(dataset_id: str, config: Config) -> None:

@@ -12,11 +12,13 @@ Each process owns its counters; a restarted worker starts from zero, which Prome
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import platform
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -107,6 +109,12 @@ class ServerMetrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.predict_forward_batch = Histogram(
+            "graft_predict_forward_batch_size",
+            "Images per forward pass (dynamic batching gathers concurrent requests into one).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.predict_images = Counter(
             "graft_predict_images_total",
             "Images classified by Predict, by outcome (error: the image alone failed).",
@@ -135,6 +143,24 @@ class ServerMetrics:
             ("version", "python", "torch", "grpcio"),
             registry=r,
         )
+        self.rpc_running = Gauge(
+            "graft_rpc_running",
+            "AdaptationService RPCs running now, by method (admission control's slots).",
+            ("grpc_method",),
+            registry=r,
+        )
+        self.rpc_waiting = Gauge(
+            "graft_rpc_waiting",
+            "RPCs waiting for an admission slot, by method.",
+            ("grpc_method",),
+            registry=r,
+        )
+        self.rpc_rejected = Counter(
+            "graft_rpc_rejected_total",
+            "RPCs refused with RESOURCE_EXHAUSTED by admission control, by method.",
+            ("grpc_method",),
+            registry=r,
+        )
         for stage in PREDICT_STAGES:
             self.predict_stage.labels(stage)  # every series exists from the first scrape
         for outcome in ("ok", "error"):
@@ -146,6 +172,12 @@ class ServerMetrics:
         self.build_info.labels(
             __version__, platform.python_version(), torch.__version__, grpc.__version__
         ).set(1)
+
+    def observe_admission(self, method: str, running: int, waiting: int, rejected: bool) -> None:
+        self.rpc_running.labels(method).set(running)
+        self.rpc_waiting.labels(method).set(waiting)
+        if rejected:
+            self.rpc_rejected.labels(method).inc()
 
     def observe_predict(
         self, stage_seconds: dict[str, float], images: int, failed: int, cache_hit: bool
@@ -228,117 +260,106 @@ _CODE_NAMES = {
 }
 
 
-def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
+def _code_name(context: grpc.aio.ServicerContext, failed: bool) -> str:
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return _CODE_NAMES[code]
+    if isinstance(code, int):  # grpc.aio may report the raw status number
+        return next((n for c, n in _CODE_NAMES.items() if c.value[0] == code), "Unknown")
     return "Unknown" if failed else "OK"
 
 
-def _request_id(context: grpc.ServicerContext) -> str:
+def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and isinstance(value, str) and value:
             return value[:64]
     return uuid.uuid4().hex[:16]
 
 
+def _kind(handler: grpc.RpcMethodHandler) -> str:
+    client_stream, server_stream = handler.request_streaming, handler.response_streaming
+    if client_stream and server_stream:
+        return "bidi_stream"
+    if client_stream:
+        return "client_stream"
+    return "server_stream" if server_stream else "unary"
+
+
 class MetricsInterceptor(WrappingInterceptor):
     """Records started/handled/latency/messages for every RPC, and binds the method and a
     request id (the caller's `x-request-id` metadata, else a new one) to its log records.
-    Install it first (outermost) so it sees the status the error boundary sets."""
+    Install it first (outermost) so it sees the status the error boundary sets. A stream
+    answered through `context.write` (the health Watch) counts no sent messages."""
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self.m = metrics
 
     def wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
         service, method = _split_method(full_method)
-        client_stream, server_stream = handler.request_streaming, handler.response_streaming
-        kind = (
-            "bidi_stream"
-            if client_stream and server_stream
-            else "client_stream"
-            if client_stream
-            else "server_stream"
-            if server_stream
-            else "unary"
-        )
-        labels = (kind, service, method)
+        labels = (_kind(handler), service, method)
         m = self.m
 
-        def count_requests(requests: Iterator[Any]) -> Iterator[Any]:
-            for request in requests:
+        async def count_requests(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            async for request in requests:
                 m.received.labels(*labels).inc()
                 yield request
 
-        def begin(context: grpc.ServicerContext) -> float:
+        def begin(request: Any) -> tuple[Any, float]:
             m.started.labels(*labels).inc()
-            return time.perf_counter()
+            if handler.request_streaming:
+                request = count_requests(request)
+            else:
+                m.received.labels(*labels).inc()
+            return request, time.perf_counter()
 
-        def end(context: grpc.ServicerContext, t0: float, failed: bool) -> None:
-            m.handled.labels(*labels, _code_name(context, failed)).inc()
+        def end(context: grpc.aio.ServicerContext, t0: float, outcome: str) -> None:
+            if outcome == "cancelled":
+                code = "Canceled" if context.code() in (None, grpc.StatusCode.OK) else None
+                code = code or _code_name(context, True)
+            else:
+                code = _code_name(context, outcome == "failed")
+            m.handled.labels(*labels, code).inc()
             m.handling.labels(*labels).observe(time.perf_counter() - t0)
 
-        def unary_response(
-            inner: Callable[..., Any], streaming_request: bool
-        ) -> Callable[..., Any]:
-            def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-                t0 = begin(context)
-                if streaming_request:
-                    request = count_requests(request)
-                else:
-                    m.received.labels(*labels).inc()
-                failed = True
-                with log_context(method=method, request_id=_request_id(context)):
+        def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if inspect.isasyncgenfunction(fn):
+
+                async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                    request, t0 = begin(request)
+                    outcome = "failed"
                     try:
-                        response = inner(request, context)
-                        failed = False
+                        with log_context(method=method, request_id=_request_id(context)):
+                            async for response in fn(request, context):
+                                m.sent.labels(*labels).inc()
+                                yield response
+                        outcome = "ok"
+                    except (asyncio.CancelledError, GeneratorExit):
+                        outcome = "cancelled"  # the client cancelled or went away
+                        raise
                     finally:
-                        end(context, t0, failed)
-                m.sent.labels(*labels).inc()
-                return response
+                        end(context, t0, outcome)
 
-            return wrapper
+                return stream
 
-        def stream_response(
-            inner: Callable[..., Iterator[Any]], streaming_request: bool
-        ) -> Callable[..., Iterator[Any]]:
-            def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                t0 = begin(context)
-                if streaming_request:
-                    request = count_requests(request)
-                else:
-                    m.received.labels(*labels).inc()
-                bound = {"method": method, "request_id": _request_id(context)}
-                failed, cancelled = True, False
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                request, t0 = begin(request)
+                outcome = "failed"
                 try:
-                    with log_context(**bound):
-                        responses = iter(inner(request, context))
-                    while True:
-                        # The log context spans each step, never a `yield`: grpc may close
-                        # this generator from another thread when the client goes away.
-                        with log_context(**bound):
-                            try:
-                                response = next(responses)
-                            except StopIteration:
-                                break
-                        m.sent.labels(*labels).inc()
-                        yield response
-                    failed = False
-                except GeneratorExit:  # the client cancelled or went away mid-stream
-                    cancelled = True
+                    with log_context(method=method, request_id=_request_id(context)):
+                        response = await fn(request, context)
+                    outcome = "ok"
+                except asyncio.CancelledError:
+                    outcome = "cancelled"
                     raise
                 finally:
-                    code = (
-                        "Canceled"
-                        if cancelled and context.code() is None
-                        else _code_name(context, failed)
-                    )
-                    m.handled.labels(*labels, code).inc()
-                    m.handling.labels(*labels).observe(time.perf_counter() - t0)
+                    end(context, t0, outcome)
+                if not handler.response_streaming:
+                    m.sent.labels(*labels).inc()
+                return response
 
-            return wrapper
+            return unary
 
-        return wrap_handler(handler, unary_response=unary_response, stream_response=stream_response)
+        return wrap_handler(handler, wrap)
 
 
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -402,6 +423,14 @@ class WorkerMetrics:
             registry=r,
         )
         self.busy = Gauge("graft_worker_busy", "1 while the worker runs a job.", registry=r)
+        self.tasks = Histogram(
+            "graft_worker_task_duration_seconds",
+            "Wall time of an advisor-lane task (advise, check_upload), by kind and outcome."
+            " Its _count is the number of tasks this process ran.",
+            ("kind", "outcome"),
+            buckets=(*STEP_BUCKETS[4:], 60, 120, 300, 600),
+            registry=r,
+        )
         self.cuda = cuda
         if cuda:
             self.gpu_allocated = Gauge(
@@ -447,6 +476,9 @@ class WorkerMetrics:
         self.checkpoint_seconds.observe(seconds)
 
     # -- the worker ----------------------------------------------------------------------
+
+    def task_finished(self, kind: str, outcome: str, seconds: float) -> None:
+        self.tasks.labels(kind, outcome).observe(seconds)
 
     def job_finished(self, strategy: str, outcome: str, seconds: float) -> None:
         self.job_seconds.labels(strategy, outcome).observe(seconds)

@@ -1,7 +1,11 @@
-"""`graft worker`: a trainer process. It claims queued jobs from the store with a lease it
-renews, trains (CUDA when present, else CPU), checkpoints every epoch, appends progress
-events and registers the trained model. A job whose lease expired (its worker died) is
-claimed again by the next worker and resumes from its last checkpoint.
+"""`graft worker`: a worker process with one or two lanes (`Config.lanes`).
+
+The trainer lane claims queued jobs from the store with a lease it renews, scans the
+dataset, completes the plan (defaults, or Advise when StartFineTune had none), trains (CUDA
+when present, else CPU), checkpoints every epoch, appends progress events and registers the
+trained model. A job whose lease expired (its worker died) is claimed again by the next
+worker and resumes from its last checkpoint. The advisor lane (graft.advisor.lane) runs the
+short tasks the API awaits: Advise and upload checks.
 
 SIGTERM/SIGINT: the worker stops its job right after the next epoch checkpoint (or, when
 that takes longer than `stop_timeout_seconds`, at the next step, keeping the previous
@@ -28,12 +32,16 @@ from typing import Any
 import torch
 
 from graft import errors
-from graft.backbones import get_spec
+from graft.advisor.advise import advise_dataset
+from graft.advisor.cancel import AdviceCancelled, cancellable
+from graft.advisor.lane import AdvisorLane
+from graft.backbones import DEFAULT_BACKBONE, get_spec
 from graft.config import Config
-from graft.data import resolve_dataset, scan_dataset, split_dataset
-from graft.domain import EventKind, Job, JobState, ProgressEvent
+from graft.data import ScannedDataset, resolve_dataset, scan_dataset, split_dataset
+from graft.domain import EventKind, Job, JobState, ProgressEvent, TrainingPlan
 from graft.observability.logs import log_context, setup_logging
 from graft.observability.metrics import WorkerMetrics, serve_metrics
+from graft.plans import resolve_plan, validate_plan
 from graft.predict.predictor import card_preprocessing
 from graft.registry import ModelRegistry
 from graft.store import JobStore, open_store
@@ -132,9 +140,39 @@ class Worker:
             self.heartbeat()
 
     def run(self) -> int:
-        log.info("worker %s on %s polling %s", self.worker_id, self.device, self.config.store_path)
+        lanes = set(self.config.lanes)
+        log.info(
+            "worker %s (%s) on %s polling %s",
+            self.worker_id,
+            "+".join(sorted(lanes)),
+            self.device,
+            self.config.store_path,
+        )
         self.heartbeat()
         self._heartbeats.start()
+        advisor = AdvisorLane(
+            self.config,
+            self.store,
+            self.worker_id,
+            self.device,
+            self.stopping,
+            on_task=self.metrics.task_finished,
+        )
+        if "trainer" not in lanes:
+            advisor.run()
+        else:
+            thread = None
+            if "advisor" in lanes:
+                thread = threading.Thread(target=advisor.run, name="advisor-lane", daemon=True)
+                thread.start()
+            self.run_trainer()
+            if thread is not None:
+                thread.join()
+        self.metrics.ready.set(0)
+        log.info("worker %s stopped", self.worker_id)
+        return 0
+
+    def run_trainer(self) -> None:
         while not self.stopping.is_set():
             job = self.store.claim_job(self.worker_id, self.config.lease_seconds)
             if job is None:
@@ -147,9 +185,6 @@ class Worker:
                 self.run_job(job)
             self.busy_job = ""
             self.metrics.busy.set(0)
-        self.metrics.ready.set(0)
-        log.info("worker %s stopped", self.worker_id)
-        return 0
 
     def _stop_now(self) -> bool:
         """Past the stop timeout: do not wait for the epoch's checkpoint any longer."""
@@ -191,7 +226,11 @@ class Worker:
             except errors.GraftError as exc:
                 log.warning("job %s failed: %s", job.job_id, exc.message)
                 self.store.finish_job(
-                    job.job_id, self.worker_id, JobState.FAILED, error=exc.message
+                    job.job_id,
+                    self.worker_id,
+                    JobState.FAILED,
+                    error=exc.message,
+                    error_detail=errors.error_to_dict(exc),
                 )
                 outcome = "failed"
             except Exception as exc:  # a crash in training must end the job, not the worker
@@ -209,6 +248,8 @@ class Worker:
         dataset = scan_dataset(resolve_dataset(job.dataset, self.config))
         self.store.set_skipped_files(job.job_id, len(dataset.skipped))
         plan = job.plan
+        if not job.plan_resolved:
+            plan = self._complete_plan(job, dataset, emit, should_stop)
         train_samples, val_samples = split_dataset(dataset, plan.validation_fraction, plan.seed)
         counts = dataset.counts()
         emit(
@@ -241,6 +282,43 @@ class Worker:
         )
         if should_stop():
             raise TrainingCancelled()
+        self._register(job, plan, dataset, result, emit)
+
+    def _complete_plan(
+        self, job: Job, dataset: ScannedDataset, emit: Any, should_stop: Any
+    ) -> TrainingPlan:
+        """The plan the job trains: the caller's with its defaults filled in for this
+        dataset, or, when StartFineTune had no plan, exactly the advised one. Recorded in the
+        job before training starts, so a resumed attempt trains the same plan."""
+        if job.advise_first:
+            emit(
+                ProgressEvent(
+                    kind=EventKind.MESSAGE,
+                    state=JobState.RUNNING,
+                    message="no plan given: measuring the dataset to advise one",
+                )
+            )
+            try:
+                with cancellable(should_stop):
+                    plan = advise_dataset(dataset, config=self.config, device=self.device).plan
+            except AdviceCancelled as exc:
+                raise TrainingCancelled() from exc
+        else:
+            spec = get_spec(job.plan.backbone or DEFAULT_BACKBONE)
+            plan = resolve_plan(
+                job.plan,
+                spec,
+                num_train_images=len(dataset.samples),
+                median_size=dataset.median_size,
+            )
+        validate_plan(plan, get_spec(plan.backbone))
+        self.store.set_job_plan(job.job_id, self.worker_id, plan)
+        return plan
+
+    def _register(
+        self, job: Job, plan: TrainingPlan, dataset: ScannedDataset, result: Any, emit: Any
+    ) -> None:
+        counts = dataset.counts()
         spec = get_spec(plan.backbone)
         card = {
             "backbone": plan.backbone,

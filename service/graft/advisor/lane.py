@@ -1,0 +1,167 @@
+"""The advisor lane: a worker's loop over the short tasks the API awaits for its callers.
+
+- ADVISE: scan the dataset, measure it and advise (advise_dataset); the result is the
+  AdviseResponse the RPC answers with, as protobuf JSON (the lane speaks the API's contract
+  so the server only relays it).
+- CHECK_UPLOAD: extract and scan an uploaded archive (graft.data.check_upload).
+
+A task is claimed under a lease. Its caller may go away or run out of time: the API then
+marks the task cancelled (or its deadline passes), and the work stops at its next
+checkpoint (graft.advisor.cancel), within a second or two, because `should_stop` renews the
+lease at most every STOP_CHECK_SECONDS and learns of either there. Errors keep their kind and
+field violations (graft.errors.error_to_dict), so the RPC fails exactly as if the server
+had done the work itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from google.protobuf import json_format
+
+from graft import errors
+from graft.advisor.advise import advise_dataset
+from graft.advisor.cancel import AdviceCancelled, cancellable
+from graft.config import Config
+from graft.data import check_upload, resolve_dataset, scan_dataset
+from graft.domain import JobState, Task, TaskKind
+from graft.observability.logs import log_context
+from graft.store import JobStore
+
+log = logging.getLogger(__name__)
+
+STOP_CHECK_SECONDS = 0.5
+KINDS = (TaskKind.ADVISE, TaskKind.CHECK_UPLOAD)
+
+
+class TaskLease:
+    """`should_stop()` for a running task: True once the worker is stopping, or the store
+    says the task is no longer ours (cancelled, past its deadline, or reclaimed). Each call
+    past STOP_CHECK_SECONDS since the last renews the lease, so checkpoints can call it
+    freely."""
+
+    def __init__(
+        self, store: JobStore, task: Task, worker_id: str, lease_seconds: float, stopping: Any
+    ) -> None:
+        self.store, self.task_id, self.worker_id = store, task.task_id, worker_id
+        self.lease_seconds = lease_seconds
+        self.stopping = stopping
+        self.lost = False
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    def should_stop(self) -> bool:
+        if self.lost or self.stopping.is_set():
+            return True
+        with self._lock:
+            if time.monotonic() - self._checked < STOP_CHECK_SECONDS:
+                return False
+            self._checked = time.monotonic()
+            try:
+                self.lost = not self.store.renew_task_lease(
+                    self.task_id, self.worker_id, self.lease_seconds
+                )
+            except errors.Unavailable as exc:  # a store hiccup: carry on until the lease ends
+                log.warning("task %s: lease renewal failed: %s", self.task_id, exc.message)
+        return self.lost
+
+
+class AdvisorLane:
+    def __init__(
+        self,
+        config: Config,
+        store: JobStore,
+        worker_id: str,
+        device: torch.device,
+        stopping: threading.Event,
+        on_task: Callable[[str, str, float], None] | None = None,
+    ) -> None:
+        self.config, self.store, self.worker_id = config, store, worker_id
+        self.device = device
+        self.stopping = stopping
+        self.on_task = on_task or (lambda kind, outcome, seconds: None)  # metrics hook
+        self.busy_task = ""
+
+    def run(self) -> None:
+        log.info("advisor lane of %s polling for tasks", self.worker_id)
+        while not self.stopping.is_set():
+            task = self.store.claim_task(
+                self.worker_id, os.getpid(), self.config.lease_seconds, KINDS
+            )
+            if task is None:
+                self.stopping.wait(min(0.2, self.config.poll_seconds))
+                continue
+            self.busy_task = task.task_id
+            with log_context(task_id=task.task_id, worker_id=self.worker_id):
+                self.run_task(task)
+            self.busy_task = ""
+
+    def run_task(self, task: Task) -> None:
+        started = time.monotonic()
+        lease = TaskLease(
+            self.store, task, self.worker_id, self.config.lease_seconds, self.stopping
+        )
+        kind = task.kind.name.lower()
+        try:
+            with cancellable(lease.should_stop):
+                result = self._do(task)
+            state, outcome, detail = JobState.SUCCEEDED, "succeeded", None
+        except AdviceCancelled:
+            state, outcome, detail = JobState.CANCELLED, "cancelled", None
+        except errors.GraftError as exc:
+            state, outcome, detail = JobState.FAILED, "failed", errors.error_to_dict(exc)
+            log.info("task %s (%s) failed: %s", task.task_id, kind, exc.message)
+        except Exception as exc:  # a bug or an OOM in the work must end the task, not the lane
+            log.exception("task %s (%s) failed unexpectedly", task.task_id, kind)
+            state, outcome = JobState.FAILED, "failed"
+            detail = errors.error_to_dict(
+                errors.GraftError(f"internal error in the advisor: {type(exc).__name__}: {exc}")
+            )
+        if state != JobState.SUCCEEDED:
+            result = {}
+        seconds = time.monotonic() - started
+        try:
+            self.store.finish_task(
+                task.task_id, self.worker_id, state, result=result, error_detail=detail
+            )
+        except errors.FailedPrecondition as exc:  # reclaimed after our lease lapsed
+            log.warning("task %s: %s", task.task_id, exc.message)
+        self.on_task(kind, outcome, seconds)
+        log.info("task %s (%s) %s in %.1f s", task.task_id, kind, outcome, seconds)
+
+    def _do(self, task: Task) -> dict[str, Any]:
+        if task.kind == TaskKind.CHECK_UPLOAD:
+            info = check_upload(self.config, task.request)
+            return {
+                "size_bytes": info.size_bytes,
+                "images": info.images,
+                "classes": info.classes,
+                "skipped_files": info.skipped_files,
+            }
+        if task.kind == TaskKind.ADVISE:
+            return self._advise(task.request["advise_request"])
+        raise errors.InvalidArgument.of("kind", f"this worker cannot run {task.kind.name} tasks")
+
+    def _advise(self, request: dict[str, Any]) -> dict[str, Any]:
+        from graft.api import convert  # the lane answers in the API's contract
+        from graft_client.v1 import adaptation_pb2 as pb
+
+        req = json_format.ParseDict(request, pb.AdviseRequest())
+        dataset = scan_dataset(resolve_dataset(convert.dataset_from_pb(req.dataset), self.config))
+        advice = advise_dataset(
+            dataset,
+            config=self.config,
+            candidates=[c.strip() for c in req.candidate_backbones],
+            small_threshold=req.small_dataset_threshold or None,
+            max_per_class=req.max_images_per_class or None,
+            max_images=req.max_images or None,
+            device=self.device,
+        )
+        response = convert.advice_to_pb(advice)
+        return {"advise_response": json_format.MessageToDict(response)}
