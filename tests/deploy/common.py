@@ -44,6 +44,9 @@ SERVER_METRICS: dict[str, str] = {
     "graft_store_up": "gauge",
     "graft_workers_ready": "gauge",
     "graft_build_info": "gauge",
+    "graft_rpc_running": "gauge",
+    "graft_rpc_waiting": "gauge",
+    "graft_rpc_rejected_total": "counter",
 }
 WORKER_METRICS: dict[str, str] = {
     "graft_worker_training_images_total": "counter",
@@ -57,6 +60,7 @@ WORKER_METRICS: dict[str, str] = {
     "graft_worker_last_heartbeat_timestamp_seconds": "gauge",
     "graft_worker_ready": "gauge",
     "graft_worker_busy": "gauge",
+    "graft_worker_task_duration_seconds": "histogram",
 }
 METRICS = {**SERVER_METRICS, **WORKER_METRICS}
 # Prometheus' own per-target series, usable beside the catalogue.

@@ -102,7 +102,7 @@ def test_runtime_runs_graft_serve_as_non_root_with_a_data_volume() -> None:
     uid, _, gid = user.partition(":")
     assert uid.isdigit() and int(uid) == IMAGE_UID and int(gid or uid) != 0
     assert "/data" in json.loads(values(final, "VOLUME")[0])
-    assert set(" ".join(values(final, "EXPOSE")).split()) == {"50051", "9464", "9465"}
+    assert set(" ".join(values(final, "EXPOSE")).split()) == {"50051", "9464", "9465", "9466"}
     (entrypoint,) = values(final, "ENTRYPOINT")
     (cmd,) = values(final, "CMD")
     assert json.loads(entrypoint) == ["graft"]

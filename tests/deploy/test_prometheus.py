@@ -97,7 +97,8 @@ def test_local_config_scrapes_the_default_ports() -> None:
     jobs = scrape_jobs(PROMETHEUS / "prometheus.yml")
     assert set(jobs) == {SERVER_JOB, WORKER_JOB}
     assert jobs[SERVER_JOB]["static_configs"][0]["targets"] == ["localhost:9464"]
-    assert jobs[WORKER_JOB]["static_configs"][0]["targets"] == ["localhost:9465"]
+    # The embedded trainer and advisor workers of `graft serve`.
+    assert jobs[WORKER_JOB]["static_configs"][0]["targets"] == ["localhost:9465", "localhost:9466"]
     for config in ("prometheus.yml", "prometheus.compose.yml"):
         assert load_yaml(PROMETHEUS / config)["rule_files"] == ["alerts.yml"]
 
