@@ -361,6 +361,7 @@ def advise_dataset(
 
     measurements: dict[str, BackboneMeasurement] = {}
     for n, spec in specs.items():
+        cancel.checkpoint()  # loading a backbone's weights takes seconds on a busy host
         size, batch = shapes[n]
         measurements[n] = measure_backbone(
             spec,

@@ -27,7 +27,7 @@ from google.protobuf import json_format
 
 from graft import errors
 from graft.advisor.advise import advise_dataset
-from graft.advisor.cancel import AdviceCancelled, cancellable
+from graft.advisor.cancel import AdviceCancelled, cancellable, checkpoint
 from graft.config import Config
 from graft.data import check_upload, resolve_dataset, scan_dataset
 from graft.domain import JobState, Task, TaskKind
@@ -154,6 +154,7 @@ class AdvisorLane:
 
         req = json_format.ParseDict(request, pb.AdviseRequest())
         dataset = scan_dataset(resolve_dataset(convert.dataset_from_pb(req.dataset), self.config))
+        checkpoint()
         advice = advise_dataset(
             dataset,
             config=self.config,
