@@ -344,6 +344,22 @@ def build_parser() -> argparse.ArgumentParser:
         " RESOURCE_EXHAUSTED (repeatable; METHOD '*' = every other; docs/OPERATIONS.md)",
     )
     p.add_argument(
+        "--predict-max-batch",
+        type=int,
+        help="Predict: most images in one batched forward pass (default 32)",
+    )
+    p.add_argument(
+        "--predict-max-delay-ms",
+        type=float,
+        help="Predict: how long an idle runner waits for more requests to batch (default 0:"
+        " it takes what is queued at once; batches form while runners are busy)",
+    )
+    p.add_argument(
+        "--predict-runners",
+        type=int,
+        help="Predict: inference runner threads (default 0: one per core, one thread each)",
+    )
+    p.add_argument(
         "--max-jobs-per-model",
         type=int,
         help="jobs queued or running per model name before StartFineTune says"
@@ -532,6 +548,9 @@ def cmd_serve(ctx: Context) -> int:
         grace_seconds=a.grace_seconds,
         rpc_limits=tuple(a.rpc_limits) if a.rpc_limits else None,
         max_active_jobs_per_model=a.max_jobs_per_model,
+        predict_max_batch=a.predict_max_batch,
+        predict_max_delay_ms=a.predict_max_delay_ms,
+        predict_runners=a.predict_runners,
         log_format=a.log_format,
         log_level=a.log_level,
     )

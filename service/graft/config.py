@@ -115,7 +115,7 @@ class Config:
             kw["data_dir"] = Path(kw["data_dir"])
         if "data_roots" in kw:
             kw["data_roots"] = tuple(Path(p) for p in kw["data_roots"])
-        for name in ("rpc_limits", "lanes"):
+        for name in ("rpc_limits", "lanes", "predict_model_batching", "predict_runtimes"):
             if name in kw:
                 kw[name] = tuple(kw[name])
         return cls(**kw)

@@ -42,7 +42,7 @@ from graft.observability.metrics import (
     StoreCollector,
     serve_metrics,
 )
-from graft.predict import Predictor
+from graft.predict import DecodePool, Predictor, PredictSettings
 from graft.registry import ModelRegistry
 from graft.store import open_store
 from graft.supervisor import embedded_supervisors
@@ -71,11 +71,20 @@ def build_server(config: Config, metrics: ServerMetrics | None = None) -> Built:
     store = open_store(config)
     registry = ModelRegistry(store, config.registry_dir)
     store_pool = futures.ThreadPoolExecutor(config.store_threads, thread_name_prefix="store")
+    predict_settings = PredictSettings.from_config(config)
+    predict_pool = DecodePool(predict_settings.decode_threads)  # runners are the Predictor's
     services = Services(
         config=config,
         store=store,
         registry=registry,
-        predictor=Predictor(registry, store, config.model_cache_size, metrics=metrics),
+        predictor=Predictor(
+            registry,
+            store,
+            config.model_cache_size,
+            metrics=metrics,
+            settings=predict_settings,
+            decode_pool=predict_pool,
+        ),
         draining=threading.Event(),
         watcher=StoreWatcher(
             store,
@@ -83,9 +92,7 @@ def build_server(config: Config, metrics: ServerMetrics | None = None) -> Built:
             interval=min(0.25, config.poll_seconds),
         ),
         store_pool=store_pool,
-        predict_pool=futures.ThreadPoolExecutor(
-            max(1, os.cpu_count() or 1), thread_name_prefix="predict"
-        ),
+        predict_pool=predict_pool,
     )
     gate = DrainGate(services.draining)
     admission = AdmissionInterceptor(
@@ -135,6 +142,7 @@ async def shutdown(built: Built, grace_seconds: float, on_draining: Callable[[],
     await services.watcher.stop()  # wakes streams and waiters: they see the drain and end
     await built.server.stop(0.5)
     services.store_pool.shutdown(wait=False, cancel_futures=True)
+    services.predictor.close()  # queued Predict calls get UNAVAILABLE; runners stop
     services.predict_pool.shutdown(wait=False, cancel_futures=True)
     services.store.close()
 

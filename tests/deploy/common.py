@@ -35,6 +35,7 @@ SERVER_METRICS: dict[str, str] = {
     "graft_oldest_queued_job_age_seconds": "gauge",
     "graft_predict_stage_seconds": "histogram",
     "graft_predict_batch_size": "histogram",
+    "graft_predict_forward_batch_size": "histogram",
     "graft_predict_images_total": "counter",
     "graft_loaded_models": "gauge",
     "graft_model_cache_hits_total": "counter",

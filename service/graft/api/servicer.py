@@ -2,11 +2,12 @@
 delegates; none computes on the event loop.
 
 Blocking store calls (milliseconds each) run on a small thread pool (`Services.call`);
-Predict runs on the Predict executor; everything heavy (scanning a dataset, measuring it
-for Advise, checking an upload, training) is work for a worker process, handed over
-through the store and, where the RPC's contract is to answer with its result (Advise,
-UploadDataset), awaited without holding a thread: the store watcher wakes the call when
-the task ends, and a caller that goes away or runs out of time cancels the work.
+Predict goes to the Predict engine (graft.predict: decode pool, dynamic batcher, runners);
+everything heavy (scanning a dataset, measuring it for Advise, checking an upload,
+training) is work for a worker process, handed over through the store and, where the RPC's
+contract is to answer with its result (Advise, UploadDataset), awaited without holding a
+thread: the store watcher wakes the call when the task ends, and a caller that goes away
+or runs out of time cancels the work.
 """
 
 from __future__ import annotations
@@ -217,8 +218,10 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
             )
         _require(0 <= request.top_k <= 1000, "top_k", "must be in [0, 1000]")
         images = [im.data for im in request.images]
-        result = await asyncio.get_running_loop().run_in_executor(
-            self.s.predict_pool, self.s.predictor.predict, ref, images, request.top_k
+        # Batched with concurrent calls for the same version; the caller's deadline holds
+        # while the images wait for the model (DEADLINE_EXCEEDED for this call alone).
+        result = await self.s.predictor.predict_async(
+            ref, images, request.top_k, context.time_remaining()
         )
         return pb.PredictResponse(
             model=pb.ModelRef(name=result.version.name, version=result.version.version),

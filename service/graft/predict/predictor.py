@@ -1,27 +1,40 @@
-"""Predict, staged: decode/preprocess → infer (under inference_mode) → postprocess.
+"""Predict, staged: decode/preprocess (decode pool) → queue → infer (a runner, batched with
+other requests for the same model version) → postprocess; every stage timed.
 
-Models are loaded from the registry on first use and kept in a bounded LRU cache. Each
-image's failure (undecodable bytes, say) is attached to that image alone.
+Models are loaded from the registry on first use, once however many requests ask at the
+same time (the others await that load without holding a thread), measured to pick their
+fastest runtime (graft.predict.runtimes), warmed up, and kept in a bounded LRU cache. A
+version evicted or replaced behind an alias keeps serving the requests already queued for
+it. Each image's failure (undecodable bytes, say) is attached to that image alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from graft import errors
 from graft.backbones import GraftModel, create_model, get_spec
 from graft.backbones.spec import PretrainedSpec
-from graft.data import eval_transform, load_image
+from graft.config import Config
+from graft.data import eval_transform
 from graft.domain import ModelRef, ModelVersion
+from graft.predict.batching import Answer, Batcher, BatchPolicy, Pending
+from graft.predict.pool import DecodePool
+from graft.predict.preprocess import Preprocess
+from graft.predict.runtimes import EagerRuntime, Runtime, Trial, choose_runtime
+from graft.predict.settings import PredictSettings
 from graft.registry import ModelRegistry
 from graft.store import JobStore
 
@@ -31,13 +44,73 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)
 class LoadedModel:
+    """A servable model version: the model, its preprocessing exactly as trained, and the
+    runtime that computes it (eager until `choose_runtime` picks a faster one)."""
+
     version: ModelVersion
     model: GraftModel
-    transform: Callable[[Any], torch.Tensor]
+    transform: Callable[[Any], torch.Tensor]  # training's eval transform (reference)
     labels: tuple[str, ...]
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    preprocess: Preprocess
+    policy: BatchPolicy = field(default_factory=BatchPolicy)
+    runtime: Runtime = field(init=False)
+    trials: list[Trial] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.runtime = EagerRuntime(self.model)
+
+    @property
+    def architecture(self) -> tuple[Any, ...]:
+        """What decides which runtime is fastest: versions alike in this choose alike."""
+        m = self.model
+        size = self.preprocess.image_size
+        return (m.spec.name, m.feature_stages, m.feature_grid, size, len(self.labels))
+
+    def warm_up(self) -> None:
+        """One eager forward pass, so the first request meets no first-call cost."""
+        self.forward([np.zeros((self.preprocess.image_size,) * 2 + (3,), np.uint8)])
+
+    def choose_runtime(self, settings: PredictSettings, known: str | None = None) -> None:
+        """Measure settings.runtimes on this model (only `known` if given and it works) and
+        switch to the fastest that answers like eager; it has run by then (warm)."""
+        runtime, self.trials = choose_runtime(
+            self.model,
+            self.preprocess.image_size,
+            settings.runtimes,
+            settings.threads_per_runner,
+            min(self.policy.max_batch, 16),
+            known,
+        )
+        self.runtime = runtime  # one assignment: runners read it per batch
+        log.info(
+            "model %s:%d serves with %s (%s)",
+            self.version.name,
+            self.version.version,
+            runtime.name,
+            "; ".join(t.describe() for t in self.trials),
+        )
+
+    def forward(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
+        """Probabilities (N, C) for preprocessed images. A runtime that fails here is
+        replaced by eager for good (logged), and the batch reruns on eager."""
+        batch = self.preprocess.to_batch(arrays)
+        runtime = self.runtime
+        try:
+            logits = runtime(batch)
+        except Exception:
+            if isinstance(runtime, EagerRuntime):
+                raise
+            log.exception(
+                "model %s:%d: runtime %s failed; falling back to eager",
+                self.version.name,
+                self.version.version,
+                runtime.name,
+            )
+            self.runtime = EagerRuntime(self.model)
+            logits = self.runtime(batch)
+        return torch.softmax(logits, dim=1)
 
 
 @dataclass
@@ -68,11 +141,14 @@ def card_preprocessing(spec: PretrainedSpec, image_size: int) -> dict[str, Any]:
 
 
 def build_model(
-    version: ModelVersion, state: dict[str, torch.Tensor], card: dict[str, Any]
+    version: ModelVersion,
+    state: dict[str, torch.Tensor],
+    card: dict[str, Any],
+    policy: BatchPolicy | None = None,
 ) -> LoadedModel:
     """A servable model from a registered artifact: the architecture with random init and
     the plan's feature cut, then the artifact's weights, strictly; preprocessing exactly as
-    the card recorded it."""
+    the card recorded it. It computes eagerly until `choose_runtime`."""
     spec = get_spec(card["backbone"])
     pre = card.get("preprocessing", {})
     spec = dataclasses.replace(
@@ -94,23 +170,59 @@ def build_model(
     model.load_state_dict(state, strict=True)
     model.eval().to(memory_format=torch.channels_last)
     image_size = int(pre.get("image_size") or card["plan"]["image_size"])
-    return LoadedModel(version, model, eval_transform(spec, image_size), labels)
+    return LoadedModel(
+        version,
+        model,
+        eval_transform(spec, image_size),
+        labels,
+        Preprocess(spec, image_size),
+        policy or BatchPolicy(),
+    )
+
+
+@dataclass
+class _Prepared:
+    """A request after the decode stage: its model, its good images, per-image errors."""
+
+    loaded: LoadedModel
+    inputs: list[np.ndarray]
+    index: list[int]  # the request's position of each input
+    results: list[ImageResult]
+    timings: dict[str, float]
+    cache_hit: bool
 
 
 class Predictor:
+    """The Predict engine: model cache, decode pool, batcher. `predict_async` serves the
+    asyncio API; `predict` is the same for blocking callers. `close()` stops it."""
+
     def __init__(
         self,
         registry: ModelRegistry,
         store: JobStore,
         cache_size: int = 4,
         metrics: ServerMetrics | None = None,
+        settings: PredictSettings | None = None,
+        decode_pool: DecodePool | None = None,
     ) -> None:
         self._metrics = metrics
         self._registry = registry
         self._store = store
+        self.settings = settings or PredictSettings.from_config(Config())
         self._cache_size = max(1, cache_size)
         self._cache: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._loading: dict[tuple[str, int], Future[LoadedModel]] = {}
         self._lock = threading.Lock()
+        self._own_pool = decode_pool is None
+        self.decode_pool = decode_pool or DecodePool(self.settings.decode_threads)
+        self._load_pool = ThreadPoolExecutor(2, thread_name_prefix="predict-load")
+        self._choices: dict[tuple[Any, ...], str] = {}  # architecture -> fastest runtime
+        threads = self.settings.threads_per_runner
+        self._batcher = Batcher(
+            self.settings.runners,
+            on_forward=metrics.predict_forward_batch.observe if metrics else None,
+            setup_thread=lambda: torch.set_num_threads(threads),  # per thread (OpenMP)
+        )
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -119,85 +231,192 @@ class Predictor:
         with self._lock:
             return list(self._cache)
 
-    def _get(self, ref: ModelRef) -> tuple[LoadedModel, bool]:
-        """The loaded model and whether it came from the cache."""
+    def cached(self, name: str, version: int) -> LoadedModel | None:
+        with self._lock:
+            return self._cache.get((name, version))
+
+    def queued_images(self) -> int:
+        """Images waiting for a runner now (all models)."""
+        return self._batcher.queued_images()
+
+    def close(self) -> None:
+        """Fail what is queued (UNAVAILABLE), stop the runners and the pools."""
+        self._batcher.close()
+        self._load_pool.shutdown(wait=False, cancel_futures=True)
+        if self._own_pool:
+            self.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- the model cache ------------------------------------------------------------------
+
+    def _lookup(self, ref: ModelRef) -> LoadedModel | Future[LoadedModel]:
+        """The loaded version `ref` names, or a future of its load (started here unless one
+        is under way: concurrent misses share one load)."""
         version = self._store.resolve_model(ref)
         key = (version.name, version.version)
-        m = self._metrics
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 self.hits += 1
-                if m:
-                    m.cache_hits.inc()
-                return hit, True
-        # Load outside the cache lock: a slow load must not block Predict on other models.
-        loaded_version, state, card = self._registry.load(
-            ModelRef(name=version.name, version=version.version)
-        )
-        loaded = build_model(loaded_version, state, card)
-        with self._lock:
+                if self._metrics:
+                    self._metrics.cache_hits.inc()
+                return hit
             self.misses += 1
+            if self._metrics:
+                self._metrics.cache_misses.inc()
+            future = self._loading.get(key)
+            if future is None:
+                # Running from the start: one waiter giving up (cancel) must not cancel
+                # the load the others wait for.
+                future = self._loading[key] = Future()
+                future.set_running_or_notify_cancel()
+                self._load_pool.submit(self._load, key, future)
+        return future
+
+    def _load(self, key: tuple[str, int], future: Future[LoadedModel]) -> None:
+        """Load, warm up eagerly and serve at once; then, still in this thread, measure the
+        runtimes and switch to the fastest: a cache miss (an alias moved to a new version)
+        waits for the load, never for the export and measurement."""
+        try:
+            torch.set_num_threads(self.settings.threads_per_runner)  # time as runners run
+            version, state, card = self._registry.load(ModelRef(name=key[0], version=key[1]))
+            loaded = build_model(version, state, card, self.settings.policy_for(key[0]))
+            loaded.warm_up()
+        except BaseException as exc:
+            with self._lock:
+                del self._loading[key]
+            future.set_exception(exc)
+            return
+        self._insert(key, loaded)
+        future.set_result(loaded)
+        try:
+            loaded.choose_runtime(self.settings, self._choices.get(loaded.architecture))
+            self._choices[loaded.architecture] = loaded.runtime.name
+        except Exception:  # it keeps serving on eager
+            log.exception("model %s:%d: choosing a runtime failed", *key)
+
+    def _insert(self, key: tuple[str, int], loaded: LoadedModel) -> None:
+        with self._lock:
+            del self._loading[key]
             self._cache[key] = loaded
-            self._cache.move_to_end(key)
             while len(self._cache) > self._cache_size:
                 evicted, _ = self._cache.popitem(last=False)
                 self.evictions += 1
-                if m:
-                    m.cache_evictions.inc()
+                if self._metrics:
+                    self._metrics.cache_evictions.inc()
                 log.info("evicted model %s:%d from the Predict cache", *evicted)
-            if m:
-                m.cache_misses.inc()
-                m.loaded_models.set(len(self._cache))
-        return loaded, False
+            if self._metrics:
+                self._metrics.loaded_models.set(len(self._cache))
 
-    def predict(self, ref: ModelRef, images: Sequence[bytes], top_k: int) -> PredictResult:
-        timings: dict[str, float] = {}
-        started = time.perf_counter()
-        loaded, cache_hit = self._get(ref)
-        timings["load"] = time.perf_counter() - started
+    # -- stages ---------------------------------------------------------------------------
 
-        # Stage 1: decode + preprocess; failures stay with their image.
+    def _decode(
+        self, loaded: LoadedModel, images: Sequence[bytes], timings: dict[str, float], hit: bool
+    ) -> _Prepared:
         t0 = time.perf_counter()
         results = [ImageResult() for _ in images]
-        tensors: list[torch.Tensor] = []
+        inputs: list[np.ndarray] = []
         index: list[int] = []
         for i, data in enumerate(images):
             try:
-                tensors.append(loaded.transform(load_image(data)))
+                inputs.append(loaded.preprocess.decode(data))
                 index.append(i)
             except errors.GraftError as exc:
                 results[i].error = exc
-        if tensors:
-            batch = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
         timings["decode"] = time.perf_counter() - t0
+        return _Prepared(loaded, inputs, index, results, timings, hit)
 
-        # Stage 2: wait for the model (one inference at a time per model), then infer.
+    def _prepare(self, ref: ModelRef, images: Sequence[bytes]) -> _Prepared | Future[LoadedModel]:
+        """Resolve + decode in one trip to the decode pool when the model is loaded."""
         t0 = time.perf_counter()
-        probs = torch.empty(0)
-        timings["queue"] = 0.0
-        if tensors:
-            with loaded.lock:
-                t1 = time.perf_counter()
-                timings["queue"] = t1 - t0
-                with torch.inference_mode():
-                    probs = torch.softmax(loaded.model(batch).float(), dim=1)
-            t0 = t1
-        timings["inference"] = time.perf_counter() - t0
+        found = self._lookup(ref)
+        if isinstance(found, Future):
+            return found
+        return self._decode(found, images, {"load": time.perf_counter() - t0}, True)
 
-        # Stage 3: postprocess.
-        t0 = time.perf_counter()
-        k = min(top_k or 5, len(loaded.labels))
-        if tensors:
-            scores, classes = probs.topk(k, dim=1)
-            for row, i in enumerate(index):
-                results[i].classes = [
-                    (loaded.labels[c], float(s))
-                    for s, c in zip(scores[row].tolist(), classes[row].tolist(), strict=True)
-                ]
-        timings["postprocess"] = time.perf_counter() - t0
+    def _pending(
+        self,
+        p: _Prepared,
+        top_k: int,
+        deadline: float | None,
+        future: asyncio.Future[Answer] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Pending:
+        k = min(top_k or 5, len(p.loaded.labels))
+        if future is None:
+            return Pending(p.loaded, p.inputs, k, deadline)
+        return Pending(p.loaded, p.inputs, k, deadline, future=future, loop=loop)
+
+    def _finish(self, p: _Prepared, answer: Answer | None) -> PredictResult:
+        t = p.timings
+        t["queue"] = answer.queue_seconds if answer else 0.0
+        t["inference"] = answer.inference_seconds if answer else 0.0
+        t["postprocess"] = answer.postprocess_seconds if answer else 0.0
+        if answer is not None:
+            for i, classes in zip(p.index, answer.classes, strict=True):
+                p.results[i].classes = classes
         if self._metrics:
-            failed = sum(1 for r in results if r.error is not None)
-            self._metrics.observe_predict(timings, len(images), failed, cache_hit)
-        return PredictResult(loaded.version, results, timings)
+            failed = sum(1 for r in p.results if r.error is not None)
+            self._metrics.observe_predict(t, len(p.results), failed, p.cache_hit)
+        return PredictResult(p.loaded.version, p.results, t)
+
+    # -- entry points ---------------------------------------------------------------------
+
+    async def predict_async(
+        self, ref: ModelRef, images: Sequence[bytes], top_k: int, timeout: float | None = None
+    ) -> PredictResult:
+        """Predict for the asyncio API: no thread is held while waiting for a model load or
+        a runner. `timeout` (seconds, None: none) is the caller's remaining deadline:
+        DeadlineExceeded when it passes first, and the queued request is dropped."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        t0 = time.perf_counter()
+        prepared = await self.decode_pool.run(self._prepare, ref, images)
+        if isinstance(prepared, Future):
+            loaded = await _within(asyncio.wrap_future(prepared), deadline)
+            timings = {"load": time.perf_counter() - t0}
+            prepared = await self.decode_pool.run(self._decode, loaded, images, timings, False)
+        answer = None
+        if prepared.inputs:
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[Answer] = loop.create_future()
+            self._batcher.submit(self._pending(prepared, top_k, deadline, future, loop))
+            answer = await _within(future, deadline)
+        return self._finish(prepared, answer)
+
+    def predict(
+        self, ref: ModelRef, images: Sequence[bytes], top_k: int, timeout: float | None = None
+    ) -> PredictResult:
+        """Predict for blocking callers (the same stages, decode in the calling thread)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        t0 = time.perf_counter()
+        prepared = self._prepare(ref, images)
+        if isinstance(prepared, Future):
+            loaded = _result(prepared, deadline)
+            prepared = self._decode(loaded, images, {"load": time.perf_counter() - t0}, False)
+        answer = None
+        if prepared.inputs:
+            item = self._pending(prepared, top_k, deadline)
+            self._batcher.submit(item)
+            assert isinstance(item.future, Future)
+            answer = _result(item.future, deadline)
+        return self._finish(prepared, answer)
+
+
+_EXPIRED = "the deadline passed while waiting for the model"
+
+
+async def _within(awaitable: Awaitable[Any], deadline: float | None) -> Any:
+    if deadline is None:
+        return await awaitable
+    try:
+        return await asyncio.wait_for(awaitable, max(0.0, deadline - time.monotonic()))
+    except TimeoutError:  # wait_for cancelled it: a queued request is dropped unrun
+        raise errors.DeadlineExceeded(_EXPIRED) from None
+
+
+def _result(future: Future[Any], deadline: float | None) -> Any:
+    try:
+        return future.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        future.cancel()
+        raise errors.DeadlineExceeded(_EXPIRED) from None

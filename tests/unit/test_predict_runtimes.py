@@ -1,0 +1,190 @@
+"""Predict's runtimes and preprocessing against the reference on real images: ONNX Runtime
+and frozen TorchScript give eager's top-1 with probabilities within PROB_TOLERANCE, for the
+whole network and for feature cuts (global and grid pooling); the batched preprocessing is
+bit-identical to training's eval transform."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from graft import backbones as bb
+from graft.backbones.spec import grid_average_pool
+from graft.data import eval_transform, load_image
+from graft.data.demo import write_fashion_mnist_folder
+from graft.domain import ModelVersion
+from graft.predict.batching import BatchPolicy
+from graft.predict.predictor import LoadedModel, build_model, card_preprocessing
+from graft.predict.preprocess import Preprocess
+from graft.predict.runtimes import (
+    PROB_TOLERANCE,
+    _static_grid_pool,
+    build_runtime,
+    choose_runtime,
+    compare,
+)
+from graft.predict.settings import available_cpus, parse_model_batching
+
+LITE0 = "efficientnet_lite0"
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpeg(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[bytes]:
+    import skimage.data
+
+    return [
+        _jpeg(skimage.data.chelsea()),
+        _png(skimage.data.coffee()),
+        _jpeg(skimage.data.astronaut()),
+    ]
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    root = write_fashion_mnist_folder(tmp_path_factory.mktemp("fm"), per_class=2, split="test")
+    return [p.read_bytes() for p in sorted(Path(root).rglob("*.png"))]
+
+
+def _batch(pre: Preprocess, images: list[bytes]) -> torch.Tensor:
+    return pre.to_batch([pre.decode(d) for d in images])
+
+
+@pytest.mark.parametrize("size", [32, 64, 224])
+def test_batched_preprocessing_is_bit_identical_to_the_eval_transform(
+    size: int, photos: list[bytes], fashion: list[bytes]
+) -> None:
+    spec = bb.get_spec(LITE0)
+    odd = _png((np.random.default_rng(0).random((50, 90, 3)) * 255).astype(np.uint8))
+    images = [*photos, *fashion[:4], odd]
+    reference = torch.stack([eval_transform(spec, size)(load_image(d)) for d in images])
+    assert torch.equal(_batch(Preprocess(spec, size), images), reference)
+
+
+@pytest.mark.parametrize(("h", "w", "grid"), [(8, 8, 2), (7, 5, 3), (2, 2, 3), (4, 6, 1)])
+def test_static_grid_pool_is_adaptive_grid_pooling(h: int, w: int, grid: int) -> None:
+    t = torch.randn(3, 5, h, w)
+    torch.testing.assert_close(_static_grid_pool(t, grid), grid_average_pool(t, grid))
+    flat = torch.randn(3, 5)  # an already pooled (N, C) stage output
+    torch.testing.assert_close(_static_grid_pool(flat, grid), grid_average_pool(flat, grid))
+
+
+def _imagenet_graft_model() -> bb.GraftModel:
+    """The real ImageNet classifier as a GraftModel (its classifier copied into the head),
+    so top-1 on the photos means something (chelsea is a cat, coffee an espresso)."""
+    net = bb.create_imagenet_model(LITE0)
+    model = bb.create_model(LITE0, 1000, pretrained=True)
+    model.head.load_state_dict(net.get_classifier().state_dict())
+    return model.eval().to(memory_format=torch.channels_last)
+
+
+def _check(model: bb.GraftModel, batch: torch.Tensor, name: str) -> float:
+    example = batch[:2]
+    runtime = build_runtime(name, model, example, threads=1)
+    assert not any(m.training for m in model.modules()), "building it changed the model's mode"
+    with torch.inference_mode():
+        reference = model(batch.contiguous(memory_format=torch.channels_last))
+    logits = runtime(batch)
+    same, diff = compare(reference, logits)
+    print(f"{name}: max |p - p_eager| {diff:.2e} over {len(batch)} images")
+    assert torch.equal(logits.argmax(1), reference.argmax(1)), name
+    assert same and diff <= PROB_TOLERANCE, (name, diff)
+    return diff
+
+
+@pytest.mark.pretrained
+@pytest.mark.parametrize("name", ["onnxruntime", "torchscript"])
+def test_runtime_answers_like_eager_on_photos(name: str, photos: list[bytes]) -> None:
+    model = _imagenet_graft_model()
+    batch = _batch(Preprocess(bb.get_spec(LITE0), 224), photos)
+    _check(model, batch, name)
+    with torch.inference_mode():
+        top1 = model(batch.contiguous(memory_format=torch.channels_last)).argmax(1).tolist()
+    assert top1[0] in {281, 282, 285} and top1[1] == 967  # tabby/tiger/Egyptian cat; espresso
+
+
+@pytest.mark.pretrained
+@pytest.mark.parametrize("name", ["onnxruntime", "torchscript"])
+@pytest.mark.parametrize(("stages", "grid"), [((), 1), ((3, 5), 1), ((3, 5), 2), ((4,), 3)])
+def test_runtime_answers_like_eager_for_feature_cuts(
+    name: str, stages: tuple[int, ...], grid: int, photos: list[bytes], fashion: list[bytes]
+) -> None:
+    torch.manual_seed(0)
+    model = bb.create_model(LITE0, 10, pretrained=True, feature_stages=stages, feature_grid=grid)
+    model.eval().to(memory_format=torch.channels_last)
+    _check(model, _batch(Preprocess(bb.get_spec(LITE0), 64), [*photos, *fashion]), name)
+
+
+def test_choose_runtime_serves_the_fastest_that_answers_like_eager() -> None:
+    torch.manual_seed(0)
+    model = bb.create_model(LITE0, 4, pretrained=False).eval()
+    # (TorchScript is left out: after other traces in one process its timings go erratic,
+    # up to ~30 s for this test; docs/PREDICT.md. It is checked against eager above.)
+    runtime, trials = choose_runtime(model, 32, ("onnxruntime", "eager"), 1, 4)
+    assert [t.runtime for t in trials] == ["onnxruntime", "eager"]
+    served = [t for t in trials if t.served]
+    assert len(served) == 1 and served[0].runtime == runtime.name
+    assert served[0].score_ms == min(t.score_ms for t in trials if not t.refused)
+    print("; ".join(t.describe() for t in trials))
+    # Known for this architecture: only that one is built and checked.
+    again, only = choose_runtime(model, 32, ("onnxruntime", "eager"), 1, 4, known="eager")
+    assert again.name == "eager" and [t.runtime for t in only] == ["eager"]
+
+
+def _loaded(image_size: int = 32) -> LoadedModel:
+    torch.manual_seed(0)
+    model = bb.create_model(LITE0, 3, pretrained=False)
+    spec = bb.get_spec(LITE0)
+    card = {
+        "backbone": LITE0,
+        "labels": ["a", "b", "c"],
+        "preprocessing": card_preprocessing(spec, image_size),
+        "plan": {"image_size": image_size},
+    }
+    version = ModelVersion("m", 1, 0.0, "0" * 32, LITE0, ("a", "b", "c"), "", card, "")
+    return build_model(version, model.state_dict(), card)
+
+
+def test_a_runtime_that_fails_falls_back_to_eager_for_good(photos: list[bytes]) -> None:
+    loaded = _loaded()
+    arrays = [loaded.preprocess.decode(d) for d in photos]
+    expected = loaded.forward(arrays)
+
+    class Broken:
+        name = "onnxruntime"
+
+        def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("the session died")
+
+    loaded.runtime = Broken()
+    torch.testing.assert_close(loaded.forward(arrays), expected)
+    assert loaded.runtime.name == "eager"
+
+
+def test_settings_from_cores_and_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert available_cpus(tmp_path) == min(2, available_cpus(tmp_path / "none"))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert available_cpus(tmp_path) == available_cpus(tmp_path / "none")
+    default = BatchPolicy(32, 0.0)
+    parsed = parse_model_batching(["big=8:5", "small=64"], default)
+    assert parsed == {"big": BatchPolicy(8, 0.005), "small": BatchPolicy(64, 0.0)}
+    for bad in ("big", "=3", "big=0", "big=x", "big=4:-1"):
+        with pytest.raises(ValueError, match="NAME=MAX_BATCH"):
+            parse_model_batching([bad], default)
