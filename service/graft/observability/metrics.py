@@ -327,17 +327,29 @@ class MetricsInterceptor(WrappingInterceptor):
                 async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
                     request, t0 = begin(request)
                     outcome = "failed"
+                    bound = {"method": method, "request_id": _request_id(context)}
+                    responses = fn(request, context)
                     try:
-                        with log_context(method=method, request_id=_request_id(context)):
-                            async for response in fn(request, context):
-                                m.sent.labels(*labels).inc()
-                                yield response
+                        while True:
+                            # The log context spans each step, never a `yield`: a client that
+                            # goes away closes this generator from another asyncio context,
+                            # where the context variable's token cannot be reset.
+                            with log_context(**bound):
+                                try:
+                                    response = await anext(responses)
+                                except StopAsyncIteration:
+                                    break
+                            m.sent.labels(*labels).inc()
+                            yield response
                         outcome = "ok"
                     except (asyncio.CancelledError, GeneratorExit):
                         outcome = "cancelled"  # the client cancelled or went away
                         raise
                     finally:
-                        end(context, t0, outcome)
+                        try:
+                            await responses.aclose()
+                        finally:
+                            end(context, t0, outcome)
 
                 return stream
 

@@ -217,6 +217,7 @@ class Predictor:
         self.decode_pool = decode_pool or DecodePool(self.settings.decode_threads)
         self._load_pool = ThreadPoolExecutor(2, thread_name_prefix="predict-load")
         self._choices: dict[tuple[Any, ...], str] = {}  # architecture -> fastest runtime
+        self._choose_lock = threading.Lock()
         threads = self.settings.threads_per_runner
         self._batcher = Batcher(
             self.settings.runners,
@@ -290,8 +291,14 @@ class Predictor:
         self._insert(key, loaded)
         future.set_result(loaded)
         try:
-            loaded.choose_runtime(self.settings, self._choices.get(loaded.architecture))
-            self._choices[loaded.architecture] = loaded.runtime.name
+            # One choice at a time: torch.onnx.export and torch.jit.trace keep process-wide
+            # state, and two loads exporting at once broke both (seen in bench/rss_soak.py:
+            # "GLOBALS.in_onnx_export must be False", then a trace that "differed across
+            # invocations"), leaving a model on eager.
+            with self._choose_lock:
+                loaded.choose_runtime(self.settings, self._choices.get(loaded.architecture))
+            if loaded.runtime.name != "eager":  # eager may mean "the others failed": retry later
+                self._choices[loaded.architecture] = loaded.runtime.name
         except Exception:  # it keeps serving on eager
             log.exception("model %s:%d: choosing a runtime failed", *key)
 
