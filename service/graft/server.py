@@ -86,11 +86,7 @@ def build_server(config: Config, metrics: ServerMetrics | None = None) -> Built:
             decode_pool=predict_pool,
         ),
         draining=threading.Event(),
-        watcher=StoreWatcher(
-            store,
-            lambda fn, *a: asyncio.get_running_loop().run_in_executor(store_pool, fn, *a),
-            interval=min(0.25, config.poll_seconds),
-        ),
+        watcher=StoreWatcher(store, store_pool, interval=min(0.25, config.poll_seconds)),
         store_pool=store_pool,
         predict_pool=predict_pool,
     )

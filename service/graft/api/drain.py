@@ -57,7 +57,7 @@ class DrainGate(WrappingInterceptor):
             self.in_flight += 1
 
         def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-            if _is_stream(fn):
+            if inspect.isasyncgenfunction(fn):
 
                 async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
                     await admit(context)
@@ -79,7 +79,3 @@ class DrainGate(WrappingInterceptor):
             return unary
 
         return wrap_handler(handler, wrap)
-
-
-def _is_stream(fn: Callable[..., Any]) -> bool:
-    return inspect.isasyncgenfunction(fn)

@@ -13,17 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 from graft.domain import JobState
 from graft.store import JobStore
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-Run = Callable[..., Awaitable[Any]]  # runs a blocking store call off the event loop
 
 
 @dataclass
@@ -33,9 +30,9 @@ class _Watched:
 
 
 class StoreWatcher:
-    def __init__(self, store: JobStore, run: Run, interval: float = 0.2) -> None:
+    def __init__(self, store: JobStore, pool: Executor, interval: float = 0.2) -> None:
         self.store = store
-        self.run = run
+        self.pool = pool  # the store calls run here, off the event loop
         self.interval = interval
         self._jobs: dict[str, _Watched] = {}
         self._tasks: dict[str, _Watched] = {}
@@ -103,10 +100,15 @@ class StoreWatcher:
 
     async def poll(self) -> None:
         if self._jobs:
-            progress = await self.run(self.store.job_progress, list(self._jobs))
+            loop = asyncio.get_running_loop()
+            progress = await loop.run_in_executor(
+                self.pool, self.store.job_progress, list(self._jobs)
+            )
             self._update(self._jobs, progress)
         if self._tasks:
-            states = await self.run(self.store.task_states, list(self._tasks))
+            states = await asyncio.get_running_loop().run_in_executor(
+                self.pool, self.store.task_states, list(self._tasks)
+            )
             self._update(self._tasks, {k: (0, s) for k, s in states.items()})
 
     @staticmethod
