@@ -143,3 +143,27 @@ def test_gate_hands_slots_over_in_order_and_survives_cancellation() -> None:
         return order
 
     assert asyncio.run(scenario()) == ["b"]
+
+
+def test_pending_advice_is_capped(tmp_path: Path) -> None:
+    """Past `max_pending_advice` queued or running Advise tasks, a new Advise is refused
+    at once rather than queued behind work the advisor may never reach in time."""
+    data = _dataset(tmp_path / "datasets")
+    config = Config(
+        data_dir=tmp_path / "data",
+        data_roots=(tmp_path / "datasets",),
+        embedded_worker=False,
+        max_pending_advice=1,
+    )
+    with BackgroundServer(config) as running, grpc.insecure_channel(running.target) as channel:
+        stub = pb_grpc.AdaptationServiceStub(channel)
+        request = pb.AdviseRequest(dataset=pb.DatasetRef(uri=str(data)))
+        waiting = stub.Advise.future(request, timeout=30)  # its task waits: no worker
+        deadline = time.monotonic() + 10
+        while not _task_states(running) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Advise(request, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "already queued or running" in refused.value.details()
+        waiting.cancel()
