@@ -539,13 +539,7 @@ class SqliteJobStore:
             raise InvalidArgument.of("state", f"{state.name} is not a terminal state")
         now = self._clock()
         with self._tx(write=True) as c:
-            job = self._get(c, job_id)
-            if job.state != JobState.RUNNING or job.lease_owner != worker_id:
-                holder = job.lease_owner if job.state == JobState.RUNNING else "nobody"
-                raise FailedPrecondition(
-                    f"worker {worker_id} does not hold job {job_id} (it is "
-                    f"{job.state.name.lower()}, leased to {holder or 'nobody'})"
-                )
+            job = self._held(c, job_id, worker_id)
             if state == JobState.SUCCEEDED:
                 message = "succeeded"
                 if model_version:
@@ -597,9 +591,10 @@ class SqliteJobStore:
     def _held(self, c: sqlite3.Connection, job_id: str, worker_id: str) -> Job:
         job = self._get(c, job_id)
         if job.state != JobState.RUNNING or job.lease_owner != worker_id:
+            holder = job.lease_owner if job.state == JobState.RUNNING else ""
             raise FailedPrecondition(
                 f"worker {worker_id} does not hold job {job_id} (it is "
-                f"{job.state.name.lower()}, leased to {job.lease_owner or 'nobody'})"
+                f"{job.state.name.lower()}, leased to {holder or 'nobody'})"
             )
         return job
 
