@@ -137,9 +137,11 @@ async def shutdown(built: Built, grace_seconds: float, on_draining: Callable[[],
         log.warning("RPCs still running after %.0f s of draining: aborting them", grace_seconds)
     await services.watcher.stop()  # wakes streams and waiters: they see the drain and end
     await built.server.stop(0.5)
-    services.store_pool.shutdown(wait=False, cancel_futures=True)
     services.predictor.close()  # queued Predict calls get UNAVAILABLE; runners stop
     services.predict_pool.shutdown(wait=False, cancel_futures=True)
+    # Store calls take milliseconds: let the running ones (a cancelled Advise's
+    # cancel_task among them) finish before the store closes their connections.
+    await asyncio.to_thread(services.store_pool.shutdown, wait=True, cancel_futures=True)
     services.store.close()
 
 

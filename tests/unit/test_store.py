@@ -12,6 +12,7 @@ import functools
 import multiprocessing
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -851,3 +852,40 @@ def test_sqlite_lock_held_too_long_is_unavailable(tmp_path: Path) -> None:
         blocker.close()
     new_job(s)  # and the store recovers once the lock is free
     s.close()
+
+
+def test_close_waits_for_transactions_in_other_threads(tmp_path: Path) -> None:
+    """close() while other threads are mid-transaction (a server shutting down while its
+    store pool still runs a cancelled Advise's cancel_task) must not close a connection in
+    use: that crashes the interpreter inside SQLite. The busy threads finish, later calls
+    get Unavailable."""
+    store = SqliteJobStore(tmp_path / "graft.sqlite3")
+    task = store.create_task(TaskKind.ADVISE, {})
+    errors: list[BaseException] = []
+    done = {"ok": 0, "refused": 0}
+    start = threading.Barrier(5)
+
+    def hammer() -> None:
+        start.wait()
+        while True:
+            try:
+                store.cancel_task(task.task_id)
+                store.get_task(task.task_id)
+                done["ok"] += 1
+            except Unavailable:
+                done["refused"] += 1
+                return
+            except BaseException as e:  # anything else is a bug; report it
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    start.wait()
+    time.sleep(0.05)
+    store.close()
+    for t in threads:
+        t.join(10)
+    assert not errors
+    assert done["ok"] > 0 and done["refused"] == 4

@@ -336,9 +336,12 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         except BaseException as exc:
             # Cancelled (the client went away or its deadline passed), timed out here, or
             # the server is stopping: nobody will read the result, so stop the work.
-            asyncio.get_running_loop().run_in_executor(
-                self.s.store_pool, store.cancel_task, task.task_id
-            )
+            try:
+                asyncio.get_running_loop().run_in_executor(
+                    self.s.store_pool, store.cancel_task, task.task_id
+                )
+            except RuntimeError:  # the server has shut its store pool down
+                log.warning("task %s not cancelled: the server is stopping", task.task_id)
             if isinstance(exc, TimeoutError):
                 raise errors.Unavailable(
                     f"no worker finished the {kind.name.lower()} task in {timeout:.0f} s"

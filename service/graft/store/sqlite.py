@@ -196,8 +196,10 @@ class SqliteJobStore:
         self._clock = clock
         self._busy_timeout_s = busy_timeout_s
         self._local = threading.local()
-        self._lock = threading.Lock()  # guards _conns and _closed only
+        self._lock = threading.Lock()  # guards _conns, _busy and _closed only
+        self._idle = threading.Condition(self._lock)
         self._conns: dict[threading.Thread, sqlite3.Connection] = {}
+        self._busy = 0  # transactions in progress: close() waits for them
         self._pid = os.getpid()
         self._closed = False
         self._init_schema()
@@ -250,6 +252,10 @@ class SqliteJobStore:
         deferred BEGIN (one consistent snapshot) for reads. Commits on normal exit,
         rolls back on any exception."""
         conn = self._conn()
+        with self._lock:
+            if self._closed:
+                raise Unavailable(f"job store {self.path} is closed")
+            self._busy += 1
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
@@ -267,6 +273,11 @@ class SqliteJobStore:
                 except sqlite3.Error:
                     log.exception("rollback failed")
             raise Unavailable(f"job store {self.path}: {e}") from e
+        finally:
+            with self._lock:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.notify_all()
 
     def _init_schema(self) -> None:
         conn = self._conn()
@@ -305,16 +316,25 @@ class SqliteJobStore:
 
     def ping(self) -> None:
         try:
-            self._conn().execute("SELECT version FROM schema_version").fetchone()
+            with self._tx(write=False) as c:
+                c.execute("SELECT version FROM schema_version").fetchone()
         except sqlite3.Error as e:
             raise Unavailable(f"job store {self.path} is unreachable: {e}") from e
 
     def close(self) -> None:
+        """Refuse new transactions, wait (at most the busy timeout) for those in progress
+        in other threads, then close every connection. Closing a connection that another
+        thread is using would crash the interpreter inside SQLite, so when a transaction
+        is still running after the wait its connections are left to the garbage collector.
+        """
         with self._lock:
             self._closed = True
+            idle = self._idle.wait_for(lambda: not self._busy, timeout=self._busy_timeout_s)
             conns, self._conns = self._conns, {}
             same_process = self._pid == os.getpid()
-        if same_process:
+        if not idle:
+            log.warning("job store %s closed with a transaction still running", self.path)
+        elif same_process:
             for conn in conns.values():
                 conn.close()
         self._local = threading.local()
