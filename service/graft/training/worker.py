@@ -57,9 +57,13 @@ def pick_device(config: Config) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+CANCEL_POLL_SECONDS = 0.25
+
+
 class LeaseKeeper:
-    """Renews a job's lease in the background and notices cancel requests; training asks
-    `should_stop()` before every step, so a cancel takes effect within one step."""
+    """Renews a job's lease in the background and notices cancel requests (within
+    CANCEL_POLL_SECONDS); training asks `should_stop()` before every step, so a cancel
+    takes effect at the first step boundary after that."""
 
     def __init__(self, store: JobStore, job: Job, worker_id: str, lease_seconds: float) -> None:
         self.store, self.job_id, self.worker_id = store, job.job_id, worker_id
@@ -78,13 +82,19 @@ class LeaseKeeper:
         self._thread.join()
 
     def _run(self) -> None:
-        interval = max(0.2, self.lease_seconds / 3)
-        while not self._done.wait(interval):
+        # The cancel flag is read often (one indexed read), the lease renewed at a third
+        # of its length: a cancel must not wait for the next renewal, which is 10 s away
+        # at the default lease (seen: a whole further epoch ran after a cancel).
+        renew_every = max(CANCEL_POLL_SECONDS, self.lease_seconds / 3)
+        renewed = time.monotonic()
+        while not self._done.wait(CANCEL_POLL_SECONDS):
             try:
-                if not self.store.renew_lease(self.job_id, self.worker_id, self.lease_seconds):
-                    log.error("lost the lease on job %s", self.job_id)
-                    self.lost.set()
-                    return
+                if time.monotonic() - renewed >= renew_every:
+                    if not self.store.renew_lease(self.job_id, self.worker_id, self.lease_seconds):
+                        log.error("lost the lease on job %s", self.job_id)
+                        self.lost.set()
+                        return
+                    renewed = time.monotonic()
                 if self.store.get_job(self.job_id).cancel_requested:
                     self.cancelled.set()
             except Exception:  # a store hiccup: keep trying until the lease runs out
