@@ -40,6 +40,11 @@ class Config:
     predict_runners: int = 0
     predict_threads_per_runner: int = 0
     predict_decode_threads: int = 0
+    # How long Predict may reuse a model reference's resolution (name or alias -> version)
+    # before reading the store again. SetModelAlias on this server takes effect at once;
+    # a new version registered by a worker, or an alias moved through another replica, is
+    # seen within this time. 0: read the store on every call.
+    predict_ref_cache_seconds: float = 1.0
     # Runtimes measured at model load, in this order; the fastest one that answers like
     # eager is served ("eager" alone turns the others off; eager is always the fallback).
     predict_runtimes: tuple[str, ...] = ("onnxruntime", "torchscript", "eager")

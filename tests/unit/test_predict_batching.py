@@ -26,8 +26,11 @@ from graft.api.errors import to_rpc_status
 from graft.config import Config
 from graft.domain import ModelRef
 from graft.predict.batching import Batcher, BatchPolicy, Pending
-from graft.predict.predictor import LoadedModel
+from graft.predict.predictor import LoadedModel, Predictor
+from graft.predict.settings import PredictSettings
+from graft.registry import ModelRegistry
 from graft.server import BackgroundServer
+from graft.store import open_store
 from graft_client import Client, DeadlineExceeded, pb
 from tests.helpers import register_random_model
 
@@ -300,3 +303,31 @@ def test_close_fails_what_is_queued_and_refuses_more() -> None:
         queued.result(10)
     with pytest.raises(errors.Unavailable):
         batcher.submit(_pending(model, [1]))
+
+
+def test_model_references_are_read_again_after_forget_or_their_cache_time(tmp_path: Path) -> None:
+    """Predict reuses a reference's resolution for predict_ref_cache_seconds instead of a
+    store read per call: a version registered meanwhile (by a worker) is served once that
+    time has passed, and at once after forget() (what SetModelAlias calls)."""
+    register_random_model(tmp_path, "m", ("a", "b"), image_size=32)
+    config = _config(tmp_path)
+    store = open_store(config)
+    registry = ModelRegistry(store, config.registry_dir)
+    long = Predictor(registry, store, settings=PredictSettings(ref_cache_seconds=3600))
+    short = Predictor(registry, store, settings=PredictSettings(ref_cache_seconds=0.05))
+    off = Predictor(registry, store, settings=PredictSettings(ref_cache_seconds=0))
+    try:
+        latest = ModelRef(name="m")
+        for p in (long, short, off):
+            assert p._resolve(latest).version == 1
+        register_random_model(tmp_path, "m", ("a", "b", "c"), image_size=32)
+        assert long._resolve(latest).version == 1  # within its cache time
+        assert off._resolve(latest).version == 2
+        time.sleep(0.1)
+        assert short._resolve(latest).version == 2
+        long.forget("m")
+        assert long._resolve(latest).version == 2
+    finally:
+        for p in (long, short, off):
+            p.close()
+        store.close()

@@ -262,6 +262,7 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         version = await self.s.call(
             self.s.store.set_alias, request.name.strip(), request.alias, request.version
         )
+        self.s.predictor.forget(version.name)  # a Predict after this reply sees the move
         return pb.SetModelAliasResponse(model=convert.model_version_to_pb(version))
 
     async def ListBackbones(

@@ -31,7 +31,7 @@ from graft.config import Config
 from graft.data import eval_transform
 from graft.domain import ModelRef, ModelVersion
 from graft.predict.batching import Answer, Batcher, BatchPolicy, Pending
-from graft.predict.pool import DecodePool
+from graft.predict.pool import DecodePool, settle_threadsafe
 from graft.predict.preprocess import Preprocess
 from graft.predict.runtimes import EagerRuntime, Runtime, Trial, choose_runtime
 from graft.predict.settings import PredictSettings
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from graft.observability.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
+
+_MAX_CACHED_REFS = 4096  # distinct model references resolved within ref_cache_seconds
 
 
 @dataclass(eq=False)
@@ -217,6 +219,10 @@ class Predictor:
         self.decode_pool = decode_pool or DecodePool(self.settings.decode_threads)
         self._load_pool = ThreadPoolExecutor(2, thread_name_prefix="predict-load")
         self._choices: dict[tuple[Any, ...], str] = {}  # architecture -> fastest runtime
+        # (name, alias, version) -> (resolved version, monotonic expiry); a generation per
+        # model name, bumped by forget(), keeps a resolution read before a change out.
+        self._refs: dict[tuple[str, str, int], tuple[ModelVersion, float]] = {}
+        self._ref_generation: dict[str, int] = {}
         self._choose_lock = threading.Lock()
         threads = self.settings.threads_per_runner
         self._batcher = Batcher(
@@ -249,10 +255,37 @@ class Predictor:
 
     # -- the model cache ------------------------------------------------------------------
 
+    def forget(self, name: str) -> None:
+        """Drop the cached resolutions of model `name` (an alias of it moved): the next
+        call reads the store."""
+        with self._lock:
+            self._ref_generation[name] = self._ref_generation.get(name, 0) + 1
+            for key in [k for k in self._refs if k[0] == name]:
+                del self._refs[key]
+
+    def _resolve(self, ref: ModelRef) -> ModelVersion:
+        """The version `ref` names: from the store, or from a resolution at most
+        `ref_cache_seconds` old (a store read per call was ~10% of Predict's decode stage)."""
+        ttl = self.settings.ref_cache_seconds
+        key = (ref.name, ref.alias, ref.version)
+        cached = self._refs.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        generation = self._ref_generation.get(ref.name, 0)
+        version = self._store.resolve_model(ref)
+        if ttl > 0:
+            with self._lock:
+                if self._ref_generation.get(ref.name, 0) == generation:
+                    if len(self._refs) >= _MAX_CACHED_REFS:
+                        self._refs.clear()
+                    self._refs[key] = (version, now + ttl)
+        return version
+
     def _lookup(self, ref: ModelRef) -> LoadedModel | Future[LoadedModel]:
         """The loaded version `ref` names, or a future of its load (started here unless one
         is under way: concurrent misses share one load)."""
-        version = self._store.resolve_model(ref)
+        version = self._resolve(ref)
         key = (version.name, version.version)
         with self._lock:
             hit = self._cache.get(key)
@@ -341,6 +374,27 @@ class Predictor:
             return found
         return self._decode(found, images, {"load": time.perf_counter() - t0}, True)
 
+    def _stage(
+        self,
+        ref: ModelRef,
+        images: Sequence[bytes],
+        top_k: int,
+        deadline: float | None,
+        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+        slot: list[_Prepared],
+    ) -> None:
+        """The decode stage of `predict_async`, on a decode thread. With the model loaded
+        and something to infer, the request goes straight to the batcher and the runner
+        answers `future` (an Answer; `slot` holds the rest). Otherwise `future` gets what
+        the handler needs next: the _Prepared (no image decoded) or the load's Future."""
+        prepared = self._prepare(ref, images)
+        if isinstance(prepared, _Prepared) and prepared.inputs:
+            slot.append(prepared)
+            self._batcher.submit(self._pending(prepared, top_k, deadline, future, loop))
+            return
+        settle_threadsafe(loop, [(future, prepared)])
+
     def _pending(
         self,
         p: _Prepared,
@@ -377,14 +431,21 @@ class Predictor:
         DeadlineExceeded when it passes first, and the queued request is dropped."""
         deadline = None if timeout is None else time.monotonic() + timeout
         t0 = time.perf_counter()
-        prepared = await self.decode_pool.run(self._prepare, ref, images)
-        if isinstance(prepared, Future):
-            loaded = await _within(asyncio.wrap_future(prepared), deadline)
-            timings = {"load": time.perf_counter() - t0}
-            prepared = await self.decode_pool.run(self._decode, loaded, images, timings, False)
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[Any] = loop.create_future()
+        slot: list[_Prepared] = []
+        self.decode_pool.post(first, self._stage, ref, images, top_k, deadline, first, loop, slot)
+        outcome = await _within(first, deadline)
+        if isinstance(outcome, Answer):  # the usual path: decoded, batched, answered
+            return self._finish(slot[0], outcome)
+        if isinstance(outcome, _Prepared):  # no image could be decoded
+            return self._finish(outcome, None)
+        # The model is being loaded: await it, then decode and queue from here.
+        loaded = await _within(asyncio.wrap_future(outcome), deadline)
+        timings = {"load": time.perf_counter() - t0}
+        prepared = await self.decode_pool.run(self._decode, loaded, images, timings, False)
         answer = None
         if prepared.inputs:
-            loop = asyncio.get_running_loop()
             future: asyncio.Future[Answer] = loop.create_future()
             self._batcher.submit(self._pending(prepared, top_k, deadline, future, loop))
             answer = await _within(future, deadline)

@@ -65,6 +65,7 @@ class PredictSettings:
     threads_per_runner: int = 1
     decode_threads: int = 1
     runtimes: tuple[str, ...] = RUNTIMES
+    ref_cache_seconds: float = 1.0
 
     def policy_for(self, model_name: str) -> BatchPolicy:
         return self.per_model.get(model_name, self.policy)
@@ -74,6 +75,8 @@ class PredictSettings:
         cpus = cpus or available_cpus()
         if config.predict_max_batch < 1 or config.predict_max_delay_ms < 0:
             raise ValueError("predict_max_batch must be >= 1 and predict_max_delay_ms >= 0")
+        if config.predict_ref_cache_seconds < 0:
+            raise ValueError("predict_ref_cache_seconds must be >= 0")
         policy = BatchPolicy(config.predict_max_batch, config.predict_max_delay_ms / 1000)
         runners = config.predict_runners or cpus
         runtimes = tuple(config.predict_runtimes) or ("eager",)
@@ -87,4 +90,5 @@ class PredictSettings:
             threads_per_runner=config.predict_threads_per_runner or max(1, cpus // runners),
             decode_threads=config.predict_decode_threads or cpus,
             runtimes=runtimes,
+            ref_cache_seconds=config.predict_ref_cache_seconds,
         )
