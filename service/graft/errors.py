@@ -16,6 +16,19 @@ class GraftError(Exception):
         self.message = message
 
 
+QUOTE_LIMIT = 80
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """`value` (a request's string, a file or member name) as it may appear in a message:
+    repr-quoted, at most `limit` characters of it, with an ellipsis and the full length
+    when cut. Input can be megabytes; messages and their trailers must stay small."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class FieldViolation:
     """One bad field of a request: its path (e.g. `plan.epochs`) and what is wrong."""
@@ -71,6 +84,10 @@ class DeadlineExceeded(GraftError):
     images waited in the batch queue)."""
 
 
+class Unauthenticated(GraftError):
+    """The call carries no valid credentials (no API key, an unknown or a revoked one)."""
+
+
 _KINDS: dict[str, type[GraftError]] = {
     cls.__name__: cls
     for cls in (
@@ -82,6 +99,7 @@ _KINDS: dict[str, type[GraftError]] = {
         Unavailable,
         Cancelled,
         DeadlineExceeded,
+        Unauthenticated,
     )
 }
 

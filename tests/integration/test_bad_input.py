@@ -4,12 +4,20 @@ becomes INTERNAL. Real server process, real SDK."""
 from __future__ import annotations
 
 import io
+import logging
 import shutil
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from PIL import Image
 
+from graft.config import Config
+from graft.observability.metrics import ServerMetrics
+from graft.server import BackgroundServer
 from graft_client import (
     FailedPrecondition,
     GraftError,
@@ -19,6 +27,7 @@ from graft_client import (
     job_error,
     pb,
 )
+from graft_client.v1 import adaptation_pb2_grpc as pb_grpc
 from tests.integration.conftest import RunningServer
 
 pytestmark = pytest.mark.slow
@@ -173,3 +182,107 @@ def test_undecodable_image_fails_only_its_entry(
     assert response.predictions[1].error.code == 3  # INVALID_ARGUMENT, for that image alone
     with pytest.raises(FailedPrecondition):
         client.cancel_job(job.job_id)  # already finished
+
+
+# ------------------------------------------------------------------ hostile files over gRPC
+# The corpus itself is tests/unit/test_hostile_files.py; here a few of its inputs go through
+# a real channel, to pin the status codes a caller sees and that none is an incident.
+
+
+def _tree(top: Path) -> set[str]:
+    return {p.relative_to(top).as_posix() for p in top.rglob("*")}
+
+
+def test_hostile_uploads_are_invalid_argument(server: RunningServer, tmp_path: Path) -> None:
+    from tests.unit.test_hostile_files import cve_2025_4517_tar, good_entries, patch_zip, zip_of
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"secret")
+    plain = zip_of(good_entries())
+    archives = {
+        "chain.tar": cve_2025_4517_tar(outside),
+        "bomb.zip": zip_of(good_entries() | {"cat/zeros.png": bytes(20 << 20)}),
+        "slip.zip": zip_of(good_entries() | {"../../evil.png": b"x"}),
+        "encrypted.zip": patch_zip(plain, 6, 8, 0x1),
+        "method.zip": patch_zip(plain, 8, 10, 99),
+        "cut.tgz": b"\x1f\x8b\x08\x00" + bytes(30),
+    }
+    before = _tree(server.data_dir)
+    client = server.client()
+    for name, data in archives.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InvalidArgument) as err:
+            client.upload_dataset(tmp_path / name)
+        assert _fields(err.value) == {"chunk"}, (name, err.value.message)
+    assert _tree(outside) == {"secret.png"}
+    # nothing kept of a rejected upload (the store's own files aside)
+    after = {p for p in _tree(server.data_dir) - before if not p.startswith("graft.sqlite3")}
+    assert not {p for p in after if "uploads/" in p or "extracted/" in p}, after
+    assert "incident" not in server.log()
+
+
+def test_hostile_dataset_uris_get_specific_codes(server: RunningServer) -> None:
+    (server.data_root / "loop").symlink_to("loop")
+    client = server.client()
+    for uri in ("ds\0/x", "x" * 300, "y" * 100_000, "loop"):
+        with pytest.raises(InvalidArgument) as err:
+            client.advise(uri)
+        assert _fields(err.value) == {"dataset.uri"}
+        assert len(err.value.message) < 300  # quoted short, never echoed whole
+    assert "incident" not in server.log()
+
+
+@pytest.fixture
+def in_process(tmp_path: Path) -> Iterator[tuple[BackgroundServer, ServerMetrics]]:
+    config = Config(data_dir=tmp_path / "data", embedded_worker=False, max_upload_bytes=50_000)
+    metrics = ServerMetrics()
+    with BackgroundServer(config, metrics, advisor=True) as running:
+        yield running, metrics
+
+
+def _handled(metrics: ServerMetrics, code: str) -> float:
+    labels = {
+        "grpc_type": "client_stream",
+        "grpc_service": "graft.v1.AdaptationService",
+        "grpc_method": "UploadDataset",
+        "grpc_code": code,
+    }
+    return metrics.registry.get_sample_value("grpc_server_handled_total", labels) or 0.0
+
+
+def test_oversized_and_cancelled_uploads_are_no_incidents(
+    in_process: tuple[BackgroundServer, ServerMetrics], caplog: pytest.LogCaptureFixture
+) -> None:
+    running, metrics = in_process
+    stub = pb_grpc.AdaptationServiceStub(grpc.insecure_channel(running.target))
+
+    def oversized() -> Iterator[pb.UploadDatasetRequest]:
+        yield pb.UploadDatasetRequest(filename="big.zip", chunk=bytes(30_000))
+        yield pb.UploadDatasetRequest(chunk=bytes(30_000))
+
+    with caplog.at_level(logging.INFO):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.UploadDataset(oversized(), timeout=30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        release = threading.Event()
+
+        def stalled() -> Iterator[pb.UploadDatasetRequest]:
+            yield pb.UploadDatasetRequest(filename="slow.zip", chunk=b"PK")
+            release.wait(10)
+
+        call = stub.UploadDataset.future(stalled(), timeout=30)
+        deadline = time.monotonic() + 10
+        while not list(running.config.uploads_dir.glob("*")) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the server has the first chunk
+        call.cancel()
+        release.set()
+        while _handled(metrics, "Canceled") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert call.cancelled()
+    assert _handled(metrics, "ResourceExhausted") == 1
+    assert _handled(metrics, "Canceled") == 1
+    assert _handled(metrics, "Internal") == 0
+    assert not any("incident" in r.getMessage() for r in caplog.records)
+    assert list(running.config.uploads_dir.iterdir()) == []  # nothing kept of either

@@ -19,16 +19,57 @@ from torchvision.transforms import functional as TF
 
 from graft.backbones.spec import PretrainedSpec
 from graft.data import load_image
+from graft.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, header_size
 from graft.data.transforms import interpolation_mode, resize_size
+from graft.errors import ResourceExhausted
+
+# Config.max_predict_pixels' default: the most pixels one Predict request may declare.
+DEFAULT_MAX_REQUEST_PIXELS = 200_000_000
+
+
+def check_request_pixels(
+    images: Sequence[bytes],
+    max_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> int:
+    """The pixels a Predict request's images declare in their headers, summed; raises
+    ResourceExhausted when that is more than `max_pixels` (Config.max_predict_pixels).
+
+    Only headers are read (tens of microseconds an image, whatever it declares), so call
+    it before decoding. Images that are not images, or that declare more than
+    `max_image_pixels` (Config.max_image_pixels) on their own, count 0: `Preprocess.decode`
+    fails each of them alone, with INVALID_ARGUMENT in its own entry."""
+    total = 0
+    for data in images:
+        try:
+            width, height = header_size(data)
+        except ImageDecodeError:
+            continue
+        if 0 < width * height <= max_image_pixels:
+            total += width * height
+    if total > max_pixels:
+        raise ResourceExhausted(
+            f"the request's {len(images)} images declare {total} pixels in all, more than "
+            f"the {max_pixels} one Predict call may decode (max_predict_pixels); send fewer "
+            "or smaller images per call"
+        )
+    return total
 
 
 class Preprocess:
     """Decode + resize + centre crop per image; tensor conversion + normalisation per batch."""
 
-    def __init__(self, spec: PretrainedSpec, image_size: int) -> None:
+    def __init__(
+        self,
+        spec: PretrainedSpec,
+        image_size: int,
+        *,
+        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
         if image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}")
         self.image_size = image_size
+        self.max_pixels = max_pixels  # per image, checked from the header (max_image_pixels)
         self._resize = [resize_size(spec, image_size)]
         self._mode = interpolation_mode(spec.interpolation)
         self._mean = tuple(float(m) for m in spec.mean)
@@ -36,8 +77,14 @@ class Preprocess:
 
     def decode(self, data: bytes) -> np.ndarray:
         """One encoded image as a uint8 (image_size, image_size, 3) array; ImageDecodeError
-        (an InvalidArgument) for bytes that are not a complete image."""
-        image = TF.resize(load_image(data), self._resize, interpolation=self._mode)
+        (an InvalidArgument) for bytes that are not a complete image, and for an image whose
+        header declares more than `max_pixels` or an extreme aspect ratio (refused before
+        decoding: graft.data.images.check_size)."""
+        image = load_image(data, self.max_pixels)
+        try:
+            image = TF.resize(image, self._resize, interpolation=self._mode)
+        except MemoryError:  # this image's problem, not the batch's
+            raise ImageDecodeError("image too large to resize in the memory available") from None
         image = TF.center_crop(image, [self.image_size])
         return np.asarray(image, dtype=np.uint8)
 
