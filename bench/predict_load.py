@@ -201,6 +201,7 @@ class Level:
     forward_batch: float
     queue_ms: float
     server_cpu_ms: float  # CPU time of the server process per image (all its threads)
+    client_cpu_ms: float  # CPU time of this process (the callers) per image
     load: float
 
 
@@ -261,9 +262,9 @@ def measure_level(
     target: str, served: tuple[int, int], images: list[bytes], c: int, args: argparse.Namespace
 ) -> Level:
     pid, metrics_port = served
-    before, cpu0 = scrape(metrics_port), cpu_seconds(pid)
+    before, cpu0, mine0 = scrape(metrics_port), cpu_seconds(pid), time.process_time()
     latencies, done, errors = asyncio.run(closed_loop(target, images, c, args.seconds, args.warmup))
-    after, cpu1 = scrape(metrics_port), cpu_seconds(pid)
+    after, cpu1, mine1 = scrape(metrics_port), cpu_seconds(pid), time.process_time()
     d = {k: after[k] - before.get(k, 0.0) for k in after}
     forwards = d.get("graft_predict_forward_batch_size_count", 0.0)
     queued = d.get("graft_predict_stage_seconds_count", 0.0)
@@ -277,6 +278,7 @@ def measure_level(
         forward_batch=d.get("graft_predict_forward_batch_size_sum", 0.0) / max(1.0, forwards),
         queue_ms=1000 * d.get("graft_predict_stage_seconds_sum", 0.0) / max(1.0, queued),
         server_cpu_ms=1000 * (cpu1 - cpu0) / max(1, len(latencies)),
+        client_cpu_ms=1000 * (mine1 - mine0) / max(1, len(latencies)),
         load=os.getloadavg()[0],
     )
 
@@ -287,9 +289,11 @@ def measure_level(
 def report(raw: Raw, levels: list[Level], settings: PredictSettings) -> bool:
     print(f"\nruntime measured in this process: {'; '.join(raw.trials)}")
     head = "what | img/s | p50 ms | p99 ms | ratio to raw | mean forward batch | queue ms"
-    print(f"\n| {head} | server CPU ms/img | errors | load avg |\n{'|---' * 10}|")
+    tail = "server CPU ms/img | client CPU ms/img | CPU ceiling img/s | errors | load avg"
+    print(f"\n| {head} | {tail} |\n{'|---' * 12}|")
     r, t = settings.runners, settings.threads_per_runner
     b = settings.policy.max_batch
+    cores = available_cpus()
     rows = [
         (f"raw {raw.runtime}, batch 1, one call at a time", 1000 / raw.batch1_ms, raw.batch1_ms),
         (f"raw {raw.runtime}, batch {b}, {r} runner(s) x {t} thread(s)", raw.limit, None),
@@ -297,16 +301,21 @@ def report(raw: Raw, levels: list[Level], settings: PredictSettings) -> bool:
     ]
     for what, img_s, p50 in rows:
         p50_text = f"{p50:.2f}" if p50 else ""
-        print(f"| {what} | {img_s:.0f} | {p50_text} | | {img_s / raw.limit:.2f} | | | | | |")
+        print(f"| {what} | {img_s:.0f} | {p50_text} | | {img_s / raw.limit:.2f} | | | | | | | |")
     for lv in levels:
         errors = sum(lv.errors.values())
         print(
             f"| Graft Predict, c={lv.concurrency} | {lv.img_s:.0f} | {lv.p50_ms:.2f} | "
             f"{lv.p99_ms:.2f} | {lv.img_s / raw.limit:.2f} | {lv.forward_batch:.1f} | "
-            f"{lv.queue_ms:.2f} | {lv.server_cpu_ms:.2f} | "
+            f"{lv.queue_ms:.2f} | {lv.server_cpu_ms:.2f} | {lv.client_cpu_ms:.2f} | "
+            f"{cores * 1000 / (lv.server_cpu_ms + lv.client_cpu_ms):.0f} | "
             f"{errors}{' ' + str(lv.errors) if errors else ''} | "
             f"{lv.load:.1f} |"
         )
+    print(
+        f"\nCPU ceiling: what {cores} core(s) could do if the server and the callers spent "
+        "only the CPU per image measured at that level and nothing else ran."
+    )
     by_c = {lv.concurrency: lv for lv in levels}
     checks = []
     if 64 in by_c:

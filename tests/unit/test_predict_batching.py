@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -31,7 +32,7 @@ from graft.predict.settings import PredictSettings
 from graft.registry import ModelRegistry
 from graft.server import BackgroundServer
 from graft.store import open_store
-from graft_client import Client, DeadlineExceeded, pb
+from graft_client import Client, DeadlineExceeded, ResourceExhausted, pb
 from tests.helpers import register_random_model
 
 LABELS = tuple(f"class{i}" for i in range(10))
@@ -331,3 +332,21 @@ def test_model_references_are_read_again_after_forget_or_their_cache_time(tmp_pa
         for p in (long, short, off):
             p.close()
         store.close()
+
+
+def test_pixel_budgets_are_checked_from_headers_per_image_and_per_request(
+    tmp_path: Path,
+) -> None:
+    """An image declaring more than max_image_pixels fails alone (INVALID_ARGUMENT in its
+    entry); a request whose images declare more than max_predict_pixels in all is refused
+    whole with RESOURCE_EXHAUSTED before any decoding."""
+    register_random_model(tmp_path, "m", LABELS, image_size=32)
+    config = _config(tmp_path, max_image_pixels=45 * 45, max_predict_pixels=3 * 40 * 46)
+    with BackgroundServer(config) as server, Client(server.target) as client:
+        ok, big = _png(0), _png(0, size=60)  # 40x40 and 60x60 pixels
+        r = client.predict("m", [ok, big, ok])
+        assert [bool(p.classes) for p in r.predictions] == [True, False, True]
+        assert r.predictions[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        with pytest.raises(ResourceExhausted, match="max_predict_pixels"):
+            client.predict("m", [ok] * 4)
+        assert server.services.predictor.misses == 1  # the model was loaded for the first

@@ -5,6 +5,7 @@ bit-identical to training's eval transform."""
 
 from __future__ import annotations
 
+import copy
 import io
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from graft.predict.predictor import LoadedModel, build_model, card_preprocessing
 from graft.predict.preprocess import Preprocess
 from graft.predict.runtimes import (
     PROB_TOLERANCE,
+    REDUCED_PROB_TOLERANCE,
+    DeviceRuntime,
     _static_grid_pool,
     build_runtime,
     choose_runtime,
@@ -188,3 +191,52 @@ def test_settings_from_cores_and_quota(tmp_path: Path) -> None:
     for bad in ("big", "=3", "big=0", "big=x", "big=4:-1"):
         with pytest.raises(ValueError, match="NAME=MAX_BATCH"):
             parse_model_batching([bad], default)
+
+
+@pytest.mark.pretrained
+def test_reduced_precision_autocast_keeps_top1_on_photos(photos: list[bytes]) -> None:
+    """The accelerator runtime's reduced-precision path (autocast; float16 on CUDA), checked
+    here on the CPU with bfloat16, whose mantissa is shorter still: the real classifier
+    answers alike under bfloat16's REDUCED_PROB_TOLERANCE (float32's would refuse it)."""
+    model = _imagenet_graft_model()
+    batch = _batch(Preprocess(bb.get_spec(LITE0), 224), photos)
+    with torch.inference_mode():
+        reference = model(batch.contiguous(memory_format=torch.channels_last))
+    runtime = DeviceRuntime(copy.deepcopy(model), torch.device("cpu"), torch.bfloat16)
+    tolerance = REDUCED_PROB_TOLERANCE[torch.bfloat16]
+    assert runtime.name == "cpu-bf16" and runtime.tolerance == tolerance
+    logits = runtime(batch)
+    same, diff = compare(reference, logits, tolerance)
+    print(f"cpu-bf16: max |p - p_eager| {diff:.2e} over {len(batch)} photos")
+    # Same top-1 wherever eager is clear; chelsea's tiger cat (282) and Egyptian cat (285)
+    # are within the tolerance of each other, and bfloat16 may swap them: still a cat.
+    assert same and diff > PROB_TOLERANCE  # it is reduced precision, and still answers alike
+    top1 = logits.argmax(1).tolist()
+    assert top1[0] in {281, 282, 285} and top1[1] == 967
+
+
+def test_cuda_runtimes_are_refused_cheaply_without_a_gpu() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: tests/gpu covers the served path")
+    model = bb.create_model(LITE0, 4, pretrained=False).eval()
+    runtime, trials = choose_runtime(model, 32, ("cuda-fp16", "cuda", "eager"), 1, 4)
+    assert runtime.name == "eager"
+    assert [(t.runtime, t.refused) for t in trials[:2]] == [
+        ("cuda-fp16", "no CUDA device"),
+        ("cuda", "no CUDA device"),
+    ]
+
+
+@pytest.mark.gpu
+def test_cuda_runtimes_answer_like_eager(photos: list[bytes]) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = _imagenet_graft_model()
+    batch = _batch(Preprocess(bb.get_spec(LITE0), 224), photos)
+    with torch.inference_mode():
+        reference = model(batch.contiguous(memory_format=torch.channels_last))
+    for name in ("cuda", "cuda-fp16"):
+        runtime = build_runtime(name, copy.deepcopy(model), batch[:2], threads=1)
+        same, diff = compare(reference, runtime(batch), runtime.tolerance)  # type: ignore[attr-defined]
+        print(f"{name}: max |p - p_eager| {diff:.2e}")
+        assert same and torch.equal(runtime(batch).argmax(1), reference.argmax(1))

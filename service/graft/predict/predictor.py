@@ -29,10 +29,11 @@ from graft.backbones import GraftModel, create_model, get_spec
 from graft.backbones.spec import PretrainedSpec
 from graft.config import Config
 from graft.data import eval_transform
-from graft.domain import ModelRef, ModelVersion
+from graft.data.images import DEFAULT_MAX_IMAGE_PIXELS
+from graft.domain import DEFAULT_TENANT, ModelRef, ModelVersion
 from graft.predict.batching import Answer, Batcher, BatchPolicy, Pending
 from graft.predict.pool import DecodePool, settle_threadsafe
-from graft.predict.preprocess import Preprocess
+from graft.predict.preprocess import Preprocess, check_request_pixels
 from graft.predict.runtimes import EagerRuntime, Runtime, Trial, choose_runtime
 from graft.predict.settings import PredictSettings
 from graft.registry import ModelRegistry
@@ -147,6 +148,7 @@ def build_model(
     state: dict[str, torch.Tensor],
     card: dict[str, Any],
     policy: BatchPolicy | None = None,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> LoadedModel:
     """A servable model from a registered artifact: the architecture with random init and
     the plan's feature cut, then the artifact's weights, strictly; preprocessing exactly as
@@ -177,7 +179,7 @@ def build_model(
         model,
         eval_transform(spec, image_size),
         labels,
-        Preprocess(spec, image_size),
+        Preprocess(spec, image_size, max_pixels=max_pixels),
         policy or BatchPolicy(),
     )
 
@@ -212,8 +214,9 @@ class Predictor:
         self._store = store
         self.settings = settings or PredictSettings.from_config(Config())
         self._cache_size = max(1, cache_size)
-        self._cache: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
-        self._loading: dict[tuple[str, int], Future[LoadedModel]] = {}
+        # (tenant, name, version): model names are per tenant.
+        self._cache: OrderedDict[tuple[str, str, int], LoadedModel] = OrderedDict()
+        self._loading: dict[tuple[str, str, int], Future[LoadedModel]] = {}
         self._lock = threading.Lock()
         self._own_pool = decode_pool is None
         self.decode_pool = decode_pool or DecodePool(self.settings.decode_threads)
@@ -221,8 +224,8 @@ class Predictor:
         self._choices: dict[tuple[Any, ...], str] = {}  # architecture -> fastest runtime
         # (name, alias, version) -> (resolved version, monotonic expiry); a generation per
         # model name, bumped by forget(), keeps a resolution read before a change out.
-        self._refs: dict[tuple[str, str, int], tuple[ModelVersion, float]] = {}
-        self._ref_generation: dict[str, int] = {}
+        self._refs: dict[tuple[str, str, str, int], tuple[ModelVersion, float]] = {}
+        self._ref_generation: dict[tuple[str, str], int] = {}
         self._choose_lock = threading.Lock()
         threads = self.settings.threads_per_runner
         self._batcher = Batcher(
@@ -234,13 +237,13 @@ class Predictor:
         self.misses = 0
         self.evictions = 0
 
-    def loaded(self) -> list[tuple[str, int]]:
+    def loaded(self) -> list[tuple[str, str, int]]:
         with self._lock:
             return list(self._cache)
 
-    def cached(self, name: str, version: int) -> LoadedModel | None:
+    def cached(self, name: str, version: int, tenant: str = DEFAULT_TENANT) -> LoadedModel | None:
         with self._lock:
-            return self._cache.get((name, version))
+            return self._cache.get((tenant, name, version))
 
     def queued_images(self) -> int:
         """Images waiting for a runner now (all models)."""
@@ -255,28 +258,29 @@ class Predictor:
 
     # -- the model cache ------------------------------------------------------------------
 
-    def forget(self, name: str) -> None:
+    def forget(self, name: str, tenant: str = DEFAULT_TENANT) -> None:
         """Drop the cached resolutions of model `name` (an alias of it moved): the next
         call reads the store."""
         with self._lock:
-            self._ref_generation[name] = self._ref_generation.get(name, 0) + 1
-            for key in [k for k in self._refs if k[0] == name]:
+            model = (tenant, name)
+            self._ref_generation[model] = self._ref_generation.get(model, 0) + 1
+            for key in [k for k in self._refs if k[:2] == model]:
                 del self._refs[key]
 
     def _resolve(self, ref: ModelRef) -> ModelVersion:
         """The version `ref` names: from the store, or from a resolution at most
         `ref_cache_seconds` old (a store read per call was ~10% of Predict's decode stage)."""
         ttl = self.settings.ref_cache_seconds
-        key = (ref.name, ref.alias, ref.version)
+        key = (ref.tenant, ref.name, ref.alias, ref.version)
         cached = self._refs.get(key)
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
-        generation = self._ref_generation.get(ref.name, 0)
+        generation = self._ref_generation.get((ref.tenant, ref.name), 0)
         version = self._store.resolve_model(ref)
         if ttl > 0:
             with self._lock:
-                if self._ref_generation.get(ref.name, 0) == generation:
+                if self._ref_generation.get((ref.tenant, ref.name), 0) == generation:
                     if len(self._refs) >= _MAX_CACHED_REFS:
                         self._refs.clear()
                     self._refs[key] = (version, now + ttl)
@@ -286,7 +290,7 @@ class Predictor:
         """The loaded version `ref` names, or a future of its load (started here unless one
         is under way: concurrent misses share one load)."""
         version = self._resolve(ref)
-        key = (version.name, version.version)
+        key = (version.tenant, version.name, version.version)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
@@ -307,14 +311,21 @@ class Predictor:
                 self._load_pool.submit(self._load, key, future)
         return future
 
-    def _load(self, key: tuple[str, int], future: Future[LoadedModel]) -> None:
+    def _load(self, key: tuple[str, str, int], future: Future[LoadedModel]) -> None:
         """Load, warm up eagerly and serve at once; then, still in this thread, measure the
         runtimes and switch to the fastest: a cache miss (an alias moved to a new version)
         waits for the load, never for the export and measurement."""
         try:
             torch.set_num_threads(self.settings.threads_per_runner)  # time as runners run
-            version, state, card = self._registry.load(ModelRef(name=key[0], version=key[1]))
-            loaded = build_model(version, state, card, self.settings.policy_for(key[0]))
+            tenant, name, number = key
+            version, state, card = self._registry.load(ModelRef(name, number, tenant=tenant))
+            loaded = build_model(
+                version,
+                state,
+                card,
+                self.settings.policy_for(name),
+                self.settings.max_image_pixels,
+            )
             loaded.warm_up()
         except BaseException as exc:
             with self._lock:
@@ -333,9 +344,9 @@ class Predictor:
             if loaded.runtime.name != "eager":  # eager may mean "the others failed": retry later
                 self._choices[loaded.architecture] = loaded.runtime.name
         except Exception:  # it keeps serving on eager
-            log.exception("model %s:%d: choosing a runtime failed", *key)
+            log.exception("model %s/%s:%d: choosing a runtime failed", *key)
 
-    def _insert(self, key: tuple[str, int], loaded: LoadedModel) -> None:
+    def _insert(self, key: tuple[str, str, int], loaded: LoadedModel) -> None:
         with self._lock:
             del self._loading[key]
             self._cache[key] = loaded
@@ -344,7 +355,7 @@ class Predictor:
                 self.evictions += 1
                 if self._metrics:
                     self._metrics.cache_evictions.inc()
-                log.info("evicted model %s:%d from the Predict cache", *evicted)
+                log.info("evicted model %s/%s:%d from the Predict cache", *evicted)
             if self._metrics:
                 self._metrics.loaded_models.set(len(self._cache))
 
@@ -367,8 +378,13 @@ class Predictor:
         return _Prepared(loaded, inputs, index, results, timings, hit)
 
     def _prepare(self, ref: ModelRef, images: Sequence[bytes]) -> _Prepared | Future[LoadedModel]:
-        """Resolve + decode in one trip to the decode pool when the model is loaded."""
+        """Resolve + decode in one trip to the decode pool when the model is loaded. The
+        request's pixels are counted from the headers first (ResourceExhausted when too
+        many), so no decoding starts for a request that would be refused."""
         t0 = time.perf_counter()
+        check_request_pixels(
+            images, self.settings.max_request_pixels, self.settings.max_image_pixels
+        )
         found = self._lookup(ref)
         if isinstance(found, Future):
             return found

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graft.config import Config
+from graft.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from graft.predict.batching import BatchPolicy
+from graft.predict.preprocess import DEFAULT_MAX_REQUEST_PIXELS
 from graft.predict.runtimes import RUNTIMES
 
 
@@ -66,6 +68,8 @@ class PredictSettings:
     decode_threads: int = 1
     runtimes: tuple[str, ...] = RUNTIMES
     ref_cache_seconds: float = 1.0
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # per image, from its header
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS  # per call, all images' headers
 
     def policy_for(self, model_name: str) -> BatchPolicy:
         return self.per_model.get(model_name, self.policy)
@@ -91,4 +95,6 @@ class PredictSettings:
             decode_threads=config.predict_decode_threads or cpus,
             runtimes=runtimes,
             ref_cache_seconds=config.predict_ref_cache_seconds,
+            max_image_pixels=config.max_image_pixels,
+            max_request_pixels=config.max_predict_pixels,
         )
