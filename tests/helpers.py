@@ -9,18 +9,23 @@ import torch
 
 from graft.backbones import DEFAULT_BACKBONE, create_model, get_spec
 from graft.config import Config
-from graft.domain import Strategy, TrainingPlan
+from graft.domain import DEFAULT_TENANT, Strategy, TrainingPlan
 from graft.predict.predictor import card_preprocessing
 from graft.registry import ModelRegistry
 from graft.store import open_store
 
 
 def register_random_model(
-    data_dir: Path, name: str, labels: Sequence[str] = ("a", "b"), image_size: int = 32
+    data_dir: Path,
+    name: str,
+    labels: Sequence[str] = ("a", "b"),
+    image_size: int = 32,
+    tenant: str = DEFAULT_TENANT,
 ) -> None:
-    """Register a randomly initialised default-backbone model under `name` in the store and
-    registry of `data_dir`, exactly as a worker registers a trained one, so Predict can
-    serve it (its answers are meaningless; latency and plumbing are what such tests see)."""
+    """Register a randomly initialised default-backbone model under `name` (of `tenant`)
+    in the store and registry of `data_dir`, exactly as a worker registers a trained one, so
+    Predict can serve it (its answers are meaningless; latency and plumbing are what such
+    tests see)."""
     config = Config(data_dir=data_dir)
     store = open_store(config)
     try:
@@ -46,6 +51,7 @@ def register_random_model(
             state_dict=model.state_dict(),
             card=card,
             metrics=None,
+            tenant=tenant,
         )
     finally:
         store.close()

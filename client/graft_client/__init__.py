@@ -12,7 +12,13 @@ Depends on grpcio and protobuf only; PIL images and numpy arrays are accepted by
 `predict` when the caller has them, but neither is imported here.
 """
 
-from graft_client.client import TERMINAL_STATES, Client, job_state, parse_model_ref
+from graft_client.client import (
+    TERMINAL_STATES,
+    Client,
+    job_state,
+    parse_model_ref,
+    tls_credentials,
+)
 from graft_client.errors import (
     Aborted,
     AlreadyExists,
@@ -65,4 +71,5 @@ __all__ = [
     "job_state",
     "parse_model_ref",
     "pb",
+    "tls_credentials",
 ]

@@ -35,6 +35,7 @@ __all__ = [
     "Client",
     "job_state",
     "parse_model_ref",
+    "tls_credentials",
 ]
 
 DEFAULT_TARGET = "localhost:50051"
@@ -78,6 +79,7 @@ _RESUMABLE_STREAM_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCod
 _MODEL_REF = re.compile(r"^(?P<name>[^:@]+)(?::(?P<version>\d+)|@(?P<alias>[^:@]+))?$")
 
 DatasetLike = str | os.PathLike[str] | pb.DatasetRef
+PemLike = str | os.PathLike[str] | bytes  # a PEM file's path, or its contents
 PlanLike = pb.TrainingPlan | Mapping[str, Any]
 DeclaredLike = pb.DeclaredStatistics | Mapping[str, Any]
 _T = TypeVar("_T")
@@ -95,6 +97,28 @@ def parse_model_ref(text: str) -> pb.ModelRef:
         name=match["name"],
         version=int(match["version"] or 0),
         alias=match["alias"] or "",
+    )
+
+
+def tls_credentials(
+    ca_cert: PemLike | None = None,
+    client_cert: PemLike | None = None,
+    client_key: PemLike | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS channel credentials: the server verified against `ca_cert` (None: the system's
+    roots), and, for mTLS, this client's certificate chain and key (both or neither)."""
+    if bool(client_cert) != bool(client_key):
+        raise ValueError("mTLS needs both a client certificate and its key")
+
+    def pem(value: PemLike | None) -> bytes | None:
+        if value is None or isinstance(value, bytes):
+            return value
+        return Path(value).expanduser().read_bytes()
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=pem(ca_cert),
+        private_key=pem(client_key),
+        certificate_chain=pem(client_cert),
     )
 
 
@@ -145,9 +169,18 @@ class Client:
     `target` is host:port. `timeout` is the default deadline in seconds of quick calls;
     Advise, Predict and UploadDataset get at least 600, 120 and 3600 seconds. Every
     method also takes `timeout=` to override its deadline. `channel` uses an existing
-    channel (left open on close()); otherwise one is created with `credentials` (TLS)
-    or insecure, with `max_message_bytes` as the message size limit and transparent
-    retries on UNAVAILABLE. `metadata` is sent with every call.
+    channel (left open on close()); otherwise one is created with `max_message_bytes` as
+    the message size limit and transparent retries on UNAVAILABLE. `metadata` is sent
+    with every call.
+
+    Security (docs/SECURITY.md): `api_key` (default: $GRAFT_API_KEY, if set) is sent as
+    `authorization: Bearer <key>` with every call; a server on loopback with its defaults
+    needs none. The channel uses TLS when `tls` is true or any of `ca_cert` (a PEM CA
+    bundle to verify the server with; default: the system's roots), `client_cert` and
+    `client_key` (PEM, both or neither: for mTLS) is given; each is a path, or the PEM
+    bytes themselves. `tls_server_name` is the name the server's certificate must carry
+    when it is not the target's host (e.g. through `kubectl port-forward`). `credentials`
+    (grpc.ChannelCredentials) overrides all of these.
 
     Methods raise `graft_client.GraftError` subclasses (never a raw grpc.RpcError).
     """
@@ -161,11 +194,22 @@ class Client:
         max_message_bytes: int = 64 * MiB,
         metadata: Sequence[tuple[str, str | bytes]] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        api_key: str | None = None,
+        tls: bool = False,
+        ca_cert: PemLike | None = None,
+        client_cert: PemLike | None = None,
+        client_key: PemLike | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
         self._metadata = tuple(metadata or ())
+        api_key = os.environ.get("GRAFT_API_KEY") if api_key is None else api_key
+        if api_key:
+            self._metadata += (("authorization", f"Bearer {api_key.strip()}"),)
+        if credentials is None and (tls or ca_cert or client_cert or client_key):
+            credentials = tls_credentials(ca_cert, client_cert, client_key)
         self._owns_channel = channel is None
         if channel is None:
             options = [
@@ -178,6 +222,8 @@ class Client:
                 ("grpc.max_reconnect_backoff_ms", 5000),
                 ("grpc.service_config", _SERVICE_CONFIG),
             ]
+            if tls_server_name:
+                options.append(("grpc.ssl_target_name_override", tls_server_name))
             if credentials is not None:
                 channel = grpc.secure_channel(target, credentials, options=options)
             else:
@@ -443,12 +489,23 @@ class Client:
         self, state: int | str | None = None, limit: int = 0, *, timeout: float | None = None
     ) -> list[pb.Job]:
         """Jobs, newest first; `state` filters (a JobState or a name like "running");
-        `limit` 0 means the server's default (100)."""
+        `limit` 0 means the server's default (100). A limit above the server's page size
+        (1,000) is met by following its page tokens. Metrics come without the confusion
+        matrix (`get_job` has it)."""
+        jobs: list[pb.Job] = []
         request = pb.ListJobsRequest(state=job_state(state), limit=limit)
-        response: pb.ListJobsResponse = self._call(
-            self._stub.ListJobs, request, self._deadline(timeout)
-        )
-        return list(response.jobs)
+        while True:
+            response: pb.ListJobsResponse = self._call(
+                self._stub.ListJobs, request, self._deadline(timeout)
+            )
+            jobs.extend(response.jobs)
+            if not response.next_page_token or (limit and len(jobs) >= limit) or not limit:
+                return jobs[: limit or None]
+            request = pb.ListJobsRequest(
+                state=request.state,
+                limit=limit - len(jobs),
+                page_token=response.next_page_token,
+            )
 
     def cancel_job(self, job_id: str, *, timeout: float | None = None) -> pb.Job:
         """Asks a queued or running job to stop; returns the job after the request."""
@@ -460,13 +517,26 @@ class Client:
     # -- registry ----------------------------------------------------------------------
 
     def list_models(self, name_prefix: str = "", *, timeout: float | None = None) -> list[pb.Model]:
-        """Registered models (with their versions), optionally by name prefix."""
-        response: pb.ListModelsResponse = self._call(
-            self._stub.ListModels,
-            pb.ListModelsRequest(name_prefix=name_prefix),
-            self._deadline(timeout),
-        )
-        return list(response.models)
+        """Registered models (with their versions), optionally by name prefix: every page
+        of the server's list, one Model per name (and tenant). Metrics come without the
+        confusion matrix (`get_model` has it)."""
+        models: list[pb.Model] = []
+        token = ""
+        while True:
+            response: pb.ListModelsResponse = self._call(
+                self._stub.ListModels,
+                pb.ListModelsRequest(name_prefix=name_prefix, page_token=token),
+                self._deadline(timeout),
+            )
+            for model in response.models:
+                last = models[-1] if models else None
+                if last is not None and (last.name, last.tenant) == (model.name, model.tenant):
+                    last.versions.extend(model.versions)  # continued from the last page
+                else:
+                    models.append(model)
+            token = response.next_page_token
+            if not token:
+                return models
 
     def get_model(
         self,
@@ -484,10 +554,17 @@ class Client:
         return response.model
 
     def set_model_alias(
-        self, name: str, alias: str, version: int, *, timeout: float | None = None
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        *,
+        tenant: str = "",
+        timeout: float | None = None,
     ) -> pb.ModelVersion:
-        """Points `alias` (e.g. "production") at a version; returns that version."""
-        request = pb.SetModelAliasRequest(name=name, alias=alias, version=version)
+        """Points `alias` (e.g. "production") at a version; returns that version. `tenant`:
+        another tenant's model (admin keys only; default: the caller's own)."""
+        request = pb.SetModelAliasRequest(name=name, alias=alias, version=version, tenant=tenant)
         response: pb.SetModelAliasResponse = self._call(
             self._stub.SetModelAlias, request, self._deadline(timeout)
         )
@@ -519,9 +596,7 @@ class Client:
         if source.is_dir():
             with tempfile.TemporaryDirectory(prefix="graft-upload-") as tmp:
                 archive = Path(tmp) / f"{source.resolve().name or 'dataset'}.tar"
-                with tarfile.open(archive, "w") as tar:
-                    for child in sorted(source.iterdir()):
-                        tar.add(child, arcname=child.name)
+                _pack_folder(source, archive)
                 return self._upload_file(archive, chunk_size, deadline)
         return self._upload_file(source, chunk_size, deadline)
 
@@ -551,3 +626,41 @@ class Client:
 
         response: pb.UploadDatasetResponse = self._call(self._stub.UploadDataset, chunks(), timeout)
         return response
+
+    def delete_dataset(self, dataset_id: str, *, timeout: float | None = None) -> int:
+        """Deletes an uploaded dataset (its archive and extracted copy) and returns the bytes
+        given back to the tenant's upload quota. NotFound for an unknown id (or another
+        tenant's); FailedPrecondition, naming the job, while a queued or running job uses it."""
+        response: pb.DeleteDatasetResponse = self._call(
+            self._stub.DeleteDataset,
+            pb.DeleteDatasetRequest(dataset_id=dataset_id),
+            self._deadline(timeout),
+        )
+        return response.freed_bytes
+
+    def list_datasets(
+        self, limit: int = 0, *, timeout: float | None = None
+    ) -> pb.ListDatasetsResponse:
+        """The caller's uploaded datasets, newest first (`limit` 0: the server's default,
+        1000), with their sizes and expiry, and the quota and what the tenant uses of it."""
+        response: pb.ListDatasetsResponse = self._call(
+            self._stub.ListDatasets, pb.ListDatasetsRequest(limit=limit), self._deadline(timeout)
+        )
+        return response
+
+
+def _pack_folder(source: Path, archive: Path) -> None:
+    """`source`'s regular files as a tar, what the server accepts: no links (a symbolic
+    link to a file is packed as a copy of that file, under the link's name), no special
+    files; folders reached through links are not followed (they could loop)."""
+    with tarfile.open(archive, "w") as tar:
+        for folder, dirs, files in os.walk(source):
+            dirs.sort()
+            for name in sorted(files):
+                path = Path(folder) / name
+                if not path.is_file():  # FIFOs, devices, sockets, dangling links
+                    continue
+                arcname = path.relative_to(source).as_posix()
+                with path.open("rb") as f:  # follows a link to a file: its content
+                    info = tar.gettarinfo(fileobj=f, arcname=arcname)
+                    tar.addfile(info, f)

@@ -78,6 +78,13 @@ def fmt_time(ts: Timestamp) -> str:
     return ts.ToDatetime(tzinfo=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
+def fmt_epoch(seconds: float) -> str:
+    """Epoch seconds as local time."""
+    ts = Timestamp()
+    ts.FromNanoseconds(round(seconds * 1e9))
+    return fmt_time(ts)
+
+
 def fmt_size(num_bytes: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if num_bytes < 1024 or unit == "GiB":
@@ -296,6 +303,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="server host:port (default: $GRAFT_TARGET or %(default)s)",
     )
     client_opts.add_argument("--timeout", type=float, help="deadline of each call in seconds")
+    client_opts.add_argument(
+        "--api-key",
+        help="API key sent with every call (default: $GRAFT_API_KEY, which keeps it out of"
+        " the process list); a server on loopback with its defaults needs none",
+    )
+    client_opts.add_argument(
+        "--tls", action="store_true", help="connect with TLS, verifying against the system CAs"
+    )
+    client_opts.add_argument(
+        "--ca-cert",
+        default=os.environ.get("GRAFT_CA_CERT"),
+        metavar="PEM",
+        help="TLS: CA bundle to verify the server with (default: $GRAFT_CA_CERT)",
+    )
+    client_opts.add_argument(
+        "--client-cert",
+        default=os.environ.get("GRAFT_CLIENT_CERT"),
+        metavar="PEM",
+        help="mTLS: this client's certificate chain (default: $GRAFT_CLIENT_CERT)",
+    )
+    client_opts.add_argument(
+        "--client-key",
+        default=os.environ.get("GRAFT_CLIENT_KEY"),
+        metavar="PEM",
+        help="mTLS: this client's private key (default: $GRAFT_CLIENT_KEY)",
+    )
+    client_opts.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="TLS: the name on the server's certificate, when not the target's host"
+        " (e.g. through kubectl port-forward)",
+    )
     json_opt = argparse.ArgumentParser(add_help=False)
     json_opt.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -333,6 +372,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-bytes", type=int, help="gRPC message size limit (default 64 MiB)")
     p.add_argument("--max-upload-bytes", type=int, help="largest dataset upload (default 2 GiB)")
     p.add_argument(
+        "--upload-quota-bytes",
+        type=int,
+        help="bytes each tenant's uploads may store, extracted copies included (default"
+        " 20 GiB; 0: no quota)",
+    )
+    p.add_argument(
+        "--upload-ttl-seconds",
+        type=float,
+        help="delete uploads unused this long (default 7 days; 0: never)",
+    )
+    p.add_argument(
+        "--extract-cache-bytes",
+        type=int,
+        help="bound on extracted copies of data-root archives (default 32 GiB; 0: none)",
+    )
+    p.add_argument(
         "--grace-seconds", type=float, help="drain time for in-flight RPCs on SIGTERM (default 10)"
     )
     p.add_argument(
@@ -364,6 +419,38 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="jobs queued or running per model name before StartFineTune says"
         " RESOURCE_EXHAUSTED (default 16)",
+    )
+    p.add_argument(
+        "--auth",
+        choices=("auto", "on", "off"),
+        help="require API keys (`graft keys`): auto (default) = on unless --host is loopback",
+    )
+    p.add_argument(
+        "--auth-open",
+        action="append",
+        dest="auth_open_services",
+        metavar="SERVICE",
+        help="a gRPC service answered without a key (repeatable; replaces the default:"
+        " grpc.health.v1.Health and grpc.reflection.v1alpha.ServerReflection)",
+    )
+    p.add_argument(
+        "--metrics-auth",
+        action="store_true",
+        default=None,
+        help="/metrics answers only scrapes with an admin API key (default: open)",
+    )
+    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
+    p.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    p.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="mTLS: accept only clients with a certificate signed by this CA bundle",
+    )
+    p.add_argument(
+        "--health-port",
+        type=int,
+        help="also serve grpc.health.v1 alone on this plaintext port, for probes that cannot"
+        " speak TLS (default 0: none)",
     )
     p.set_defaults(handler=cmd_serve, command_parser=p)
 
@@ -478,6 +565,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("archive", metavar="ARCHIVE", type=Path, help=".zip, .tar, .tar.gz or a folder")
     p.add_argument("--chunk-size", type=_positive_int, default=1024 * 1024)
     p.set_defaults(handler=cmd_upload, command_parser=p)
+
+    p = commands.add_parser(
+        "datasets",
+        parents=[client_opts, json_opt],
+        help="list uploaded datasets, or delete one (datasets delete DATASET_ID)",
+    )
+    p.add_argument("words", nargs="*", metavar="list | delete DATASET_ID")
+    p.set_defaults(handler=cmd_datasets, command_parser=p)
+
+    p = commands.add_parser(
+        "keys",
+        parents=[json_opt],
+        help="API keys, on the server's store: keys create --tenant T [--admin], keys list,"
+        " keys revoke KEY_ID",
+    )
+    p.add_argument("words", nargs="*", metavar="create | list | revoke KEY_ID")
+    p.add_argument("--tenant", help="for create: the tenant the key acts for")
+    p.add_argument("--admin", action="store_true", help="for create: sees every tenant")
+    p.add_argument("--name", default="", help="for create: a note on whose key it is")
+    p.add_argument("--data-dir", type=Path, help="the server's data directory")
+    p.set_defaults(handler=cmd_keys, command_parser=p)
     return parser
 
 
@@ -519,10 +627,20 @@ class Context:
         self.err = err
 
     def client(self) -> Client:
+        a = self.args
         kwargs: dict[str, Any] = {}
-        if self.args.timeout is not None:
-            kwargs["timeout"] = self.args.timeout
-        return Client(self.args.target, **kwargs)
+        if a.timeout is not None:
+            kwargs["timeout"] = a.timeout
+        return Client(
+            a.target,
+            api_key=a.api_key,
+            tls=a.tls,
+            ca_cert=a.ca_cert,
+            client_cert=a.client_cert,
+            client_key=a.client_key,
+            tls_server_name=a.tls_server_name,
+            **kwargs,
+        )
 
 
 def _config(**flags: Any) -> Config:
@@ -545,6 +663,9 @@ def cmd_serve(ctx: Context) -> int:
         worker_metrics_port=a.worker_metrics_port,
         max_message_bytes=a.max_message_bytes,
         max_upload_bytes=a.max_upload_bytes,
+        upload_quota_bytes=a.upload_quota_bytes,
+        upload_ttl_seconds=a.upload_ttl_seconds,
+        extract_cache_bytes=a.extract_cache_bytes,
         grace_seconds=a.grace_seconds,
         rpc_limits=tuple(a.rpc_limits) if a.rpc_limits else None,
         max_active_jobs_per_model=a.max_jobs_per_model,
@@ -553,6 +674,13 @@ def cmd_serve(ctx: Context) -> int:
         predict_runners=a.predict_runners,
         log_format=a.log_format,
         log_level=a.log_level,
+        auth=a.auth,
+        auth_open_services=tuple(a.auth_open_services) if a.auth_open_services else None,
+        tls_cert=a.tls_cert,
+        tls_key=a.tls_key,
+        tls_client_ca=a.tls_client_ca,
+        health_port=a.health_port,
+        metrics_auth=a.metrics_auth,
     )
     try:
         from graft.api.admission import parse_limits
@@ -1046,6 +1174,118 @@ def cmd_upload(ctx: Context) -> int:
         ctx.out,
     )
     print(f"train with: graft train NAME --dataset-id {result.dataset_id}", file=ctx.err)
+    return EXIT_OK
+
+
+def cmd_datasets(ctx: Context) -> int:
+    a = ctx.args
+    words: list[str] = a.words or ["list"]
+    if (words[0], len(words)) not in {("list", 1), ("delete", 2)}:
+        ctx.parser.error("usage: graft datasets [list] | graft datasets delete DATASET_ID")
+    with ctx.client() as client:
+        if words[0] == "delete":
+            freed = client.delete_dataset(words[1])
+            if a.json:
+                print(json.dumps({"dataset_id": words[1], "freed_bytes": freed}), file=ctx.out)
+            else:
+                print(f"deleted dataset {words[1]} ({fmt_size(freed)} freed)", file=ctx.out)
+            return EXIT_OK
+        listing = client.list_datasets()
+    if a.json:
+        print_json(listing, ctx.out)
+        return EXIT_OK
+    rows = [
+        [
+            d.dataset_id,
+            d.tenant,
+            d.filename,
+            fmt_size(d.archive_bytes + d.extracted_bytes),
+            fmt_time(d.create_time),
+            fmt_time(d.last_used_time),
+            fmt_time(d.expire_time) if d.HasField("expire_time") else "never",
+        ]
+        for d in listing.datasets
+    ]
+    header = ["DATASET", "TENANT", "FILE", "STORED", "UPLOADED", "LAST USED", "EXPIRES"]
+    print_table(rows, header, ctx.out)
+    quota = fmt_size(listing.quota_bytes) if listing.quota_bytes else "no quota"
+    print(f"{fmt_size(listing.used_bytes)} stored; quota {quota}", file=ctx.out)
+    return EXIT_OK
+
+
+def cmd_keys(ctx: Context) -> int:
+    """API keys, straight on the server's store (run it where the data directory is:
+    `kubectl exec deploy/graft-server -- graft keys ...`). Tokens are shown once, at
+    creation; the store keeps only their sha256."""
+    a = ctx.args
+    words: list[str] = a.words or ["list"]
+    action = words[0]
+    if (action, len(words)) not in {("create", 1), ("list", 1), ("revoke", 2)}:
+        ctx.parser.error("usage: graft keys create --tenant T [--admin] | list | revoke KEY_ID")
+    if action == "create" and not a.tenant:
+        ctx.parser.error("keys create needs --tenant")
+    from graft import errors
+    from graft.apikeys import hash_token, new_token, validate_tenant
+    from graft.store import ApiKey, open_store
+
+    config = _config(data_dir=a.data_dir.expanduser().resolve() if a.data_dir else None)
+    if not config.store_path.is_file():
+        print(
+            f"error: no Graft store at {config.store_path}: give the server's --data-dir"
+            " (or $GRAFT_DATA_DIR), where `graft serve` has run",
+            file=ctx.err,
+        )
+        return EXIT_ERROR
+
+    def fields(key: ApiKey) -> dict[str, Any]:
+        return {
+            "key_id": key.key_id,
+            "tenant": key.tenant,
+            "role": "admin" if key.admin else "tenant",
+            "name": key.name,
+            "created": fmt_epoch(key.create_time),
+            "revoked": fmt_epoch(key.revoke_time) if key.revoke_time else "",
+        }
+
+    store = open_store(config)
+    try:
+        if action == "create":
+            key_id, token = new_token()
+            key = store.add_api_key(
+                key_id,
+                hash_token(token),
+                validate_tenant(a.tenant),
+                admin=a.admin,
+                name=a.name,
+            )
+            out = {**fields(key), "token": token}
+            if a.json:
+                print(json.dumps(out, indent=2), file=ctx.out)
+            else:
+                print_fields([(k, str(v)) for k, v in out.items() if v], ctx.out)
+                print(
+                    "the token is shown only now: give it to its user"
+                    " (graft --api-key / $GRAFT_API_KEY)",
+                    file=ctx.err,
+                )
+        elif action == "list":
+            keys = [fields(k) for k in store.list_api_keys()]
+            if a.json:
+                print(json.dumps(keys, indent=2), file=ctx.out)
+            else:
+                header = ["KEY", "TENANT", "ROLE", "NAME", "CREATED", "REVOKED"]
+                print_table([list(k.values()) for k in keys], header, ctx.out)
+        else:
+            key = store.revoke_api_key(words[1])
+            if a.json:
+                print(json.dumps(fields(key), indent=2), file=ctx.out)
+            else:
+                print(f"revoked {key.key_id} (tenant {key.tenant})", file=ctx.out)
+    except errors.GraftError as exc:
+        print(f"error: {type(exc).__name__}: {exc.message}", file=ctx.err)
+        return EXIT_ERROR
+    finally:
+        store.close()
     return EXIT_OK
 
 

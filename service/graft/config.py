@@ -4,6 +4,7 @@ start and stored with every job. Nothing deeper in the code reads globals or os.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,7 +23,29 @@ class Config:
     embedded_worker: bool = True
     max_message_bytes: int = 64 * 1024 * 1024
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
+    # Hostile files (docs/SECURITY.md § Hostile files). An archive expands to at most
+    # max_extract_ratio times its own size and at most max_extract_bytes in all (each entry
+    # counts 512 bytes besides its data), with at most max_archive_members entries; counted
+    # while extracting. An image may declare at most max_image_pixels (checked from its
+    # header before decoding); one Predict request at most max_predict_pixels in all.
+    max_extract_ratio: float = 20.0
+    max_extract_bytes: int = 8 * 1024 * 1024 * 1024
+    max_archive_members: int = 200_000
+    max_image_pixels: int = 50_000_000
+    max_predict_pixels: int = 200_000_000
+    # Classes a dataset may have (0: no limit); more is FAILED_PRECONDITION before decoding.
+    max_classes: int = 1000
     max_predict_images: int = 256
+    # Uploads (docs/SECURITY.md § Uploads: quota, expiry, deletion). A tenant's uploads
+    # (archives plus their extracted copies) store at most upload_quota_bytes (0: no
+    # quota); one unused for upload_ttl_seconds is deleted (0: never) by the advisor lane's
+    # sweep, which runs every upload_sweep_seconds. The extracted copies of archives in
+    # data roots take at most extract_cache_bytes (least recently used evicted first;
+    # 0: unbounded).
+    upload_quota_bytes: int = 20 * 1024 * 1024 * 1024
+    upload_ttl_seconds: float = 7 * 24 * 3600.0
+    upload_sweep_seconds: float = 600.0
+    extract_cache_bytes: int = 32 * 1024 * 1024 * 1024
     lease_seconds: float = 30.0
     poll_seconds: float = 0.5
     grace_seconds: float = 10.0
@@ -47,7 +70,8 @@ class Config:
     predict_ref_cache_seconds: float = 1.0
     # Runtimes measured at model load, in this order; the fastest one that answers like
     # eager is served ("eager" alone turns the others off; eager is always the fallback).
-    predict_runtimes: tuple[str, ...] = ("onnxruntime", "torchscript", "eager")
+    # On a machine without CUDA the two cuda ones are refused at once ("no CUDA device").
+    predict_runtimes: tuple[str, ...] = ("cuda-fp16", "cuda", "onnxruntime", "torchscript", "eager")
     small_dataset_threshold: int = 1000
     advise_max_per_class: int = 50
     advise_max_images: int = 2000
@@ -71,7 +95,51 @@ class Config:
     # What `graft worker` runs: "trainer" (fine-tune jobs), "advisor" (Advise and upload
     # checks), or both ("trainer,advisor"). `graft serve` runs one process per lane.
     lanes: tuple[str, ...] = ("trainer", "advisor")
+    # Authentication and tenants (docs/SECURITY.md): "auto" is on unless `host` is a
+    # loopback address (so the embedded default on 127.0.0.1 needs no key), "on" and "off"
+    # force it. With it off every caller is the default tenant's admin.
+    auth: str = "auto"
+    # gRPC services answered without a key when authentication is on.
+    auth_open_services: tuple[str, ...] = (
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    )
+    # The server's /metrics answers only scrapes with an admin API key (Prometheus:
+    # `authorization: {credentials_file: ...}`); off by default, like health probes.
+    metrics_auth: bool = False
+    # TLS: PEM files of the server's certificate chain and private key ("": plaintext);
+    # with a client CA bundle, only clients presenting a certificate it signed connect (mTLS).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # A second, plaintext port that serves grpc.health.v1 only, for probes that cannot
+    # speak TLS (Kubernetes' gRPC probes); 0: none.
+    health_port: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.auth not in ("auto", "on", "off"):
+            raise ValueError(f"auth must be auto, on or off, not {self.auth!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS needs both a certificate (tls_cert) and its key (tls_key)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("a client CA (mTLS) needs the server's own tls_cert and tls_key")
+        if "graft.v1.AdaptationService" in self.auth_open_services:
+            raise ValueError("graft.v1.AdaptationService cannot be open: its calls need a key")
+        if min(self.upload_quota_bytes, self.upload_ttl_seconds, self.extract_cache_bytes) < 0:
+            raise ValueError(
+                "upload_quota_bytes, upload_ttl_seconds and extract_cache_bytes"
+                " must not be negative (0 turns each off)"
+            )
+        if self.upload_sweep_seconds <= 0:
+            raise ValueError("upload_sweep_seconds must be positive")
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether AdaptationService calls need an API key (see `auth`)."""
+        if self.auth == "auto":
+            return not is_loopback(self.host)
+        return self.auth == "on"
 
     @property
     def store_path(self) -> Path:
@@ -120,7 +188,13 @@ class Config:
             kw["data_dir"] = Path(kw["data_dir"])
         if "data_roots" in kw:
             kw["data_roots"] = tuple(Path(p) for p in kw["data_roots"])
-        for name in ("rpc_limits", "lanes", "predict_model_batching", "predict_runtimes"):
+        for name in (
+            "rpc_limits",
+            "lanes",
+            "predict_model_batching",
+            "predict_runtimes",
+            "auth_open_services",
+        ):
             if name in kw:
                 kw[name] = tuple(kw[name])
         return cls(**kw)
@@ -142,4 +216,17 @@ def env_defaults(environ: dict[str, str] | None = None) -> dict[str, Any]:
         out["log_level"] = env["GRAFT_LOG_LEVEL"]
     if "GRAFT_LEASE_SECONDS" in env:
         out["lease_seconds"] = float(env["GRAFT_LEASE_SECONDS"])
+    if "GRAFT_AUTH" in env:
+        out["auth"] = env["GRAFT_AUTH"]
     return out
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (as `--host` takes it) listens on the loopback interface only."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:  # a host name other than localhost may resolve to any interface
+        return False

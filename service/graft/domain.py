@@ -11,6 +11,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+# The tenant of everything created without authentication (auth off, the embedded default)
+# and of every row that predates tenants (store schema < 3).
+DEFAULT_TENANT = "default"
+
 
 class Strategy(enum.IntEnum):
     UNSPECIFIED = 0
@@ -188,6 +192,8 @@ class ModelRef:
     name: str
     version: int = 0
     alias: str = ""
+    # Model names are per tenant: the same name in two tenants is two models.
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass
@@ -217,6 +223,8 @@ class Job:
     plan_resolved: bool = True
     # A failed job's error as graft.errors.error_to_dict gives it (kind, field violations).
     error_detail: dict[str, Any] = field(default_factory=dict)
+    # Whose job it is; the model it registers belongs to the same tenant.
+    tenant: str = DEFAULT_TENANT
 
 
 class TaskKind(enum.IntEnum):
@@ -262,3 +270,4 @@ class ModelVersion:
     artifact_dir: str
     aliases: list[str] = field(default_factory=list)
     metrics: EvaluationMetrics | None = None
+    tenant: str = DEFAULT_TENANT  # (tenant, name, version) identifies a version

@@ -29,12 +29,13 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from graft.api.admission import AdmissionInterceptor, parse_limits
+from graft.api.auth import AuthInterceptor, admin_scrapes
 from graft.api.drain import DrainGate
 from graft.api.errors import ErrorBoundaryInterceptor
 from graft.api.health import SERVICE_NAME, WORKER_HEALTH_NAME, HealthMonitor
 from graft.api.servicer import AdaptationServicer, Services
 from graft.api.watcher import StoreWatcher
-from graft.config import Config
+from graft.config import Config, is_loopback
 from graft.observability.logs import setup_logging
 from graft.observability.metrics import (
     MetricsInterceptor,
@@ -62,6 +63,7 @@ class Built:
     health: HealthServicer
     gate: DrainGate
     metrics: ServerMetrics
+    health_server: grpc.aio.Server | None = None  # the plaintext health port's, if any
 
 
 def build_server(config: Config, metrics: ServerMetrics | None = None) -> Built:
@@ -94,10 +96,24 @@ def build_server(config: Config, metrics: ServerMetrics | None = None) -> Built:
     admission = AdmissionInterceptor(
         SERVICE_NAME, parse_limits(config.rpc_limits), observe=metrics.observe_admission
     )
+    auth = AuthInterceptor(
+        SERVICE_NAME,
+        enabled=config.auth_enabled,
+        open_services=config.auth_open_services,
+        store=store,
+        executor=store_pool,
+    )
     server = grpc.aio.server(
         # Outermost first. Metrics records the status the others set; the error boundary
-        # turns admission's ResourceExhausted (and every domain error) into its status.
-        interceptors=[MetricsInterceptor(metrics), gate, ErrorBoundaryInterceptor(), admission],
+        # turns auth's Unauthenticated, admission's ResourceExhausted (and every domain
+        # error) into its status; a caller without a valid key takes no admission slot.
+        interceptors=[
+            MetricsInterceptor(metrics),
+            gate,
+            ErrorBoundaryInterceptor(),
+            auth,
+            admission,
+        ],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -113,13 +129,61 @@ def build_server(config: Config, metrics: ServerMetrics | None = None) -> Built:
     return Built(server, services, health_servicer, gate, metrics)
 
 
+def server_credentials(config: Config) -> grpc.ServerCredentials | None:
+    """TLS from the configured PEM files, mTLS when a client CA is set; None: plaintext.
+    ValueError names a file that cannot be read."""
+    if not config.tls_cert:
+        return None
+
+    def read(path: str, what: str, marker: bytes) -> bytes:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+        if marker not in data:
+            raise ValueError(f"the {what} {path} is not PEM (no '{marker.decode()}')")
+        return data
+
+    certificate = b"-----BEGIN CERTIFICATE-----"
+    chain = read(config.tls_cert, "TLS certificate (tls_cert)", certificate)
+    key = read(config.tls_key, "TLS private key (tls_key)", b"PRIVATE KEY-----")
+    client_ca = (
+        read(config.tls_client_ca, "client CA (tls_client_ca)", certificate)
+        if config.tls_client_ca
+        else None
+    )
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 async def start(built: Built, address: str) -> int:
-    """Bind, start serving and watching; returns the bound port (0: could not bind)."""
+    """Bind, start serving and watching; returns the bound port (0: could not bind).
+    TLS as the config says (ValueError for unreadable certificate files), and the
+    plaintext health port when one is configured."""
+    config = built.services.config
     for name in ("", SERVICE_NAME, WORKER_HEALTH_NAME):  # until the monitor says otherwise
         await built.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    port = built.server.add_insecure_port(address)
+    credentials = server_credentials(config)
+    if credentials is None:
+        port = built.server.add_insecure_port(address)
+    else:
+        try:
+            port = built.server.add_secure_port(address, credentials)
+        except RuntimeError:  # gRPC logs why; the usual one is a key that fits no certificate
+            raise ValueError(
+                f"could not serve TLS on {address}: the address is taken, or {config.tls_key}"
+                f" is not the private key of {config.tls_cert}"
+            ) from None
     if port == 0:
         return 0
+    if config.health_port:
+        # The same HealthServicer: both ports say NOT_SERVING together when draining.
+        built.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(built.health, built.health_server)
+        if built.health_server.add_insecure_port(f"{config.host}:{config.health_port}") == 0:
+            return 0
+        await built.health_server.start()
     await built.server.start()
     built.services.watcher.start()
     return port
@@ -137,6 +201,8 @@ async def shutdown(built: Built, grace_seconds: float, on_draining: Callable[[],
         log.warning("RPCs still running after %.0f s of draining: aborting them", grace_seconds)
     await services.watcher.stop()  # wakes streams and waiters: they see the drain and end
     await built.server.stop(0.5)
+    if built.health_server is not None:
+        await built.health_server.stop(0.5)
     services.predictor.close()  # queued Predict calls get UNAVAILABLE; runners stop
     services.predict_pool.shutdown(wait=False, cancel_futures=True)
     # Store calls take milliseconds: let the running ones (a cancelled Advise's
@@ -150,14 +216,21 @@ async def serve(config: Config) -> int:
     metrics = ServerMetrics()
     metrics.set_build_info()
     built = build_server(config, metrics)
-    port = await start(built, f"{config.host}:{config.port}")
+    try:
+        port = await start(built, f"{config.host}:{config.port}")
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
     if port == 0:
-        log.error("could not bind %s:%d", config.host, config.port)
+        log.error(
+            "could not bind %s:%d (or health port %d)", config.host, config.port, config.health_port
+        )
         return 1
     metrics_port = 0
     if config.metrics_port:
         metrics.registry.register(StoreCollector(built.services.store, config.worker_ready_seconds))
-        metrics_port = serve_metrics(metrics.registry, config.metrics_port, config.host)
+        authorize = admin_scrapes(built.services.store) if config.metrics_auth else None
+        metrics_port = serve_metrics(metrics.registry, config.metrics_port, config.host, authorize)
         log.info("metrics on http://%s:%d/metrics", config.host, metrics_port)
     monitor = HealthMonitor(built.health, built.services)
     supervisors = embedded_supervisors(config) if config.embedded_worker else []
@@ -169,7 +242,18 @@ async def serve(config: Config) -> int:
         supervisor.start()
     await monitor.start()  # SERVING once the store answers
     _write_ready_file(config, port, metrics_port)
-    log.info("graft serving on %s:%d (data dir %s)", config.host, port, config.data_dir)
+    log.info(
+        "graft serving on %s:%d (%s, API keys %s; data dir %s)",
+        config.host,
+        port,
+        "mTLS" if config.tls_client_ca else "TLS" if config.tls_cert else "plaintext",
+        "required" if config.auth_enabled else "off",
+        config.data_dir,
+    )
+    if not config.auth_enabled and config.auth == "off" and not is_loopback(config.host):
+        log.warning("authentication is off on %s: every caller is an admin", config.host)
+    if config.auth_enabled and not config.tls_cert and not is_loopback(config.host):
+        log.warning("API keys travel in plaintext: serve TLS (--tls-cert) or terminate it in front")
 
     await stop.wait()
     await monitor.stop()
@@ -217,11 +301,15 @@ class BackgroundServer:
         self._thread.daemon = True
         self._thread.start()
         self.built: Built = self.call(self._build())
-        self.port = self.call(start(self.built, f"{config.host}:0"))
-        if self.port == 0:
-            raise OSError(f"could not bind {config.host}")
         self._lane_stop = threading.Event()
         self._lane: threading.Thread | None = None
+        try:
+            self.port = self.call(start(self.built, f"{config.host}:0"))
+            if self.port == 0:
+                raise OSError(f"could not bind {config.host}")
+        except BaseException:
+            self.stop()  # nothing left running: the loop, the pools, the store
+            raise
         if advisor:
             from graft.advisor.lane import AdvisorLane
 

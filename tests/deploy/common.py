@@ -42,6 +42,7 @@ SERVER_METRICS: dict[str, str] = {
     "graft_model_cache_misses_total": "counter",
     "graft_model_cache_evictions_total": "counter",
     "graft_registry_model_versions": "gauge",
+    "graft_upload_bytes": "gauge",
     "graft_store_up": "gauge",
     "graft_workers_ready": "gauge",
     "graft_build_info": "gauge",

@@ -12,6 +12,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from graft.config import Config
 from tests.deploy.common import (
     DEPLOY,
     IMAGE_UID,
@@ -96,15 +97,38 @@ def test_server_deployment() -> None:
     args = graft_args(expanded_args(server))
     assert args.command == "serve" and args.no_worker and args.host == "0.0.0.0"
     ports = container_ports(server)
-    assert ports == {"grpc": args.port, "metrics": args.metrics_port}
+    assert ports == {"grpc": args.port, "health": args.health_port, "metrics": args.metrics_port}
     c = container(server)
+    # The API port serves TLS, which Kubernetes' gRPC probes cannot speak: they use the
+    # plaintext port that serves grpc.health.v1 alone.
+    assert args.tls_cert and args.health_port and args.health_port != args.port
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["grpc"] == {"port": args.port, "service": ""}, probe
+        assert c[probe]["grpc"] == {"port": args.health_port, "service": ""}, probe
     # Kubernetes waits for preStop + the drain before it kills the pod.
     pre_stop = float(c["lifecycle"]["preStop"]["exec"]["command"][-1])
     grace = server["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > pre_stop + args.grace_seconds
     assert server["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_server_serves_tls_from_a_secret_and_requires_api_keys() -> None:
+    server = find("Deployment", "graft-server")
+    args = graft_args(expanded_args(server))
+    config = Config(
+        host=args.host, tls_cert=args.tls_cert, tls_key=args.tls_key, auth=args.auth or "auto"
+    )
+    assert config.auth_enabled  # on 0.0.0.0 by default: keys from `graft keys create`
+    volumes = {v["name"]: v for v in server["spec"]["template"]["spec"]["volumes"]}
+    mounts = container(server)["volumeMounts"]
+    for path, key in ((args.tls_cert, "tls.crt"), (args.tls_key, "tls.key")):
+        (mount,) = [m for m in mounts if path.startswith(m["mountPath"] + "/")]
+        assert path == f"{mount['mountPath']}/{key}"  # the key names of a kubernetes.io/tls Secret
+        assert mount["readOnly"] is True
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == "graft-tls"
+        assert secret["defaultMode"] & 0o007 == 0  # the private key is not world-readable
+    pod = server["spec"]["template"]["spec"]
+    assert pod["securityContext"]["fsGroup"] == IMAGE_UID  # so the group can read it
 
 
 def test_worker_deployment() -> None:

@@ -83,3 +83,7 @@ def test_backbone_catalog(server: RunningServer) -> None:
     assert default.ready and default.is_default and default.num_stages == 9
     assert not backbones["resnet50"].ready
     assert "graft backbones import" in backbones["resnet50"].weights
+    # File names, never the server's folders (the venv, the data dir, the hub cache).
+    for b in backbones.values():
+        for folder in (str(server.data_dir), "site-packages", str(Path.home()), "/tmp/"):
+            assert folder not in b.weights, (b.name, b.weights)

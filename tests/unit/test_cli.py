@@ -493,3 +493,98 @@ def test_upload(
     assert len(fake.uploads[-1]) == 3
     code, _, err = run(capsys, "upload", str(tmp_path / "missing.zip"))
     assert code == 2 and err.startswith("error: ")
+
+
+# -- security: API keys, TLS flags ---------------------------------------------------------
+
+
+def test_keys_create_list_revoke_on_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from graft.apikeys import hash_token
+    from graft.store import SqliteJobStore
+
+    data = tmp_path / "data"
+    code, _, err = run(capsys, "keys", "list", "--data-dir", str(data))
+    assert code == 2 and "no Graft store" in err  # a typo'd --data-dir creates nothing
+    assert not data.exists()
+    data.mkdir()
+    SqliteJobStore(data / "graft.sqlite3").close()  # what `graft serve` leaves behind
+
+    code, out, err = run(capsys, "keys", "create", "--tenant", "acme", "--data-dir", str(data))
+    assert code == 0 and "shown only now" in err
+    fields = dict(line.split(None, 1) for line in out.splitlines())
+    assert (fields["tenant"], fields["role"]) == ("acme", "tenant")
+    token = fields["token"]
+    assert token.startswith("graft_") and len(token) == len("graft_") + 43
+    argv = ["keys", "create", "--tenant", "ops", "--admin", "--name", "on-call", "--json"]
+    code, out, _ = run(capsys, *argv, "--data-dir", str(data))
+    admin = json.loads(out)
+    assert code == 0 and (admin["role"], admin["name"]) == ("admin", "on-call")
+
+    store = SqliteJobStore(data / "graft.sqlite3")
+    key = store.api_key_by_hash(hash_token(token))  # stored by hash, found by the token
+    assert (key.key_id, key.tenant, key.revoke_time) == (fields["key_id"], "acme", None)
+    stored = b"".join(p.read_bytes() for p in data.glob("graft.sqlite3*"))  # with the WAL
+    assert token.encode() not in stored and hash_token(token).encode() in stored
+
+    code, out, _ = run(capsys, "keys", "list", "--data-dir", str(data))
+    rows = [line.split() for line in out.splitlines()]
+    assert code == 0 and rows[0][:3] == ["KEY", "TENANT", "ROLE"]
+    assert {(r[0], r[1], r[2]) for r in rows[1:]} == {
+        (fields["key_id"], "acme", "tenant"),
+        (admin["key_id"], "ops", "admin"),
+    }
+    code, out, _ = run(capsys, "keys", "revoke", fields["key_id"], "--data-dir", str(data))
+    assert (code, out) == (0, f"revoked {fields['key_id']} (tenant acme)\n")
+    assert store.api_key_by_hash(hash_token(token)).revoke_time is not None
+    store.close()
+    code, out, _ = run(capsys, "keys", "list", "--json", "--data-dir", str(data))
+    revoked = {k["key_id"]: k["revoked"] for k in json.loads(out)}
+    assert revoked[fields["key_id"]] and not revoked[admin["key_id"]]
+
+    code, _, err = run(capsys, "keys", "revoke", "nope", "--data-dir", str(data))
+    assert code == 2 and "error: NotFound: API key 'nope' not found" in err
+    code, _, err = run(capsys, "keys", "create", "--tenant", ".x", "--data-dir", str(data))
+    assert code == 2 and "tenant" in err
+    assert run(capsys, "keys", "create", "--data-dir", str(data))[0] == 2  # no --tenant
+    assert run(capsys, "keys", "revoke", "--data-dir", str(data))[0] == 2  # no id
+
+
+def test_api_key_flag_and_env_are_sent(
+    fake: FakeGraft,
+    target: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run(capsys, "train", "m", "/data/flowers", "--api-key", "graft_flag")[0] == 0
+    assert fake.metadata[-1]["authorization"] == "Bearer graft_flag"
+    monkeypatch.setenv("GRAFT_API_KEY", "graft_env")
+    assert run(capsys, "train", "m", "/data/flowers")[0] == 0
+    assert fake.metadata[-1]["authorization"] == "Bearer graft_env"
+    monkeypatch.delenv("GRAFT_API_KEY")
+    assert run(capsys, "train", "m", "/data/flowers")[0] == 0
+    assert "authorization" not in fake.metadata[-1]  # the embedded default: nothing sent
+
+
+def test_serve_security_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: list[Config] = []
+
+    def run_server(config: Config) -> int:
+        seen.append(config)
+        return 0
+
+    fake_module(monkeypatch, "graft.server", run_server=run_server)
+    argv = ["serve", "--host", "0.0.0.0", "--tls-cert", "s.crt", "--tls-key", "s.key"]
+    argv += ["--tls-client-ca", "ca.crt", "--health-port", "50052"]
+    argv += ["--auth-open", "grpc.health.v1.Health"]
+    assert cli.main(argv) == 0
+    config = seen[-1]
+    assert (config.tls_cert, config.tls_key, config.tls_client_ca) == ("s.crt", "s.key", "ca.crt")
+    assert config.health_port == 50052 and config.auth_enabled  # auto: not loopback
+    assert config.auth_open_services == ("grpc.health.v1.Health",)
+    assert cli.main(["serve", "--host", "0.0.0.0", "--auth", "off"]) == 0
+    assert not seen[-1].auth_enabled
+    assert cli.main(["serve"]) == 0
+    assert not seen[-1].auth_enabled and seen[-1].auth == "auto"
+    assert cli.main(["serve", "--tls-cert", "s.crt"]) == 2  # no key: refused

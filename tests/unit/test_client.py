@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import subprocess
 import sys
 import threading
@@ -726,12 +727,21 @@ def test_upload_packs_a_directory(fake: FakeGraft, client: Client, tmp_path: Pat
     root = tmp_path / "flowers"
     (root / "rose").mkdir(parents=True)
     (root / "rose" / "1.png").write_bytes(b"png")
+    # What the server refuses in an archive is not packed: a link to a file goes as a copy,
+    # a FIFO and a folder link (here a loop) are left out.
+    (tmp_path / "elsewhere.png").write_bytes(b"other png")
+    (root / "rose" / "2.png").symlink_to(tmp_path / "elsewhere.png")
+    os.mkfifo(root / "rose" / "pipe")
+    (root / "rose" / "loop").symlink_to(root, target_is_directory=True)
     client.upload_dataset(root)
     first = fake.uploads[-1][0]
     assert first.filename == "flowers.tar"
     data = b"".join(c.chunk for c in fake.uploads[-1])
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        assert "rose/1.png" in tar.getnames()
+        assert tar.getnames() == ["rose/1.png", "rose/2.png"]
+        assert all(m.isreg() for m in tar.getmembers())
+        copied = tar.extractfile("rose/2.png")
+        assert copied is not None and copied.read() == b"other png"
 
 
 def test_upload_missing_file_raises_oserror(client: Client, tmp_path: Path) -> None:

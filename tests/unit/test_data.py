@@ -463,7 +463,10 @@ def test_save_upload_then_resolve_by_id(tmp_path: Path) -> None:
     assert folder.name == "mine"
     assert scan_dataset(folder).counts() == {"cat": 3, "dog": 3}
     stored = list((cfg.uploads_dir / info.dataset_id).iterdir())
-    assert sorted(p.name for p in stored) == ["My_Data.zip", "upload.json"]
+    # Its own extracted copy, inside its folder (deleting the upload frees all of it).
+    assert sorted(p.name for p in stored) == ["My_Data.zip", "extracted", "upload.json"]
+    assert folder.is_relative_to((cfg.uploads_dir / info.dataset_id / "extracted").resolve())
+    assert info.extracted_bytes > 0
 
 
 def test_save_upload_rejections_leave_nothing_behind(tmp_path: Path) -> None:
@@ -490,7 +493,7 @@ def test_save_upload_rejections_leave_nothing_behind(tmp_path: Path) -> None:
         save_upload(cfg, "ds.zip", [one_class])
 
     assert list(cfg.uploads_dir.iterdir()) == []
-    assert [p.name for p in (cfg.cache_dir / "extracted").iterdir()] == []
+    assert [p.name for p in (cfg.cache_dir / "extracted").glob("*")] == []
     assert save_upload(cfg, "ok.zip", chunked(small)).images == 2
 
 

@@ -30,6 +30,8 @@ def test_service_has_the_contract_rpcs() -> None:
         "SetModelAlias",
         "ListBackbones",
         "UploadDataset",
+        "DeleteDataset",
+        "ListDatasets",
     }
     assert service.methods_by_name["StreamProgress"].server_streaming
     assert service.methods_by_name["UploadDataset"].client_streaming

@@ -21,6 +21,7 @@ import pytest
 
 from graft.config import Config
 from graft.domain import (
+    DEFAULT_TENANT,
     ClassMetrics,
     DatasetRef,
     EvaluationMetrics,
@@ -41,8 +42,8 @@ from graft.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from graft.store import JobStore, SqliteJobStore, open_store
-from graft.store.sqlite import _SCHEMA, SCHEMA_VERSION
+from graft.store import ApiKey, JobStore, SqliteJobStore, open_store
+from graft.store.sqlite import _MIGRATIONS, _SCHEMA, SCHEMA_VERSION
 
 Opener = Callable[..., JobStore]
 
@@ -145,12 +146,19 @@ def test_create_job_queues_it_with_event_1(store: JobStore, clock: FakeClock) ->
 def test_create_job_is_idempotent_on_request_id(store: JobStore, clock: FakeClock) -> None:
     first, created = store.create_job(model_name="m", dataset=DATA, plan=PLAN, request_id="r")
     clock.advance(5)
-    again, created_again = store.create_job(
-        model_name="other", dataset=DatasetRef(dataset_id="u1"), plan=TrainingPlan(), request_id="r"
-    )
+    again, created_again = store.create_job(model_name="m", dataset=DATA, plan=PLAN, request_id="r")
     assert created and not created_again
     assert again == first
     assert len(store.events_after(first.job_id, 0)) == 1
+    assert len(store.list_jobs()) == 1
+    # The same request_id with another request is refused, not answered with the first job.
+    for model, dataset, plan in [
+        ("other", DATA, PLAN),
+        ("m", DatasetRef(dataset_id="u1"), PLAN),
+        ("m", DATA, TrainingPlan()),
+    ]:
+        with pytest.raises(AlreadyExists, match="request_id 'r' was used for another request"):
+            store.create_job(model_name=model, dataset=dataset, plan=plan, request_id="r")
     assert len(store.list_jobs()) == 1
 
     # An empty request_id never deduplicates.
@@ -889,3 +897,326 @@ def test_close_waits_for_transactions_in_other_threads(tmp_path: Path) -> None:
         t.join(10)
     assert not errors
     assert done["ok"] > 0 and done["refused"] == 4
+
+
+# --- tenants and API keys ---------------------------------------------------------------
+
+
+def test_jobs_are_confined_to_their_tenant(store: JobStore) -> None:
+    mine, _ = store.create_job(
+        model_name="m", dataset=DATA, plan=PLAN, request_id="r1", tenant="acme"
+    )
+    theirs, _ = store.create_job(
+        model_name="m", dataset=DATA, plan=PLAN, request_id="r1", tenant="globex"
+    )
+    legacy = new_job(store)  # no tenant given: the default one
+    assert mine.job_id != theirs.job_id  # request ids are per tenant
+    assert (mine.tenant, theirs.tenant) == ("acme", "globex")
+    assert store.get_job(legacy).tenant == DEFAULT_TENANT
+    again, created = store.create_job(
+        model_name="m", dataset=DATA, plan=PLAN, request_id="r1", tenant="acme"
+    )
+    assert (again.job_id, created) == (mine.job_id, False)
+    assert store.get_job(mine.job_id, "acme").job_id == mine.job_id
+    assert store.get_job(mine.job_id).job_id == mine.job_id  # None: any tenant
+    with pytest.raises(NotFound, match=f"job '{mine.job_id}' not found"):
+        store.get_job(mine.job_id, "globex")
+    with pytest.raises(NotFound):
+        store.request_cancel(mine.job_id, "globex")
+    assert store.get_job(mine.job_id).state == JobState.QUEUED  # untouched
+    assert [j.job_id for j in store.list_jobs(tenant="acme")] == [mine.job_id]
+    assert [j.job_id for j in store.list_jobs(JobState.QUEUED, tenant="globex")] == [theirs.job_id]
+    assert len(store.list_jobs()) == 3
+    assert store.request_cancel(mine.job_id, "acme").state == JobState.CANCELLED
+
+
+def test_active_job_limit_counts_per_tenant(store: JobStore) -> None:
+    for tenant in ("acme", "globex"):
+        store.create_job(model_name="m", dataset=DATA, plan=PLAN, request_id="", tenant=tenant)
+    with pytest.raises(ResourceExhausted):
+        store.create_job(
+            model_name="m", dataset=DATA, plan=PLAN, request_id="", max_active=1, tenant="acme"
+        )
+
+
+def test_model_names_are_per_tenant(store: JobStore) -> None:
+    def add(tenant: str) -> ModelVersion:
+        return store.add_model_version(
+            name="flowers",
+            job_id="j",
+            backbone="tiny",
+            labels=(tenant,),
+            sha256="ab" * 32,
+            card={},
+            artifact_dir="/reg",
+            metrics=None,
+            tenant=tenant,
+        )
+
+    assert [add("acme").version, add("acme").version, add("globex").version] == [1, 2, 1]
+    assert add_version(store).tenant == DEFAULT_TENANT  # a third "flowers", version 1
+    assert store.get_model_version("flowers", 2, "acme").labels == ("acme",)
+    with pytest.raises(NotFound, match="model 'flowers' has no version 2"):
+        store.get_model_version("flowers", 2, "globex")
+    with pytest.raises(NotFound, match="model 'flowers' not found"):
+        store.resolve_model(ModelRef("flowers", tenant="initech"))
+    assert store.resolve_model(ModelRef("flowers", tenant="acme")).version == 2
+    assert store.resolve_model(ModelRef("flowers")).tenant == DEFAULT_TENANT
+    store.set_alias("flowers", "production", 1, tenant="globex")
+    assert store.resolve_model(ModelRef("flowers", alias="production", tenant="globex")).labels == (
+        "globex",
+    )
+    with pytest.raises(NotFound, match="no alias 'production'"):
+        store.resolve_model(ModelRef("flowers", alias="production", tenant="acme"))
+    with pytest.raises(NotFound):
+        store.set_alias("flowers", "production", 2, tenant="globex")
+    assert [v.tenant for v in store.list_models(tenant="acme")["flowers"]] == ["acme", "acme"]
+    everyone = store.list_models("flo")["flowers"]
+    assert [(v.tenant, v.version, v.aliases) for v in everyone] == [
+        ("acme", 1, []),
+        ("acme", 2, []),
+        (DEFAULT_TENANT, 1, []),
+        ("globex", 1, ["production"]),
+    ]
+    assert store.list_models(tenant="initech") == {}
+    assert store.count_model_versions() == 4
+
+
+def test_uploads_belong_to_a_tenant(store: JobStore) -> None:
+    store.add_upload("u1", "/up/u1", 10, "f1", tenant="acme")
+    store.add_upload("u1", "/up/u1", 10, "f1", tenant="acme")  # the same again: fine
+    with pytest.raises(AlreadyExists):
+        store.add_upload("u1", "/up/u1", 10, "f1", tenant="globex")
+    assert store.get_upload("u1", "acme").tenant == "acme"
+    assert store.get_upload("u1").tenant == "acme"
+    with pytest.raises(NotFound, match="dataset 'u1' not found"):
+        store.get_upload("u1", "globex")
+    store.add_upload("u2", "/up/u2", 10, "f2")
+    assert store.get_upload("u2").tenant == DEFAULT_TENANT
+
+
+def test_api_keys_are_kept_by_hash_and_revoked(store: JobStore, clock: FakeClock) -> None:
+    with pytest.raises(NotFound):
+        store.api_key_by_hash("00" * 32)
+    first = store.add_api_key("k1", "aa" * 32, "acme", name="pipeline")
+    clock.advance(1)
+    store.add_api_key("k2", "bb" * 32, "ops", admin=True)
+    assert first == ApiKey("k1", "acme", False, "pipeline", T0)
+    assert store.api_key_by_hash("aa" * 32) == first
+    assert store.api_key_by_hash("bb" * 32).admin
+    with pytest.raises(AlreadyExists):
+        store.add_api_key("k1", "cc" * 32, "acme")
+    with pytest.raises(AlreadyExists):
+        store.add_api_key("k3", "aa" * 32, "acme")
+    clock.advance(1)
+    revoked = store.revoke_api_key("k1")
+    assert revoked.revoke_time == T0 + 2
+    clock.advance(1)
+    assert store.revoke_api_key("k1").revoke_time == T0 + 2  # again: unchanged
+    assert store.api_key_by_hash("aa" * 32).revoke_time == T0 + 2  # the caller refuses it
+    assert [(k.key_id, k.revoke_time is None) for k in store.list_api_keys()] == [
+        ("k1", False),
+        ("k2", True),
+    ]
+    with pytest.raises(NotFound, match="'k9'"):
+        store.revoke_api_key("k9")
+
+
+def test_sqlite_migrates_a_version_2_file_to_tenants(tmp_path: Path) -> None:
+    """A store written before tenants opens with every row in the default tenant, request
+    ids and model names still unique there, and API keys available."""
+    path = tmp_path / "graft.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statement in (*_SCHEMA, *_MIGRATIONS[1]):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (2)")
+        conn.execute(
+            "INSERT INTO jobs (job_id, model_name, plan_json, request_id, state, create_time)"
+            " VALUES ('a', 'm', '{}', 'r1', 1, 1.0)"
+        )
+        conn.execute(
+            "INSERT INTO model_versions (name, version, create_time, job_id, backbone,"
+            " labels_json, sha256, card_json, artifact_dir) VALUES"
+            " ('m', 1, 1.0, 'a', 'tiny', '[\"x\"]', 'ab', '{}', '/reg/m/1')"
+        )
+        conn.execute("INSERT INTO model_aliases (name, alias, version) VALUES ('m', 'prod', 1)")
+        conn.execute(
+            "INSERT INTO uploads (dataset_id, path, size_bytes, fingerprint, create_time)"
+            " VALUES ('u', '/up/u', 1, 'f', 1.0)"
+        )
+    store = SqliteJobStore(path)
+    assert store.get_job("a", DEFAULT_TENANT).request_id == "r1"
+    job, created = store.create_job(model_name="m", dataset=DATA, plan=PLAN, request_id="r1")
+    assert (job.job_id, created) == ("a", False)  # the old request id still answers
+    _, created = store.create_job(
+        model_name="m", dataset=DATA, plan=PLAN, request_id="r1", tenant="acme"
+    )
+    assert created
+    mv = store.resolve_model(ModelRef("m", alias="prod"))
+    assert (mv.tenant, mv.version, mv.aliases, mv.labels) == (DEFAULT_TENANT, 1, ["prod"], ("x",))
+    assert add_version(store, "m").version == 2
+    # The aliases' foreign key survived the rebuild (and points at the renamed table).
+    with pytest.raises(sqlite3.IntegrityError), sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(
+            "INSERT INTO model_aliases (tenant, name, alias, version)"
+            " VALUES ('default', 'm', 'x', 9)"
+        )
+    assert store.get_upload("u").tenant == DEFAULT_TENANT
+    store.add_api_key("k", "aa" * 32, "acme")
+    store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+# --- upload quotas, use and expiry ------------------------------------------------------
+
+
+def upload_job(store: JobStore, dataset_id: str, tenant: str = "acme") -> str:
+    job, _ = store.create_job(
+        model_name="flowers",
+        dataset=DatasetRef(dataset_id=dataset_id),
+        plan=PLAN,
+        request_id="",
+        tenant=tenant,
+    )
+    return job.job_id
+
+
+def test_the_upload_quota_counts_archives_and_extracted_copies_per_tenant(
+    store: JobStore,
+) -> None:
+    store.add_upload("u1", "/up/u1", 600, "f1", "acme", filename="a.zip", quota_bytes=1000)
+    with pytest.raises(ResourceExhausted, match="600 of 1000 bytes"):
+        store.add_upload("u2", "/up/u2", 500, "f2", "acme", quota_bytes=1000)
+    with pytest.raises(NotFound):
+        store.get_upload("u2")  # refused: not recorded
+    store.add_upload("u3", "/up/u3", 500, "f3", "globex", quota_bytes=1000)  # its own quota
+    assert store.set_upload_extracted("u1", 300, 1000).extracted_bytes == 300
+    with pytest.raises(ResourceExhausted):
+        store.set_upload_extracted("u1", 500, 1000)  # 600 + 500 > 1000
+    up = store.get_upload("u1")
+    assert (up.filename, up.size_bytes, up.extracted_bytes, up.stored_bytes) == (
+        "a.zip",
+        600,
+        300,
+        900,
+    )
+    assert store.upload_usage("acme") == 900
+    assert store.upload_usage("globex") == 500
+    assert store.upload_usage("nobody") == 0
+    assert store.upload_usage() == 1400
+    store.add_upload("u4", "/up/u4", 10**12, "f4", "acme")  # quota 0: none
+    with pytest.raises(NotFound):
+        store.set_upload_extracted("missing", 1)
+
+
+def test_uploads_are_listed_newest_first_with_their_last_use(
+    store: JobStore, clock: FakeClock
+) -> None:
+    store.add_upload("u1", "/up/u1", 1, "f1", "acme")
+    clock.advance(10)
+    store.add_upload("u2", "/up/u2", 1, "f2", "acme")
+    store.add_upload("u3", "/up/u3", 1, "f3", "globex")
+    assert [u.dataset_id for u in store.list_uploads("acme")] == ["u2", "u1"]
+    assert [u.dataset_id for u in store.list_uploads("acme", limit=1)] == ["u2"]
+    assert {u.dataset_id for u in store.list_uploads()} == {"u1", "u2", "u3"}
+    assert store.list_uploads("nobody") == []
+    assert store.get_upload("u1").last_used == T0
+    clock.advance(100)
+    store.touch_upload("u1")
+    store.touch_upload("missing")  # nothing to touch: nothing happens
+    assert store.get_upload("u1").last_used == T0 + 110
+    assert store.get_upload("u1").create_time == T0
+
+
+def test_deleting_an_upload_is_per_tenant_and_refused_while_it_is_in_use(
+    store: JobStore,
+) -> None:
+    store.add_upload("u1", "/up/u1", 7, "f1", "acme")
+    store.set_upload_extracted("u1", 3)
+    for tenant in ("globex", DEFAULT_TENANT):
+        with pytest.raises(NotFound, match="'u1' not found"):
+            store.delete_upload("u1", tenant)
+    job_id = upload_job(store, "u1")
+    with pytest.raises(FailedPrecondition, match=f"job {job_id} \\(queued\\)"):
+        store.delete_upload("u1", "acme")
+    store.request_cancel(job_id)  # queued: cancelled at once
+    deleted = store.delete_upload("u1", "acme")
+    assert (deleted.dataset_id, deleted.tenant, deleted.stored_bytes) == ("u1", "acme", 10)
+    with pytest.raises(NotFound):
+        store.get_upload("u1")
+    with pytest.raises(NotFound):
+        store.delete_upload("u1")
+
+    store.add_upload("u2", "/up/u2", 1, "f2", "acme")
+    check = store.create_task(TaskKind.CHECK_UPLOAD, {"dataset_id": "u2"})
+    with pytest.raises(FailedPrecondition, match="its upload check"):
+        store.delete_upload("u2")  # an admin (no tenant) is refused too
+    assert store.delete_upload("u2", force=True).dataset_id == "u2"  # its failed check
+    store.cancel_task(check.task_id)
+
+    store.add_upload("u3", "/up/u3", 1, "f3", "acme")
+    advice = {"advise_request": {"dataset": {"dataset_id": "u3"}}}
+    task = store.create_task(TaskKind.ADVISE, advice)
+    with pytest.raises(FailedPrecondition, match="an Advise in progress"):
+        store.delete_upload("u3", "acme")
+    store.cancel_task(task.task_id)  # queued: cancelled at once
+    store.delete_upload("u3", "acme")
+
+
+def test_expiry_spares_uploads_in_use_or_used_lately(store: JobStore, clock: FakeClock) -> None:
+    for name in ("old", "queued", "running", "advised", "trained", "touched"):
+        store.add_upload(name, f"/up/{name}", 1, name, "acme")
+    upload_job(store, "queued")
+    running = upload_job(store, "running")
+    assert store.claim_job("w", 30).job_id != running  # the older "queued" job first
+    assert store.claim_job("w", 30).job_id == running
+    store.create_task(TaskKind.ADVISE, {"advise_request": {"dataset": {"dataset_id": "advised"}}})
+    trained = upload_job(store, "trained")
+    clock.advance(50)
+    store.request_cancel(trained)  # the job that used it ended at T0 + 50
+    clock.advance(50)
+    store.touch_upload("touched")  # named by a new job or Advise at T0 + 100
+
+    expired = store.expire_uploads(T0 + 40)
+    assert [u.dataset_id for u in expired] == ["old"]
+    assert expired[0].tenant == "acme"
+    assert store.get_upload("trained").last_used == T0 + 50  # the job's end counts as use
+    assert [u.dataset_id for u in store.expire_uploads(T0 + 60)] == ["trained"]
+    assert [u.dataset_id for u in store.expire_uploads(T0 + 100)] == []  # not before
+    assert [u.dataset_id for u in store.expire_uploads(T0 + 1000)] == ["touched"]
+    left = {u.dataset_id for u in store.list_uploads()}
+    assert left == {"queued", "running", "advised"}  # in use: kept past any age
+
+
+def test_active_datasets_are_those_of_queued_and_running_jobs(store: JobStore) -> None:
+    assert store.active_datasets() == []
+    new_job(store)  # DATA, a uri
+    ended = upload_job(store, "u1")
+    upload_job(store, "u2")
+    new_job(store, name="other")  # the same uri again: listed once
+    store.request_cancel(ended)
+    assert sorted(store.active_datasets(), key=lambda r: (r.uri, r.dataset_id)) == [
+        DatasetRef(dataset_id="u2"),
+        DATA,
+    ]
+
+
+def test_uploads_recorded_before_quotas_get_their_columns(tmp_path: Path) -> None:
+    path = tmp_path / "graft.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statement in (*_SCHEMA, *_MIGRATIONS[1], *_MIGRATIONS[2], *_MIGRATIONS[3]):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (4)")
+        conn.execute(
+            "INSERT INTO uploads (dataset_id, path, size_bytes, fingerprint, create_time, tenant)"
+            " VALUES ('u', '/up/u', 5, 'f', 1.0, 'acme')"
+        )
+    store = SqliteJobStore(path)
+    up = store.get_upload("u", "acme")
+    assert (up.last_used, up.extracted_bytes, up.filename, up.stored_bytes) == (1.0, 0, "", 5)
+    assert store.upload_usage("acme") == 5
+    store.close()

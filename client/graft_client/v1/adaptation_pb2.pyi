@@ -854,6 +854,7 @@ class Job(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     ERROR_STATUS_FIELD_NUMBER: _builtins.int
     PLAN_RESOLVED_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Server-assigned id."""
     state: Global___JobState.ValueType
@@ -876,6 +877,10 @@ class Job(_message.Message):
     """False while the worker has not yet scanned the dataset and completed the plan
     (filled defaults, or advised it when StartFineTune had no plan); `plan` is then the
     plan as requested.
+    """
+    tenant: _builtins.str
+    """The tenant the job belongs to (the caller's API key's; "default" without
+    authentication). The model it registers belongs to the same tenant.
     """
     @_builtins.property
     def dataset(self) -> Global___DatasetRef:
@@ -934,10 +939,11 @@ class Job(_message.Message):
         metrics: Global___EvaluationMetrics | None = ...,
         error_status: _status_pb2.Status | None = ...,
         plan_resolved: _builtins.bool = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dataset", b"dataset", "end_time", b"end_time", "error_status", b"error_status", "metrics", b"metrics", "model", b"model", "plan", b"plan", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "dataset", b"dataset", "end_time", b"end_time", "error", b"error", "error_status", b"error_status", "job_id", b"job_id", "last_sequence", b"last_sequence", "metrics", b"metrics", "model", b"model", "model_name", b"model_name", "plan", b"plan", "plan_resolved", b"plan_resolved", "request_id", b"request_id", "skipped_files", b"skipped_files", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "dataset", b"dataset", "end_time", b"end_time", "error", b"error", "error_status", b"error_status", "job_id", b"job_id", "last_sequence", b"last_sequence", "metrics", b"metrics", "model", b"model", "model_name", b"model_name", "plan", b"plan", "plan_resolved", b"plan_resolved", "request_id", b"request_id", "skipped_files", b"skipped_files", "start_time", b"start_time", "state", b"state", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -997,19 +1003,23 @@ class ListJobsRequest(_message.Message):
 
     STATE_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     state: Global___JobState.ValueType
     """Only jobs in this state; unspecified means all."""
     limit: _builtins.int
     """Maximum number to return; 0 means 100."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page, with the same filter; empty: the first page."""
     def __init__(
         self,
         *,
         state: Global___JobState.ValueType = ...,
         limit: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1017,11 +1027,14 @@ Global___ListJobsRequest: _TypeAlias = ListJobsRequest  # noqa: Y015
 
 @_typing.final
 class ListJobsResponse(_message.Message):
-    """Jobs, newest first."""
+    """Jobs, newest first. Each job's metrics leave the confusion matrix out (GetJob has it)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page (in ListJobsRequest.page_token); empty when this was the last."""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
         """The jobs."""
@@ -1030,10 +1043,11 @@ class ListJobsResponse(_message.Message):
         self,
         *,
         jobs: _abc.Iterable[Global___Job] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1172,7 +1186,11 @@ class EvaluationMetrics(_message.Message):
 
     @_builtins.property
     def confusion(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Confusion matrix, row-major: confusion[true * n + predicted], n = number of classes."""
+        """Confusion matrix, row-major: confusion[true * n + predicted], n = number of classes.
+        Set where one job or model version is fetched (GetJob, GetModel, StartFineTune,
+        CancelJob, SetModelAlias); empty in lists and progress events, where it would grow
+        with the square of the class count.
+        """
 
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -1288,22 +1306,28 @@ class ModelRef(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     ALIAS_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Registry name."""
     version: _builtins.int
     """Version number, from 1; 0 when not given."""
     alias: _builtins.str
     """Alias, e.g. "production"."""
+    tenant: _builtins.str
+    """The tenant whose model this is; empty means the caller's own. Model names are per
+    tenant. Only an admin key may name another tenant (for others it is NOT_FOUND).
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         version: _builtins.int = ...,
         alias: _builtins.str = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "name", b"name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "name", b"name", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1467,6 +1491,7 @@ class ModelVersion(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     CARD_JSON_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Registry name."""
     version: _builtins.int
@@ -1479,6 +1504,8 @@ class ModelVersion(_message.Message):
     """The full model card, as JSON."""
     sha256: _builtins.str
     """sha256 of the weights file."""
+    tenant: _builtins.str
+    """The tenant the model belongs to."""
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Aliases pointing at this version."""
@@ -1508,10 +1535,11 @@ class ModelVersion(_message.Message):
         metrics: Global___EvaluationMetrics | None = ...,
         card_json: _builtins.str = ...,
         sha256: _builtins.str = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "metrics", b"metrics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "backbone", b"backbone", "card_json", b"card_json", "create_time", b"create_time", "job_id", b"job_id", "labels", b"labels", "metrics", b"metrics", "name", b"name", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "backbone", b"backbone", "card_json", b"card_json", "create_time", b"create_time", "job_id", b"job_id", "labels", b"labels", "metrics", b"metrics", "name", b"name", "sha256", b"sha256", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1525,8 +1553,11 @@ class Model(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Registry name."""
+    tenant: _builtins.str
+    """The tenant the model belongs to (an admin's list holds every tenant's models)."""
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersion]:
         """Its versions, oldest first."""
@@ -1536,10 +1567,11 @@ class Model(_message.Message):
         *,
         name: _builtins.str = ...,
         versions: _abc.Iterable[Global___ModelVersion] | None = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "tenant", b"tenant", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1552,16 +1584,24 @@ class ListModelsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_PREFIX_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     name_prefix: _builtins.str
     """Only names starting with this prefix."""
+    page_size: _builtins.int
+    """Maximum number of model versions to return; 0 means 100 (at most 1000)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page, with the same prefix; empty: the first page."""
     def __init__(
         self,
         *,
         name_prefix: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name_prefix", b"name_prefix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name_prefix", b"name_prefix", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1569,11 +1609,17 @@ Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
 
 @_typing.final
 class ListModelsResponse(_message.Message):
-    """The registered models."""
+    """The registered models, by name; versions oldest first. A page holds at most page_size
+    versions, so one model's versions may continue on the next page (the same name again).
+    Each version's metrics (and card) leave the confusion matrix out (GetModel has it).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MODELS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page (in ListModelsRequest.page_token); empty when this was the last."""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___Model]:
         """Models by name."""
@@ -1582,10 +1628,11 @@ class ListModelsResponse(_message.Message):
         self,
         *,
         models: _abc.Iterable[Global___Model] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1648,22 +1695,28 @@ class SetModelAliasRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ALIAS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Registry name."""
     alias: _builtins.str
     """Alias to set (letters, digits, '-', '_')."""
     version: _builtins.int
     """Version it points at."""
+    tenant: _builtins.str
+    """The tenant whose model it is; empty means the caller's own (only an admin key may
+    name another tenant).
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         alias: _builtins.str = ...,
         version: _builtins.int = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "name", b"name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "name", b"name", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1851,3 +1904,173 @@ class UploadDatasetResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UploadDatasetResponse: _TypeAlias = UploadDatasetResponse  # noqa: Y015
+
+@_typing.final
+class DeleteDatasetRequest(_message.Message):
+    """Deletes an uploaded dataset. Another tenant's is NOT_FOUND; one that a queued or running
+    job (or an Advise) uses is FAILED_PRECONDITION, naming the job.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_ID_FIELD_NUMBER: _builtins.int
+    dataset_id: _builtins.str
+    """The id UploadDataset returned."""
+    def __init__(
+        self,
+        *,
+        dataset_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDatasetRequest: _TypeAlias = DeleteDatasetRequest  # noqa: Y015
+
+@_typing.final
+class DeleteDatasetResponse(_message.Message):
+    """What the deletion freed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FREED_BYTES_FIELD_NUMBER: _builtins.int
+    freed_bytes: _builtins.int
+    """Bytes given back to the tenant's upload quota: the archive and its extracted copy."""
+    def __init__(
+        self,
+        *,
+        freed_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["freed_bytes", b"freed_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDatasetResponse: _TypeAlias = DeleteDatasetResponse  # noqa: Y015
+
+@_typing.final
+class ListDatasetsRequest(_message.Message):
+    """Lists uploaded datasets: the caller's tenant's (every tenant's for an admin key)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """Maximum number to return, newest first; 0 means 1000 (at most 10000)."""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDatasetsRequest: _TypeAlias = ListDatasetsRequest  # noqa: Y015
+
+@_typing.final
+class UploadedDataset(_message.Message):
+    """An uploaded dataset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_ID_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    ARCHIVE_BYTES_FIELD_NUMBER: _builtins.int
+    EXTRACTED_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    LAST_USED_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    dataset_id: _builtins.str
+    """Id to use as DatasetRef.dataset_id."""
+    filename: _builtins.str
+    """The archive's file name, as stored (characters other than letters, digits, '.', '-'
+    and '_' replaced).
+    """
+    tenant: _builtins.str
+    """The tenant it belongs to."""
+    archive_bytes: _builtins.int
+    """Bytes of the archive."""
+    extracted_bytes: _builtins.int
+    """Bytes of its extracted copy (each file and folder counting 512 bytes besides its
+    data); 0 while it is being checked, and for uploads older than upload quotas.
+    """
+    sha256: _builtins.str
+    """sha256 of the archive, hex."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was uploaded."""
+
+    @_builtins.property
+    def last_used_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was last used: uploaded, named by a new job or Advise, or a job that trained
+        on it ended.
+        """
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When it expires if nothing uses it before (unset: uploads never expire on this
+        server). It is kept past this while a queued or running job uses it.
+        """
+
+    def __init__(
+        self,
+        *,
+        dataset_id: _builtins.str = ...,
+        filename: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        archive_bytes: _builtins.int = ...,
+        extracted_bytes: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        last_used_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "last_used_time", b"last_used_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive_bytes", b"archive_bytes", "create_time", b"create_time", "dataset_id", b"dataset_id", "expire_time", b"expire_time", "extracted_bytes", b"extracted_bytes", "filename", b"filename", "last_used_time", b"last_used_time", "sha256", b"sha256", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadedDataset: _TypeAlias = UploadedDataset  # noqa: Y015
+
+@_typing.final
+class ListDatasetsResponse(_message.Message):
+    """Uploaded datasets, newest first, and the upload quota."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASETS_FIELD_NUMBER: _builtins.int
+    QUOTA_BYTES_FIELD_NUMBER: _builtins.int
+    USED_BYTES_FIELD_NUMBER: _builtins.int
+    quota_bytes: _builtins.int
+    """Each tenant's upload quota in bytes (archives plus extracted copies); 0: unlimited."""
+    used_bytes: _builtins.int
+    """Bytes the caller's tenant's uploads store (every tenant's for an admin key), all of
+    them, listed or not.
+    """
+    @_builtins.property
+    def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___UploadedDataset]:
+        """The datasets."""
+
+    def __init__(
+        self,
+        *,
+        datasets: _abc.Iterable[Global___UploadedDataset] | None = ...,
+        quota_bytes: _builtins.int = ...,
+        used_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["datasets", b"datasets", "quota_bytes", b"quota_bytes", "used_bytes", b"used_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDatasetsResponse: _TypeAlias = ListDatasetsResponse  # noqa: Y015

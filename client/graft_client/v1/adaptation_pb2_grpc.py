@@ -96,6 +96,16 @@ class AdaptationServiceStub:
                 request_serializer=graft_dot_v1_dot_adaptation__pb2.UploadDatasetRequest.SerializeToString,
                 response_deserializer=graft_dot_v1_dot_adaptation__pb2.UploadDatasetResponse.FromString,
                 _registered_method=True)
+        self.DeleteDataset = channel.unary_unary(
+                '/graft.v1.AdaptationService/DeleteDataset',
+                request_serializer=graft_dot_v1_dot_adaptation__pb2.DeleteDatasetRequest.SerializeToString,
+                response_deserializer=graft_dot_v1_dot_adaptation__pb2.DeleteDatasetResponse.FromString,
+                _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/graft.v1.AdaptationService/ListDatasets',
+                request_serializer=graft_dot_v1_dot_adaptation__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=graft_dot_v1_dot_adaptation__pb2.ListDatasetsResponse.FromString,
+                _registered_method=True)
 
 
 class AdaptationServiceServicer:
@@ -186,6 +196,20 @@ class AdaptationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteDataset(self, request, context):
+        """Deletes an uploaded dataset (its archive and extracted copy), freeing its quota.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatasets(self, request, context):
+        """Lists the caller's uploaded datasets with their sizes, last use and expiry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdaptationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +272,16 @@ def add_AdaptationServiceServicer_to_server(servicer, server):
                     servicer.UploadDataset,
                     request_deserializer=graft_dot_v1_dot_adaptation__pb2.UploadDatasetRequest.FromString,
                     response_serializer=graft_dot_v1_dot_adaptation__pb2.UploadDatasetResponse.SerializeToString,
+            ),
+            'DeleteDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDataset,
+                    request_deserializer=graft_dot_v1_dot_adaptation__pb2.DeleteDatasetRequest.FromString,
+                    response_serializer=graft_dot_v1_dot_adaptation__pb2.DeleteDatasetResponse.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=graft_dot_v1_dot_adaptation__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=graft_dot_v1_dot_adaptation__pb2.ListDatasetsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -575,6 +609,60 @@ class AdaptationService:
             '/graft.v1.AdaptationService/UploadDataset',
             graft_dot_v1_dot_adaptation__pb2.UploadDatasetRequest.SerializeToString,
             graft_dot_v1_dot_adaptation__pb2.UploadDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/graft.v1.AdaptationService/DeleteDataset',
+            graft_dot_v1_dot_adaptation__pb2.DeleteDatasetRequest.SerializeToString,
+            graft_dot_v1_dot_adaptation__pb2.DeleteDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/graft.v1.AdaptationService/ListDatasets',
+            graft_dot_v1_dot_adaptation__pb2.ListDatasetsRequest.SerializeToString,
+            graft_dot_v1_dot_adaptation__pb2.ListDatasetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

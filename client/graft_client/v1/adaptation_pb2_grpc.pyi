@@ -63,6 +63,10 @@ class AdaptationServiceStub:
     """Lists the backbone catalog and whether each one's weights are available here."""
     UploadDataset: _grpc.StreamUnaryMultiCallable[_adaptation_pb2.UploadDatasetRequest, _adaptation_pb2.UploadDatasetResponse]
     """Uploads a dataset archive (.zip, .tar, .tar.gz) in chunks; returns its dataset_id."""
+    DeleteDataset: _grpc.UnaryUnaryMultiCallable[_adaptation_pb2.DeleteDatasetRequest, _adaptation_pb2.DeleteDatasetResponse]
+    """Deletes an uploaded dataset (its archive and extracted copy), freeing its quota."""
+    ListDatasets: _grpc.UnaryUnaryMultiCallable[_adaptation_pb2.ListDatasetsRequest, _adaptation_pb2.ListDatasetsResponse]
+    """Lists the caller's uploaded datasets with their sizes, last use and expiry."""
 
 @_typing.type_check_only
 class AdaptationServiceAsyncStub(AdaptationServiceStub):
@@ -93,6 +97,10 @@ class AdaptationServiceAsyncStub(AdaptationServiceStub):
     """Lists the backbone catalog and whether each one's weights are available here."""
     UploadDataset: _aio.StreamUnaryMultiCallable[_adaptation_pb2.UploadDatasetRequest, _adaptation_pb2.UploadDatasetResponse]  # type: ignore[assignment]
     """Uploads a dataset archive (.zip, .tar, .tar.gz) in chunks; returns its dataset_id."""
+    DeleteDataset: _aio.UnaryUnaryMultiCallable[_adaptation_pb2.DeleteDatasetRequest, _adaptation_pb2.DeleteDatasetResponse]  # type: ignore[assignment]
+    """Deletes an uploaded dataset (its archive and extracted copy), freeing its quota."""
+    ListDatasets: _aio.UnaryUnaryMultiCallable[_adaptation_pb2.ListDatasetsRequest, _adaptation_pb2.ListDatasetsResponse]  # type: ignore[assignment]
+    """Lists the caller's uploaded datasets with their sizes, last use and expiry."""
 
 class AdaptationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Adapts pretrained CNNs: advice, training jobs, their progress, the registry, inference."""
@@ -192,5 +200,21 @@ class AdaptationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_adaptation_pb2.UploadDatasetResponse, _abc.Awaitable[_adaptation_pb2.UploadDatasetResponse]]:
         """Uploads a dataset archive (.zip, .tar, .tar.gz) in chunks; returns its dataset_id."""
+
+    @_abc_1.abstractmethod
+    def DeleteDataset(
+        self,
+        request: _adaptation_pb2.DeleteDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_adaptation_pb2.DeleteDatasetResponse, _abc.Awaitable[_adaptation_pb2.DeleteDatasetResponse]]:
+        """Deletes an uploaded dataset (its archive and extracted copy), freeing its quota."""
+
+    @_abc_1.abstractmethod
+    def ListDatasets(
+        self,
+        request: _adaptation_pb2.ListDatasetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_adaptation_pb2.ListDatasetsResponse, _abc.Awaitable[_adaptation_pb2.ListDatasetsResponse]]:
+        """Lists the caller's uploaded datasets with their sizes, last use and expiry."""
 
 def add_AdaptationServiceServicer_to_server(servicer: AdaptationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -5,6 +5,9 @@
   so the server only relays it).
 - CHECK_UPLOAD: extract and scan an uploaded archive (graft.data.check_upload).
 
+Between tasks, every `upload_sweep_seconds`, the lane sweeps: unused uploads expire and
+the extracted-archive cache is bounded (graft.advisor.housekeeping says why here).
+
 A task is claimed under a lease. Its caller may go away or run out of time: the API then
 marks the task cancelled (or its deadline passes), and the work stops at its next
 checkpoint (graft.advisor.cancel), within a second or two, because `should_stop` renews the
@@ -28,6 +31,7 @@ from google.protobuf import json_format
 from graft import errors
 from graft.advisor.advise import advise_dataset
 from graft.advisor.cancel import AdviceCancelled, cancellable, checkpoint
+from graft.advisor.housekeeping import Housekeeping
 from graft.config import Config
 from graft.data import check_upload, resolve_dataset, scan_dataset
 from graft.domain import JobState, Task, TaskKind
@@ -87,10 +91,12 @@ class AdvisorLane:
         self.stopping = stopping
         self.on_task = on_task or (lambda kind, outcome, seconds: None)  # metrics hook
         self.busy_task = ""
+        self.housekeeping = Housekeeping(config, store)
 
     def run(self) -> None:
         log.info("advisor lane of %s polling for tasks", self.worker_id)
         while not self.stopping.is_set():
+            self.housekeeping.run_if_due()
             task = self.store.claim_task(
                 self.worker_id, os.getpid(), self.config.lease_seconds, KINDS
             )
@@ -143,6 +149,7 @@ class AdvisorLane:
                 "images": info.images,
                 "classes": info.classes,
                 "skipped_files": info.skipped_files,
+                "extracted_bytes": info.extracted_bytes,
             }
         if task.kind == TaskKind.ADVISE:
             return self._advise(task.request["advise_request"])
@@ -153,7 +160,12 @@ class AdvisorLane:
         from graft_client.v1 import adaptation_pb2 as pb
 
         req = json_format.ParseDict(request, pb.AdviseRequest())
-        dataset = scan_dataset(resolve_dataset(convert.dataset_from_pb(req.dataset), self.config))
+        path = resolve_dataset(convert.dataset_from_pb(req.dataset), self.config)
+        dataset = scan_dataset(
+            path,
+            max_pixels=self.config.max_image_pixels,
+            max_classes=self.config.max_classes,
+        )
         checkpoint()
         advice = advise_dataset(
             dataset,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+import json
+from typing import Any, TypeVar
 
 from google.protobuf import timestamp_pb2
 
@@ -20,7 +22,8 @@ from graft.domain import (
     Strategy,
     TrainingPlan,
 )
-from graft.errors import error_from_dict
+from graft.errors import InvalidArgument, error_from_dict
+from graft.store.protocol import UploadInfo
 from graft_client.v1 import adaptation_pb2 as pb
 
 _PLAN_FIELDS = [
@@ -47,12 +50,24 @@ def dataset_to_pb(ref: DatasetRef) -> pb.DatasetRef:
     return pb.DatasetRef(uri=ref.uri, dataset_id=ref.dataset_id)
 
 
+E = TypeVar("E", bound=enum.IntEnum)
+
+
+def enum_from_pb(cls: type[E], value: int, field: str) -> E:
+    """A proto enum's domain value. Proto3 enums are open, so any int32 arrives: one this
+    server does not know is the caller's error (INVALID_ARGUMENT on `field`)."""
+    try:
+        return cls(value)
+    except ValueError:
+        known = ", ".join(str(int(v)) for v in cls)
+        raise InvalidArgument.of(field, f"unknown value {value} (known: {known})") from None
+
+
 def plan_from_pb(msg: pb.TrainingPlan) -> TrainingPlan:
     kw: dict[str, Any] = {name: getattr(msg, name) for name in _PLAN_FIELDS}
     kw["backbone"] = msg.backbone.strip()
-    return TrainingPlan(
-        strategy=Strategy(msg.strategy), feature_stages=tuple(msg.feature_stages), **kw
-    )
+    strategy = enum_from_pb(Strategy, msg.strategy, "plan.strategy")
+    return TrainingPlan(strategy=strategy, feature_stages=tuple(msg.feature_stages), **kw)
 
 
 def plan_to_pb(plan: TrainingPlan) -> pb.TrainingPlan:
@@ -63,7 +78,12 @@ def plan_to_pb(plan: TrainingPlan) -> pb.TrainingPlan:
     )
 
 
-def metrics_to_pb(m: EvaluationMetrics | None) -> pb.EvaluationMetrics | None:
+def metrics_to_pb(
+    m: EvaluationMetrics | None, confusion: bool = True
+) -> pb.EvaluationMetrics | None:
+    """The metrics; without the confusion matrix unless `confusion`: it grows with the
+    square of the class count (1,000 classes: 4 MB a message), so lists and progress events
+    leave it out and GetJob / GetModel carry it."""
     if m is None:
         return None
     return pb.EvaluationMetrics(
@@ -77,12 +97,13 @@ def metrics_to_pb(m: EvaluationMetrics | None) -> pb.EvaluationMetrics | None:
             )
             for c in m.per_class
         ],
-        confusion=list(m.confusion),
+        confusion=list(m.confusion) if confusion else [],
         labels=list(m.labels),
     )
 
 
-def job_to_pb(job: Job) -> pb.Job:
+def job_to_pb(job: Job, detail: bool = True) -> pb.Job:
+    """The job; `detail=False` (lists) leaves the confusion matrix out."""
     return pb.Job(
         job_id=job.job_id,
         state=int(job.state),  # type: ignore[arg-type]
@@ -94,16 +115,17 @@ def job_to_pb(job: Job) -> pb.Job:
         start_time=timestamp(job.start_time),
         end_time=timestamp(job.end_time),
         error=job.error,
-        model=pb.ModelRef(name=job.model_name, version=job.model_version)
+        model=pb.ModelRef(name=job.model_name, version=job.model_version, tenant=job.tenant)
         if job.model_version
         else None,
         attempts=job.attempts,
         cancel_requested=job.cancel_requested,
         last_sequence=job.last_sequence,
         skipped_files=job.skipped_files,
-        metrics=metrics_to_pb(job.metrics),
+        metrics=metrics_to_pb(job.metrics, confusion=detail),
         error_status=to_rpc_status(error_from_dict(job.error_detail)) if job.error_detail else None,
         plan_resolved=job.plan_resolved,
+        tenant=job.tenant,
     )
 
 
@@ -122,18 +144,25 @@ def event_to_pb(ev: ProgressEvent) -> pb.ProgressEvent:
         learning_rate=ev.learning_rate,
         images_per_second=ev.images_per_second,
         eta_seconds=ev.eta_seconds,
-        metrics=metrics_to_pb(ev.metrics),
+        metrics=metrics_to_pb(ev.metrics, confusion=False),  # GetJob / GetModel have it
         message=ev.message,
     )
 
 
-def model_ref_from_pb(msg: pb.ModelRef) -> ModelRef:
-    return ModelRef(name=msg.name.strip(), version=msg.version, alias=msg.alias.strip())
+def model_ref_from_pb(msg: pb.ModelRef, tenant: str) -> ModelRef:
+    """The reference, in `tenant` (the servicer decides whose model a caller may name)."""
+    return ModelRef(
+        name=msg.name.strip(), version=msg.version, alias=msg.alias.strip(), tenant=tenant
+    )
 
 
-def model_version_to_pb(mv: ModelVersion) -> pb.ModelVersion:
-    import json
-
+def model_version_to_pb(mv: ModelVersion, detail: bool = True) -> pb.ModelVersion:
+    """The version; `detail=False` (ListModels) leaves the confusion matrix out of its
+    metrics. The card's copy of the metrics never carries it: as JSON it was the biggest
+    part of a version (5 MB at 1,000 classes), and `metrics.confusion` has the same."""
+    card = mv.card
+    if isinstance(card.get("metrics"), dict) and "confusion" in card["metrics"]:
+        card = {**card, "metrics": {k: v for k, v in card["metrics"].items() if k != "confusion"}}
     return pb.ModelVersion(
         name=mv.name,
         version=mv.version,
@@ -142,9 +171,10 @@ def model_version_to_pb(mv: ModelVersion) -> pb.ModelVersion:
         job_id=mv.job_id,
         backbone=mv.backbone,
         labels=list(mv.labels),
-        metrics=metrics_to_pb(mv.metrics),
-        card_json=json.dumps(mv.card, sort_keys=True),
+        metrics=metrics_to_pb(mv.metrics, confusion=detail),
+        card_json=json.dumps(card, sort_keys=True),
         sha256=mv.sha256,
+        tenant=mv.tenant,
     )
 
 
@@ -230,4 +260,19 @@ def report_to_pb(r: DatasetReportData) -> pb.DatasetReport:
         min_height=r.min_height,
         max_height=r.max_height,
         modes=dict(r.modes),
+    )
+
+
+def upload_to_pb(upload: UploadInfo, ttl_seconds: float) -> pb.UploadedDataset:
+    """An upload as graft.v1.UploadedDataset; `ttl_seconds` (0: never) dates its expiry."""
+    return pb.UploadedDataset(
+        dataset_id=upload.dataset_id,
+        filename=upload.filename,
+        tenant=upload.tenant,
+        archive_bytes=upload.size_bytes,
+        extracted_bytes=upload.extracted_bytes,
+        sha256=upload.fingerprint,
+        create_time=timestamp(upload.create_time),
+        last_used_time=timestamp(upload.last_used),
+        expire_time=timestamp(upload.last_used + ttl_seconds) if ttl_seconds else None,
     )

@@ -35,6 +35,7 @@ _CODES: list[tuple[type[errors.GraftError], int]] = [
     (errors.Unavailable, code_pb2.UNAVAILABLE),
     (errors.Cancelled, code_pb2.CANCELLED),
     (errors.DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),
+    (errors.Unauthenticated, code_pb2.UNAUTHENTICATED),
 ]
 
 

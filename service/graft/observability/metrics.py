@@ -16,10 +16,13 @@ import asyncio
 import inspect
 import logging
 import platform
+import socket
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import grpc
 from prometheus_client import (
@@ -27,9 +30,11 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    make_wsgi_app,
     start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from graft import __version__
@@ -58,10 +63,39 @@ def new_registry() -> CollectorRegistry:
     return registry
 
 
-def serve_metrics(registry: CollectorRegistry, port: int, host: str) -> int:
-    """Start the /metrics HTTP endpoint on a daemon thread; returns the bound port."""
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return int(server.server_address[1])
+def serve_metrics(
+    registry: CollectorRegistry,
+    port: int,
+    host: str,
+    authorize: Callable[[str | None], bool] | None = None,
+) -> int:
+    """Start the /metrics HTTP endpoint on a daemon thread; returns the bound port. With
+    `authorize`, a scrape whose Authorization header it refuses gets 401."""
+    if authorize is None:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+        return int(server.server_address[1])
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if not authorize(environ.get("HTTP_AUTHORIZATION")):
+            start_response(
+                "401 Unauthorized",
+                [("Content-Type", "text/plain"), ("WWW-Authenticate", 'Bearer realm="graft"')],
+            )
+            return [b"an admin API key is required: Authorization: Bearer <key>\n"]
+        return metrics_app(environ, start_response)
+
+    class Family(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    httpd = make_server(host, port, app, Family, handler_class=_QuietHandler)
+    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
+    return int(httpd.server_address[1])
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a log line each."""
 
 
 class ServerMetrics:
@@ -212,6 +246,7 @@ class StoreCollector(Collector):
             oldest = self.store.oldest_queued_age(now)
             versions = self.store.count_model_versions()
             workers = self.store.list_workers()
+            upload_bytes = self.store.upload_usage()
         except Exception:
             log.exception("metrics: the job store did not answer")
             up.add_metric([], 0)
@@ -233,6 +268,12 @@ class StoreCollector(Collector):
             "graft_registry_model_versions",
             "Model versions in the registry.",
             value=versions,
+        )
+        yield GaugeMetricFamily(
+            "graft_upload_bytes",
+            "Bytes the uploaded datasets of every tenant store (archives plus extracted copies;"
+            " each tenant's are bounded by upload_quota_bytes).",
+            value=upload_bytes,
         )
         ready = sum(1 for w in workers if now - w.last_heartbeat <= self.worker_ready_seconds)
         yield GaugeMetricFamily(

@@ -1,5 +1,7 @@
 """The model registry: name → versions (1, 2, …) → safetensors weights + JSON card, and
-aliases. Metadata lives in the job store; artifacts under `root/<name>/<version>/`.
+aliases. Metadata lives in the job store; artifacts under `root/<name>/<version>/` for the
+default tenant and `root/.tenants/<tenant>/<name>/<version>/` for the others (model names
+are per tenant; names never start with '.', so no model folder meets these).
 
 Crash ordering of `register` (docs/STORE.md has the full argument):
 
@@ -33,7 +35,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from graft.domain import EvaluationMetrics, ModelRef, ModelVersion
+from graft.domain import DEFAULT_TENANT, EvaluationMetrics, ModelRef, ModelVersion
 from graft.errors import FailedPrecondition, InvalidArgument
 from graft.store.protocol import JobStore
 
@@ -43,6 +45,7 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 STAGING_DIR = ".staging"
 TRASH_DIR = ".trash"
+TENANTS_DIR = ".tenants"
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 
@@ -119,9 +122,10 @@ class ModelRegistry:
         state_dict: dict[str, torch.Tensor],
         card: dict[str, Any],
         metrics: EvaluationMetrics | None,
+        tenant: str = DEFAULT_TENANT,
     ) -> ModelVersion:
-        """Store the weights and card as the next version of `name`; see the module doc
-        for why a crash at any point leaves no row without its artifact."""
+        """Store the weights and card as the next version of `tenant`'s model `name`; see
+        the module doc for why a crash at any point leaves no row without its artifact."""
         validate_model_name(name)
         staging_root = self.root / STAGING_DIR
         staging_root.mkdir(parents=True, exist_ok=True)
@@ -145,7 +149,7 @@ class ModelRegistry:
                 card_path = staging / CARD_FILE
                 card_path.write_text(json.dumps(mv.card, indent=2, sort_keys=True) + "\n")
                 _fsync_file(card_path)
-                target = self.root / name / str(mv.version)
+                target = self.model_root(tenant) / name / str(mv.version)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if target.exists() or target.is_symlink():
                     log.warning(
@@ -163,9 +167,10 @@ class ModelRegistry:
                 labels=tuple(labels),
                 sha256=digest,
                 card=full_card,
-                artifact_dir=str(self.root / name),  # replaced by publish's answer
+                artifact_dir=str(self.model_root(tenant) / name),  # replaced by publish's answer
                 metrics=metrics,
                 publish=publish,
+                tenant=tenant,
             )
         finally:
             # Gone after a successful rename. If the commit failed after the rename the
@@ -173,6 +178,10 @@ class ModelRegistry:
             # can tell for certain that no row points at it.
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+
+    def model_root(self, tenant: str) -> Path:
+        """The folder holding `tenant`'s models (one folder per name)."""
+        return self.root if tenant == DEFAULT_TENANT else self.root / TENANTS_DIR / tenant
 
     def _discard(self, path: Path) -> None:
         """Move aside atomically (so a half-deleted folder is never at a version's place),
@@ -208,7 +217,7 @@ class ModelRegistry:
         recorded = Path(mv.artifact_dir)
         if recorded.is_dir():
             return recorded
-        relocated = self.root / mv.name / str(mv.version)
+        relocated = self.model_root(mv.tenant) / mv.name / str(mv.version)
         return relocated if relocated.is_dir() else recorded
 
     def load(self, ref: ModelRef) -> tuple[ModelVersion, dict[str, torch.Tensor], dict[str, Any]]:
@@ -255,15 +264,19 @@ class ModelRegistry:
 
     # --- pass-throughs ----------------------------------------------------------------
 
-    def get(self, name: str, version: int) -> ModelVersion:
-        return self.store.get_model_version(name, version)
+    def get(self, name: str, version: int, tenant: str = DEFAULT_TENANT) -> ModelVersion:
+        return self.store.get_model_version(name, version, tenant)
 
     def resolve(self, ref: ModelRef) -> ModelVersion:
         return self.store.resolve_model(ref)
 
-    def list_models(self, name_prefix: str = "") -> dict[str, list[ModelVersion]]:
-        return self.store.list_models(name_prefix)
+    def list_models(
+        self, name_prefix: str = "", tenant: str | None = None
+    ) -> dict[str, list[ModelVersion]]:
+        return self.store.list_models(name_prefix, tenant)
 
-    def set_alias(self, name: str, alias: str, version: int) -> ModelVersion:
+    def set_alias(
+        self, name: str, alias: str, version: int, tenant: str = DEFAULT_TENANT
+    ) -> ModelVersion:
         validate_name(alias, "alias")
-        return self.store.set_alias(name, alias, version)
+        return self.store.set_alias(name, alias, version, tenant)

@@ -7,10 +7,11 @@ the `JobStore` protocol.
 from __future__ import annotations
 
 from graft.config import Config
-from graft.store.protocol import JobStore, PublishArtifact, UploadInfo, WorkerInfo
+from graft.store.protocol import ApiKey, JobStore, PublishArtifact, UploadInfo, WorkerInfo
 from graft.store.sqlite import SqliteJobStore
 
 __all__ = [
+    "ApiKey",
     "JobStore",
     "PublishArtifact",
     "SqliteJobStore",

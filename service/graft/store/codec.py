@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -23,7 +24,7 @@ JOB_COLUMNS = (
     "job_id, model_name, dataset_uri, dataset_id, plan_json, request_id, state, create_time,"
     " start_time, end_time, error, model_version, attempts, cancel_requested, last_sequence,"
     " skipped_files, metrics_json, lease_owner, lease_expires, advise_first, plan_resolved,"
-    " error_json"
+    " error_json, tenant"
 )
 
 # The tasks columns a Task is built from, in `task_from_row` order.
@@ -34,7 +35,7 @@ TASK_COLUMNS = (
 
 MODEL_COLUMNS = (
     "name, version, create_time, job_id, backbone, labels_json, sha256, card_json,"
-    " artifact_dir, metrics_json"
+    " artifact_dir, metrics_json, tenant"
 )
 
 
@@ -74,6 +75,7 @@ def job_from_row(row: tuple[Any, ...]) -> Job:
         advise_first,
         plan_resolved,
         error_json,
+        tenant,
     ) = row
     return Job(
         job_id=job_id,
@@ -97,6 +99,7 @@ def job_from_row(row: tuple[Any, ...]) -> Job:
         advise_first=bool(advise_first),
         plan_resolved=bool(plan_resolved),
         error_detail=json.loads(error_json) if error_json else {},
+        tenant=tenant,
     )
 
 
@@ -163,6 +166,7 @@ def model_from_row(row: tuple[Any, ...], aliases: list[str]) -> ModelVersion:
         card_json,
         artifact_dir,
         metrics_json,
+        tenant,
     ) = row
     return ModelVersion(
         name=name,
@@ -176,4 +180,20 @@ def model_from_row(row: tuple[Any, ...], aliases: list[str]) -> ModelVersion:
         artifact_dir=artifact_dir,
         aliases=sorted(aliases),
         metrics=metrics_from_json(metrics_json),
+        tenant=tenant,
     )
+
+
+def request_digest(
+    model_name: str, dataset: DatasetRef, plan: TrainingPlan, advise_first: bool
+) -> str:
+    """What a StartFineTune request asked for, as a digest: a request_id sent again must
+    come with the same one (the stored plan is rewritten once resolved, so it cannot be
+    compared instead)."""
+    asked = {
+        "model_name": model_name,
+        "dataset": [dataset.uri, dataset.dataset_id],
+        "plan": plan.to_dict(),
+        "advise_first": advise_first,
+    }
+    return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()

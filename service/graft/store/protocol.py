@@ -5,6 +5,12 @@ Every implementation (SQLite now, PostgreSQL later) passes the one contract suit
 store's injected clock. Errors are the typed ones of `graft.errors`: `NotFound` for an
 unknown job/model/version/alias/upload, `FailedPrecondition` for a transition the job's
 state does not allow, `Unavailable` when the database cannot be reached or stays locked.
+
+Tenants: jobs, model versions (with their aliases) and uploads each belong to one tenant
+(`graft.domain.DEFAULT_TENANT` unless said otherwise). Model names are per tenant. Where a
+method takes `tenant: str | None`, a string confines it to that tenant's rows (another
+tenant's job or upload is NotFound, exactly like one that does not exist) and None means
+every tenant (workers, admins); the API passes the caller's scope (graft.api.auth).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from graft.domain import (
+    DEFAULT_TENANT,
     DatasetRef,
     EvaluationMetrics,
     Job,
@@ -40,13 +47,38 @@ class WorkerInfo:
 
 @dataclass(frozen=True)
 class UploadInfo:
-    """A dataset uploaded through UploadDataset, stored on disk at `path`."""
+    """A dataset uploaded through UploadDataset, stored on disk at `path`: its archive
+    (`size_bytes`; `fingerprint` is its sha256) and its extracted copy (`extracted_bytes`).
+    `last_used`: when it was uploaded, named by a new job or Advise, or a job that trained
+    on it ended, whichever is latest."""
 
     dataset_id: str
     path: str
     size_bytes: int
     fingerprint: str
     create_time: float
+    tenant: str = DEFAULT_TENANT
+    filename: str = ""
+    extracted_bytes: int = 0
+    last_used: float = 0.0
+
+    @property
+    def stored_bytes(self) -> int:
+        """What it counts against its tenant's upload quota."""
+        return self.size_bytes + self.extracted_bytes
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key as the store keeps it: never the token, only its sha256 (graft.apikeys).
+    `revoke_time` is None while the key is valid."""
+
+    key_id: str
+    tenant: str
+    admin: bool
+    name: str
+    create_time: float
+    revoke_time: float | None = None
 
 
 # Called by `add_model_version` inside its write transaction, with the version about to be
@@ -71,10 +103,12 @@ class JobStore(Protocol):
         advise_first: bool = False,
         plan_resolved: bool = True,
         max_active: int = 0,
+        tenant: str = DEFAULT_TENANT,
     ) -> tuple[Job, bool]:
-        """Queue a new job and append its event 1 (STATE QUEUED), atomically.
+        """Queue a new job of `tenant` and append its event 1 (STATE QUEUED), atomically.
 
-        A non-empty `request_id` already used returns that job and False (nothing new).
+        A non-empty `request_id` already used in `tenant` returns that job and False
+        (nothing new); request ids of different tenants never meet.
         `max_active` > 0: ResourceExhausted (with a retry hint) when `model_name` already
         has that many jobs QUEUED or RUNNING (a retried request_id is still answered).
         `plan_resolved=False`: `plan` is the caller's, to be completed by the worker once it
@@ -82,16 +116,29 @@ class JobStore(Protocol):
         """
         ...
 
-    def get_job(self, job_id: str) -> Job:
-        """The job, or NotFound."""
+    def get_job(self, job_id: str, tenant: str | None = None) -> Job:
+        """The job, or NotFound (also when it belongs to another tenant than `tenant`)."""
         ...
 
     def get_job_config(self, job_id: str) -> str:
         """The `config_json` the job was created with ("" if none), or NotFound."""
         ...
 
-    def list_jobs(self, state: JobState | None = None, limit: int = 100) -> list[Job]:
-        """Jobs newest first, optionally only those in `state`."""
+    def list_jobs(
+        self, state: JobState | None = None, limit: int = 100, tenant: str | None = None
+    ) -> list[Job]:
+        """Jobs newest first, optionally only those in `state`, of `tenant` (None: all)."""
+        ...
+
+    def list_jobs_page(
+        self,
+        state: JobState | None = None,
+        limit: int = 100,
+        tenant: str | None = None,
+        before: int = 0,
+    ) -> tuple[list[Job], int]:
+        """A page of `list_jobs`: at most `limit` jobs created before the cursor `before`
+        (0: from the newest), and the cursor of the next page (0: this was the last)."""
         ...
 
     def claim_job(self, worker_id: str, lease_seconds: float) -> Job | None:
@@ -109,9 +156,9 @@ class JobStore(Protocol):
         it (another worker reclaimed it, or the job ended)."""
         ...
 
-    def request_cancel(self, job_id: str) -> Job:
+    def request_cancel(self, job_id: str, tenant: str | None = None) -> Job:
         """QUEUED: CANCELLED at once. RUNNING: `cancel_requested` (the worker stops it).
-        Already ended: FailedPrecondition."""
+        Already ended: FailedPrecondition. Another tenant's job: NotFound."""
         ...
 
     def finish_job(
@@ -202,8 +249,10 @@ class JobStore(Protocol):
         artifact_dir: str,
         metrics: EvaluationMetrics | None,
         publish: PublishArtifact | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> ModelVersion:
-        """Record the next version of `name` (1, 2, …, allocated in the transaction).
+        """Record the next version of `tenant`'s model `name` (1, 2, …, allocated in the
+        transaction; each tenant's `name` counts on its own).
 
         The stored card is `card` plus name, version, sha256 and create_time. With
         `publish`, the artifact is put in place inside the transaction (see
@@ -211,20 +260,42 @@ class JobStore(Protocol):
         """
         ...
 
-    def get_model_version(self, name: str, version: int) -> ModelVersion:
-        """That version, aliases filled in, or NotFound."""
+    def get_model_version(
+        self, name: str, version: int, tenant: str = DEFAULT_TENANT
+    ) -> ModelVersion:
+        """That version of `tenant`'s model, aliases filled in, or NotFound."""
         ...
 
     def resolve_model(self, ref: ModelRef) -> ModelVersion:
-        """`ref.version` if set, else `ref.alias` if set, else the newest version."""
+        """`ref.version` if set, else `ref.alias` if set, else the newest version, of the
+        model `ref.name` of `ref.tenant`."""
         ...
 
-    def list_models(self, name_prefix: str = "") -> dict[str, list[ModelVersion]]:
-        """Models whose name starts with `name_prefix`, by name; versions oldest first."""
+    def list_models(
+        self, name_prefix: str = "", tenant: str | None = None
+    ) -> dict[str, list[ModelVersion]]:
+        """Models of `tenant` (None: of every tenant) whose name starts with `name_prefix`,
+        by name; versions oldest first (with tenant None: by tenant, then oldest first, and
+        a name used by several tenants lists all their versions)."""
         ...
 
-    def set_alias(self, name: str, alias: str, version: int) -> ModelVersion:
-        """Point `alias` at `version` (moving it if it pointed elsewhere)."""
+    def list_model_versions_page(
+        self,
+        name_prefix: str = "",
+        tenant: str | None = None,
+        limit: int = 100,
+        after: tuple[str, str, int] | None = None,
+    ) -> tuple[list[ModelVersion], tuple[str, str, int] | None]:
+        """At most `limit` versions in `list_models` order (name, tenant, version) after
+        the cursor `after` (None: from the first), and the cursor of the next page (None:
+        this was the last)."""
+        ...
+
+    def set_alias(
+        self, name: str, alias: str, version: int, tenant: str = DEFAULT_TENANT
+    ) -> ModelVersion:
+        """Point `alias` of `tenant`'s model `name` at `version` (moving it if it pointed
+        elsewhere)."""
         ...
 
     def count_model_versions(self) -> int:
@@ -233,13 +304,85 @@ class JobStore(Protocol):
 
     # --- uploads ----------------------------------------------------------------------
 
-    def add_upload(self, dataset_id: str, path: str, size_bytes: int, fingerprint: str) -> None:
-        """Record an upload. The same id again with the same fingerprint is a no-op; with
-        another fingerprint, AlreadyExists."""
+    def add_upload(
+        self,
+        dataset_id: str,
+        path: str,
+        size_bytes: int,
+        fingerprint: str,
+        tenant: str = DEFAULT_TENANT,
+        *,
+        filename: str = "",
+        quota_bytes: int = 0,
+    ) -> None:
+        """Record an upload of `tenant`, last used now. The same id again with the same
+        fingerprint and tenant is a no-op; otherwise AlreadyExists. With `quota_bytes`
+        (0: none), ResourceExhausted if the tenant's uploads would then store more."""
         ...
 
-    def get_upload(self, dataset_id: str) -> UploadInfo:
-        """The upload, or NotFound."""
+    def get_upload(self, dataset_id: str, tenant: str | None = None) -> UploadInfo:
+        """The upload, or NotFound (also when it belongs to another tenant than `tenant`)."""
+        ...
+
+    def set_upload_extracted(
+        self, dataset_id: str, extracted_bytes: int, quota_bytes: int = 0
+    ) -> UploadInfo:
+        """Record the size of the upload's extracted copy. With `quota_bytes` (0: none),
+        ResourceExhausted (nothing changed) if its tenant's uploads would then store more.
+        NotFound for an unknown id."""
+        ...
+
+    def touch_upload(self, dataset_id: str) -> None:
+        """The upload was used now (a new job or Advise names it); unknown ids are ignored."""
+        ...
+
+    def list_uploads(self, tenant: str | None = None, limit: int = 0) -> list[UploadInfo]:
+        """`tenant`'s uploads (None: every tenant's), newest first; at most `limit` (0: all)."""
+        ...
+
+    def upload_usage(self, tenant: str | None = None) -> int:
+        """Bytes `tenant`'s uploads store, archives and extracted copies (None: all)."""
+        ...
+
+    def delete_upload(
+        self, dataset_id: str, tenant: str | None = None, *, force: bool = False
+    ) -> UploadInfo:
+        """Forget the upload and return what it was (its files are the caller's to remove).
+        NotFound as `get_upload`; FailedPrecondition naming the user while a queued or
+        running job, or a queued or running task (an Advise, its own check), names it,
+        unless `force` (the upload's own failed check cleaning up)."""
+        ...
+
+    def expire_uploads(self, unused_before: float) -> list[UploadInfo]:
+        """Forget every upload last used before `unused_before` that nothing uses (as
+        `delete_upload` judges it), in one transaction; returns them (their files are the
+        caller's to remove)."""
+        ...
+
+    def active_datasets(self) -> list[DatasetRef]:
+        """The datasets of queued and running jobs (each distinct one once)."""
+        ...
+
+    # --- API keys ---------------------------------------------------------------------
+
+    def add_api_key(
+        self, key_id: str, token_hash: str, tenant: str, *, admin: bool = False, name: str = ""
+    ) -> ApiKey:
+        """Record a new key by the sha256 of its token (hex). AlreadyExists if `key_id` or
+        `token_hash` is taken."""
+        ...
+
+    def api_key_by_hash(self, token_hash: str) -> ApiKey:
+        """The key whose token hashes to `token_hash`, revoked or not, or NotFound."""
+        ...
+
+    def list_api_keys(self) -> list[ApiKey]:
+        """Every key, revoked ones included, oldest first."""
+        ...
+
+    def revoke_api_key(self, key_id: str) -> ApiKey:
+        """Revoke the key (from now on it authenticates nothing); revoking it again changes
+        nothing. NotFound for an unknown id."""
         ...
 
     # --- tasks (short work the API awaits: Advise, upload checks) ----------------------

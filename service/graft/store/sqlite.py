@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.domain import (
+    DEFAULT_TENANT,
     DatasetRef,
     EvaluationMetrics,
     EventKind,
@@ -52,6 +53,7 @@ from graft.errors import (
     NotFound,
     ResourceExhausted,
     Unavailable,
+    quote,
 )
 from graft.store.codec import (
     JOB_COLUMNS,
@@ -63,14 +65,15 @@ from graft.store.codec import (
     job_from_row,
     metrics_to_json,
     model_from_row,
+    request_digest,
     state_event,
     task_from_row,
 )
-from graft.store.protocol import PublishArtifact, UploadInfo, WorkerInfo
+from graft.store.protocol import ApiKey, PublishArtifact, UploadInfo, WorkerInfo
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 5
 
 # Applied in one transaction when the file has no schema yet (then _MIGRATIONS[1:]);
 # _MIGRATIONS[v] takes a file from schema version v to v + 1.
@@ -171,11 +174,91 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX tasks_state ON tasks (state, kind, seq)",
     ),
+    # 2 -> 3: tenants and API keys. Every existing row belongs to the default tenant.
+    # Request ids and model names become per tenant: the model tables are rebuilt with the
+    # tenant in their keys (SQLite cannot change a primary key in place): both new tables
+    # are filled before the old ones are dropped (aliases first, as they reference the
+    # versions), and renaming model_versions_v3 rewrites the new aliases' foreign key.
+    2: (
+        f"ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT '{DEFAULT_TENANT}'",
+        "DROP INDEX jobs_request_id",
+        "CREATE UNIQUE INDEX jobs_request_id ON jobs (tenant, request_id) WHERE request_id <> ''",
+        "CREATE INDEX jobs_tenant ON jobs (tenant, seq)",
+        f"ALTER TABLE uploads ADD COLUMN tenant TEXT NOT NULL DEFAULT '{DEFAULT_TENANT}'",
+        f"""CREATE TABLE model_versions_v3 (
+            tenant TEXT NOT NULL DEFAULT '{DEFAULT_TENANT}',
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            create_time REAL NOT NULL,
+            job_id TEXT NOT NULL,
+            backbone TEXT NOT NULL,
+            labels_json TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            card_json TEXT NOT NULL,
+            artifact_dir TEXT NOT NULL,
+            metrics_json TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (tenant, name, version)
+        )""",
+        f"""INSERT INTO model_versions_v3 (tenant, name, version, create_time, job_id, backbone,
+            labels_json, sha256, card_json, artifact_dir, metrics_json)
+            SELECT '{DEFAULT_TENANT}', name, version, create_time, job_id, backbone,
+            labels_json, sha256, card_json, artifact_dir, metrics_json FROM model_versions""",
+        """CREATE TABLE model_aliases_v3 (
+            tenant TEXT NOT NULL,
+            name TEXT NOT NULL,
+            alias TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            PRIMARY KEY (tenant, name, alias),
+            FOREIGN KEY (tenant, name, version)
+                REFERENCES model_versions_v3 (tenant, name, version)
+        )""",
+        f"""INSERT INTO model_aliases_v3 (tenant, name, alias, version)
+            SELECT '{DEFAULT_TENANT}', name, alias, version FROM model_aliases""",
+        "DROP TABLE model_aliases",
+        "DROP TABLE model_versions",
+        "ALTER TABLE model_versions_v3 RENAME TO model_versions",
+        "ALTER TABLE model_aliases_v3 RENAME TO model_aliases",
+        """CREATE TABLE api_keys (
+            key_id TEXT PRIMARY KEY,
+            token_hash TEXT NOT NULL UNIQUE,  -- sha256 of the token, hex; never the token
+            tenant TEXT NOT NULL,
+            admin INTEGER NOT NULL DEFAULT 0,
+            name TEXT NOT NULL DEFAULT '',
+            create_time REAL NOT NULL,
+            revoke_time REAL
+        )""",
+    ),
+    # 3 -> 4: a job remembers a digest of the request that created it, so a request_id
+    # sent again with a different request is refused instead of answered with the first
+    # job (the plan itself is rewritten once resolved). Older jobs have none: not compared.
+    3: ("ALTER TABLE jobs ADD COLUMN request_hash TEXT NOT NULL DEFAULT ''",),
+    # 4 -> 5: upload quotas and expiry. An upload records its file name, the bytes of its
+    # extracted copy (0 for older ones: theirs went to the shared cache) and when it was
+    # last used (uploaded, or named by a new job or Advise); jobs are found by upload.
+    4: (
+        "ALTER TABLE uploads ADD COLUMN filename TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE uploads ADD COLUMN extracted_bytes INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE uploads ADD COLUMN last_used REAL NOT NULL DEFAULT 0",
+        "UPDATE uploads SET last_used = create_time",
+        "CREATE INDEX uploads_tenant ON uploads (tenant, create_time)",
+        "CREATE INDEX jobs_dataset_id ON jobs (dataset_id) WHERE dataset_id <> ''",
+    ),
 }
 # Ended tasks are kept this long (for a caller that polls once more), then deleted.
 TASK_RETENTION_SECONDS = 3600.0
 # Ids per `IN (...)` query (SQLite allows 32766 parameters).
 _IN_CHUNK = 500
+
+
+def _filters(*conditions: tuple[str, object]) -> tuple[str, tuple[object, ...]]:
+    """A WHERE clause matching each (column, value) whose value is not None, and its
+    arguments ("" and () when every value is None). Column names are the caller's literals."""
+    used = [(column, value) for column, value in conditions if value is not None]
+    if not used:
+        return "", ()
+    return " WHERE " + " AND ".join(f"{column} = ?" for column, _ in used), tuple(
+        v for _, v in used
+    )
 
 
 class SqliteJobStore:
@@ -348,10 +431,10 @@ class SqliteJobStore:
     # --- jobs -------------------------------------------------------------------------
 
     @staticmethod
-    def _get(c: sqlite3.Connection, job_id: str) -> Job:
+    def _get(c: sqlite3.Connection, job_id: str, tenant: str | None = None) -> Job:
         row = c.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"job {job_id!r} not found")
+        if row is None or (tenant is not None and job_from_row(row).tenant != tenant):
+            raise NotFound(f"job {job_id!r} not found")  # the same words for both: no leak
         return job_from_row(row)
 
     @staticmethod
@@ -410,19 +493,30 @@ class SqliteJobStore:
         advise_first: bool = False,
         plan_resolved: bool = True,
         max_active: int = 0,
+        tenant: str = DEFAULT_TENANT,
     ) -> tuple[Job, bool]:
         now = self._clock()
+        digest = request_digest(model_name, dataset, plan, advise_first) if request_id else ""
         with self._tx(write=True) as c:
             if request_id:
                 row = c.execute(
-                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE request_id = ?", (request_id,)
+                    f"SELECT {JOB_COLUMNS}, request_hash FROM jobs"
+                    " WHERE tenant = ? AND request_id = ?",
+                    (tenant, request_id),
                 ).fetchone()
                 if row is not None:
-                    return job_from_row(row), False
+                    if row[-1] and row[-1] != digest:
+                        raise AlreadyExists(
+                            f"request_id {quote(request_id)} was used for another request "
+                            f"(job {row[0]}: model {row[1]!r}); a retry must send the same "
+                            "model, dataset and plan, or a new request_id"
+                        )
+                    return job_from_row(row[:-1]), False
             if max_active:
                 (active,) = c.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE model_name = ? AND state IN (?, ?)",
-                    (model_name, int(JobState.QUEUED), int(JobState.RUNNING)),
+                    "SELECT COUNT(*) FROM jobs WHERE model_name = ? AND tenant = ?"
+                    " AND state IN (?, ?)",
+                    (model_name, tenant, int(JobState.QUEUED), int(JobState.RUNNING)),
                 ).fetchone()
                 if active >= max_active:
                     raise ResourceExhausted(
@@ -433,8 +527,8 @@ class SqliteJobStore:
             job_id = uuid.uuid4().hex
             c.execute(
                 "INSERT INTO jobs (job_id, model_name, dataset_uri, dataset_id, plan_json,"
-                " request_id, config_json, state, create_time, advise_first, plan_resolved)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " request_id, config_json, state, create_time, advise_first, plan_resolved,"
+                " tenant, request_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     model_name,
@@ -447,14 +541,16 @@ class SqliteJobStore:
                     now,
                     int(advise_first),
                     int(plan_resolved),
+                    tenant,
+                    digest,
                 ),
             )
             self._append(c, job_id, state_event(JobState.QUEUED, "queued"), now)
             return self._get(c, job_id), True
 
-    def get_job(self, job_id: str) -> Job:
+    def get_job(self, job_id: str, tenant: str | None = None) -> Job:
         with self._tx(write=False) as c:
-            return self._get(c, job_id)
+            return self._get(c, job_id, tenant)
 
     def get_job_config(self, job_id: str) -> str:
         with self._tx(write=False) as c:
@@ -463,18 +559,32 @@ class SqliteJobStore:
             raise NotFound(f"job {job_id!r} not found")
         return str(row[0])
 
-    def list_jobs(self, state: JobState | None = None, limit: int = 100) -> list[Job]:
+    def list_jobs(
+        self, state: JobState | None = None, limit: int = 100, tenant: str | None = None
+    ) -> list[Job]:
+        return self.list_jobs_page(state, limit, tenant)[0]
+
+    def list_jobs_page(
+        self,
+        state: JobState | None = None,
+        limit: int = 100,
+        tenant: str | None = None,
+        before: int = 0,
+    ) -> tuple[list[Job], int]:
+        # Keyset paging on the insertion order (seq): a page is one index range scan, and
+        # jobs created meanwhile never shift the pages after the first.
+        where, args = _filters(("state", None if state is None else int(state)), ("tenant", tenant))
+        if before:
+            where += (" AND" if where else " WHERE") + " seq < ?"
+            args = (*args, before)
         with self._tx(write=False) as c:
-            if state is None:
-                rows = c.execute(
-                    f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)
-                ).fetchall()
-            else:
-                rows = c.execute(
-                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = ? ORDER BY seq DESC LIMIT ?",
-                    (int(state), limit),
-                ).fetchall()
-        return [job_from_row(r) for r in rows]
+            rows = c.execute(
+                f"SELECT {JOB_COLUMNS}, seq FROM jobs{where} ORDER BY seq DESC LIMIT ?",
+                (*args, limit + 1),
+            ).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [job_from_row(r[:-1]) for r in rows], (rows[-1][-1] if more else 0)
 
     def claim_job(self, worker_id: str, lease_seconds: float) -> Job | None:
         now = self._clock()
@@ -525,10 +635,10 @@ class SqliteJobStore:
             )
             return cur.rowcount == 1
 
-    def request_cancel(self, job_id: str) -> Job:
+    def request_cancel(self, job_id: str, tenant: str | None = None) -> Job:
         now = self._clock()
         with self._tx(write=True) as c:
-            job = self._get(c, job_id)
+            job = self._get(c, job_id, tenant)
             if job.state.terminal:
                 raise FailedPrecondition(
                     f"job {job_id} has already ended ({job.state.name.lower()})"
@@ -706,27 +816,33 @@ class SqliteJobStore:
     # --- registry metadata ------------------------------------------------------------
 
     @staticmethod
-    def _aliases(c: sqlite3.Connection, name: str, version: int) -> list[str]:
+    def _aliases(c: sqlite3.Connection, tenant: str, name: str, version: int) -> list[str]:
         rows = c.execute(
-            "SELECT alias FROM model_aliases WHERE name = ? AND version = ?", (name, version)
+            "SELECT alias FROM model_aliases WHERE tenant = ? AND name = ? AND version = ?",
+            (tenant, name, version),
         ).fetchall()
         return [r[0] for r in rows]
 
     @staticmethod
-    def _model_exists(c: sqlite3.Connection, name: str) -> bool:
-        row = c.execute("SELECT 1 FROM model_versions WHERE name = ? LIMIT 1", (name,)).fetchone()
+    def _model_exists(c: sqlite3.Connection, tenant: str, name: str) -> bool:
+        row = c.execute(
+            "SELECT 1 FROM model_versions WHERE tenant = ? AND name = ? LIMIT 1", (tenant, name)
+        ).fetchone()
         return row is not None
 
-    def _get_version(self, c: sqlite3.Connection, name: str, version: int) -> ModelVersion:
+    def _get_version(
+        self, c: sqlite3.Connection, tenant: str, name: str, version: int
+    ) -> ModelVersion:
         row = c.execute(
-            f"SELECT {MODEL_COLUMNS} FROM model_versions WHERE name = ? AND version = ?",
-            (name, version),
+            f"SELECT {MODEL_COLUMNS} FROM model_versions"
+            " WHERE tenant = ? AND name = ? AND version = ?",
+            (tenant, name, version),
         ).fetchone()
         if row is None:
-            if self._model_exists(c, name):
+            if self._model_exists(c, tenant, name):
                 raise NotFound(f"model {name!r} has no version {version}")
             raise NotFound(f"model {name!r} not found")
-        return model_from_row(row, self._aliases(c, name, version))
+        return model_from_row(row, self._aliases(c, tenant, name, version))
 
     def add_model_version(
         self,
@@ -740,11 +856,14 @@ class SqliteJobStore:
         artifact_dir: str,
         metrics: EvaluationMetrics | None,
         publish: PublishArtifact | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> ModelVersion:
         now = self._clock()
         with self._tx(write=True) as c:
             (latest,) = c.execute(
-                "SELECT COALESCE(MAX(version), 0) FROM model_versions WHERE name = ?", (name,)
+                "SELECT COALESCE(MAX(version), 0) FROM model_versions"
+                " WHERE tenant = ? AND name = ?",
+                (tenant, name),
             ).fetchone()
             version = latest + 1
             # Through JSON once: the card returned equals the one read back later, and a card
@@ -765,6 +884,7 @@ class SqliteJobStore:
                 card=stored_card,
                 artifact_dir=artifact_dir,
                 metrics=metrics,
+                tenant=tenant,
             )
             if publish is not None:
                 # Under the write lock: no other registration of `name` can run until we
@@ -773,7 +893,7 @@ class SqliteJobStore:
                 mv = dataclasses.replace(mv, artifact_dir=publish(mv))
             c.execute(
                 f"INSERT INTO model_versions ({MODEL_COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     name,
                     version,
@@ -785,63 +905,113 @@ class SqliteJobStore:
                     dumps(mv.card),
                     mv.artifact_dir,
                     metrics_to_json(metrics),
+                    tenant,
                 ),
             )
             return mv
 
-    def get_model_version(self, name: str, version: int) -> ModelVersion:
+    def get_model_version(
+        self, name: str, version: int, tenant: str = DEFAULT_TENANT
+    ) -> ModelVersion:
         with self._tx(write=False) as c:
-            return self._get_version(c, name, version)
+            return self._get_version(c, tenant, name, version)
 
     def resolve_model(self, ref: ModelRef) -> ModelVersion:
+        tenant, name = ref.tenant, ref.name
         with self._tx(write=False) as c:
             if ref.version:
-                return self._get_version(c, ref.name, ref.version)
+                return self._get_version(c, tenant, name, ref.version)
             if ref.alias:
                 row = c.execute(
-                    "SELECT version FROM model_aliases WHERE name = ? AND alias = ?",
-                    (ref.name, ref.alias),
+                    "SELECT version FROM model_aliases WHERE tenant = ? AND name = ? AND alias = ?",
+                    (tenant, name, ref.alias),
                 ).fetchone()
                 if row is None:
-                    if self._model_exists(c, ref.name):
-                        raise NotFound(f"model {ref.name!r} has no alias {ref.alias!r}")
-                    raise NotFound(f"model {ref.name!r} not found")
-                return self._get_version(c, ref.name, row[0])
+                    if self._model_exists(c, tenant, name):
+                        raise NotFound(f"model {name!r} has no alias {ref.alias!r}")
+                    raise NotFound(f"model {name!r} not found")
+                return self._get_version(c, tenant, name, row[0])
             row = c.execute(
-                "SELECT MAX(version) FROM model_versions WHERE name = ?", (ref.name,)
+                "SELECT MAX(version) FROM model_versions WHERE tenant = ? AND name = ?",
+                (tenant, name),
             ).fetchone()
             if row[0] is None:
-                raise NotFound(f"model {ref.name!r} not found")
-            return self._get_version(c, ref.name, row[0])
+                raise NotFound(f"model {name!r} not found")
+            return self._get_version(c, tenant, name, row[0])
 
-    def list_models(self, name_prefix: str = "") -> dict[str, list[ModelVersion]]:
+    def list_models(
+        self, name_prefix: str = "", tenant: str | None = None
+    ) -> dict[str, list[ModelVersion]]:
         where = "WHERE substr(name, 1, ?) = ?"
-        args = (len(name_prefix), name_prefix)
-        aliases: dict[tuple[str, int], list[str]] = {}
+        args: tuple[object, ...] = (len(name_prefix), name_prefix)
+        if tenant is not None:
+            where += " AND tenant = ?"
+            args += (tenant,)
+        aliases: dict[tuple[str, str, int], list[str]] = {}
         out: dict[str, list[ModelVersion]] = {}
         with self._tx(write=False) as c:
-            for name, version, alias in c.execute(
-                f"SELECT name, version, alias FROM model_aliases {where}", args
+            for owner, name, version, alias in c.execute(
+                f"SELECT tenant, name, version, alias FROM model_aliases {where}", args
             ):
-                aliases.setdefault((name, version), []).append(alias)
+                aliases.setdefault((owner, name, version), []).append(alias)
             for row in c.execute(
-                f"SELECT {MODEL_COLUMNS} FROM model_versions {where} ORDER BY name, version", args
+                f"SELECT {MODEL_COLUMNS} FROM model_versions {where}"
+                " ORDER BY name, tenant, version",
+                args,
             ):
-                mv = model_from_row(row, aliases.get((row[0], row[1]), []))
+                mv = model_from_row(row, [])
+                mv.aliases = sorted(aliases.get((mv.tenant, mv.name, mv.version), []))
                 out.setdefault(mv.name, []).append(mv)
         return out
 
-    def set_alias(self, name: str, alias: str, version: int) -> ModelVersion:
+    def list_model_versions_page(
+        self,
+        name_prefix: str = "",
+        tenant: str | None = None,
+        limit: int = 100,
+        after: tuple[str, str, int] | None = None,
+    ) -> tuple[list[ModelVersion], tuple[str, str, int] | None]:
+        where = "WHERE substr(v.name, 1, ?) = ?"
+        args: tuple[object, ...] = (len(name_prefix), name_prefix)
+        if tenant is not None:
+            where += " AND v.tenant = ?"
+            args += (tenant,)
+        if after is not None:
+            where += " AND (v.name, v.tenant, v.version) > (?, ?, ?)"
+            args += after
+        columns = ", ".join(f"v.{c.strip()}" for c in MODEL_COLUMNS.split(","))
+        with self._tx(write=False) as c:
+            rows = c.execute(
+                f"SELECT {columns} FROM model_versions v {where}"
+                " ORDER BY v.name, v.tenant, v.version LIMIT ?",
+                (*args, limit + 1),
+            ).fetchall()
+            versions = [model_from_row(row, []) for row in rows[:limit]]
+            for mv in versions:
+                mv.aliases = sorted(
+                    a
+                    for (a,) in c.execute(
+                        "SELECT alias FROM model_aliases"
+                        " WHERE tenant = ? AND name = ? AND version = ?",
+                        (mv.tenant, mv.name, mv.version),
+                    )
+                )
+        last = versions[-1] if len(rows) > limit else None
+        return versions, (None if last is None else (last.name, last.tenant, last.version))
+
+    def set_alias(
+        self, name: str, alias: str, version: int, tenant: str = DEFAULT_TENANT
+    ) -> ModelVersion:
         if not alias:
             raise InvalidArgument.of("alias", "must not be empty")
         with self._tx(write=True) as c:
-            self._get_version(c, name, version)  # NotFound names what is missing
+            self._get_version(c, tenant, name, version)  # NotFound names what is missing
             c.execute(
-                "INSERT INTO model_aliases (name, alias, version) VALUES (?, ?, ?)"
-                " ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version",
-                (name, alias, version),
+                "INSERT INTO model_aliases (tenant, name, alias, version) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (tenant, name, alias) DO UPDATE SET version = excluded.version",
+                (tenant, name, alias, version),
             )
-            return self._get_version(c, name, version)
+            return self._get_version(c, tenant, name, version)
 
     def count_model_versions(self) -> int:
         with self._tx(write=False) as c:
@@ -850,32 +1020,212 @@ class SqliteJobStore:
 
     # --- uploads ----------------------------------------------------------------------
 
-    def add_upload(self, dataset_id: str, path: str, size_bytes: int, fingerprint: str) -> None:
+    # An upload's last use counts the end of the last job that trained on it too.
+    _UPLOAD_SELECT = (
+        "SELECT u.dataset_id, u.path, u.size_bytes, u.fingerprint, u.create_time, u.tenant,"
+        " u.filename, u.extracted_bytes, MAX(u.last_used, COALESCE((SELECT MAX(j.end_time)"
+        " FROM jobs j WHERE j.dataset_id = u.dataset_id), 0)) AS last_used FROM uploads u"
+    )
+
+    @classmethod
+    def _get_upload(cls, c: sqlite3.Connection, dataset_id: str, tenant: str | None) -> UploadInfo:
+        row = c.execute(f"{cls._UPLOAD_SELECT} WHERE u.dataset_id = ?", (dataset_id,)).fetchone()
+        if row is None or (tenant is not None and row[5] != tenant):
+            raise NotFound(f"dataset {dataset_id!r} not found")  # the same words for both
+        return UploadInfo(*row)
+
+    @staticmethod
+    def _upload_usage(c: sqlite3.Connection, tenant: str | None) -> int:
+        where, args = _filters(("tenant", tenant))
+        (used,) = c.execute(
+            f"SELECT COALESCE(SUM(size_bytes + extracted_bytes), 0) FROM uploads{where}", args
+        ).fetchone()
+        return int(used)
+
+    @staticmethod
+    def _upload_user(c: sqlite3.Connection, dataset_id: str) -> str:
+        """What uses the upload now ("" if nothing): a queued or running job, an Advise or
+        the upload's own check (a task whose request names it)."""
+        active = (int(JobState.QUEUED), int(JobState.RUNNING))
+        row = c.execute(
+            "SELECT job_id, state FROM jobs WHERE dataset_id = ? AND state IN (?, ?)"
+            " ORDER BY seq LIMIT 1",
+            (dataset_id, *active),
+        ).fetchone()
+        if row is not None:
+            return f"job {row[0]} ({JobState(row[1]).name.lower()})"
+        row = c.execute(
+            "SELECT kind FROM tasks WHERE state IN (?, ?) AND instr(request_json, ?) > 0 LIMIT 1",
+            (*active, f'"{dataset_id}"'),
+        ).fetchone()
+        if row is None:
+            return ""
+        return "its upload check" if row[0] == TaskKind.CHECK_UPLOAD else "an Advise in progress"
+
+    @staticmethod
+    def _check_quota(used: int, more: int, quota_bytes: int) -> None:
+        if quota_bytes and used + more > quota_bytes:
+            raise ResourceExhausted(
+                f"the upload passes this tenant's upload quota: its uploads store {used} of"
+                f" {quota_bytes} bytes (upload_quota_bytes) and this one needs {more} more;"
+                " delete unused ones (graft datasets delete) or ask for a larger quota"
+            )
+
+    def add_upload(
+        self,
+        dataset_id: str,
+        path: str,
+        size_bytes: int,
+        fingerprint: str,
+        tenant: str = DEFAULT_TENANT,
+        *,
+        filename: str = "",
+        quota_bytes: int = 0,
+    ) -> None:
         now = self._clock()
         with self._tx(write=True) as c:
             row = c.execute(
-                "SELECT fingerprint FROM uploads WHERE dataset_id = ?", (dataset_id,)
+                "SELECT fingerprint, tenant FROM uploads WHERE dataset_id = ?", (dataset_id,)
             ).fetchone()
             if row is not None:
-                if row[0] == fingerprint:
+                if tuple(row) == (fingerprint, tenant):
                     return
                 raise AlreadyExists(f"dataset {dataset_id!r} exists with other contents")
+            self._check_quota(self._upload_usage(c, tenant), size_bytes, quota_bytes)
             c.execute(
-                "INSERT INTO uploads (dataset_id, path, size_bytes, fingerprint, create_time)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (dataset_id, path, size_bytes, fingerprint, now),
+                "INSERT INTO uploads (dataset_id, path, size_bytes, fingerprint, create_time,"
+                " tenant, filename, last_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (dataset_id, path, size_bytes, fingerprint, now, tenant, filename, now),
             )
 
-    def get_upload(self, dataset_id: str) -> UploadInfo:
+    def get_upload(self, dataset_id: str, tenant: str | None = None) -> UploadInfo:
+        with self._tx(write=False) as c:
+            return self._get_upload(c, dataset_id, tenant)
+
+    def set_upload_extracted(
+        self, dataset_id: str, extracted_bytes: int, quota_bytes: int = 0
+    ) -> UploadInfo:
+        with self._tx(write=True) as c:
+            upload = self._get_upload(c, dataset_id, None)
+            others = self._upload_usage(c, upload.tenant) - upload.extracted_bytes
+            self._check_quota(others, extracted_bytes, quota_bytes)
+            c.execute(
+                "UPDATE uploads SET extracted_bytes = ? WHERE dataset_id = ?",
+                (extracted_bytes, dataset_id),
+            )
+            return self._get_upload(c, dataset_id, None)
+
+    def touch_upload(self, dataset_id: str) -> None:
+        now = self._clock()
+        with self._tx(write=True) as c:
+            c.execute(
+                "UPDATE uploads SET last_used = MAX(last_used, ?) WHERE dataset_id = ?",
+                (now, dataset_id),
+            )
+
+    def list_uploads(self, tenant: str | None = None, limit: int = 0) -> list[UploadInfo]:
+        where = "" if tenant is None else " WHERE u.tenant = ?"
+        with self._tx(write=False) as c:
+            rows = c.execute(
+                f"{self._UPLOAD_SELECT}{where} ORDER BY u.create_time DESC, u.dataset_id LIMIT ?",
+                (*(() if tenant is None else (tenant,)), limit or -1),
+            ).fetchall()
+        return [UploadInfo(*row) for row in rows]
+
+    def upload_usage(self, tenant: str | None = None) -> int:
+        with self._tx(write=False) as c:
+            return self._upload_usage(c, tenant)
+
+    def delete_upload(
+        self, dataset_id: str, tenant: str | None = None, *, force: bool = False
+    ) -> UploadInfo:
+        with self._tx(write=True) as c:
+            upload = self._get_upload(c, dataset_id, tenant)
+            user = "" if force else self._upload_user(c, dataset_id)
+            if user:
+                raise FailedPrecondition(
+                    f"dataset {dataset_id!r} is in use by {user}: cancel it or wait for it"
+                    " to end, then delete the dataset"
+                )
+            c.execute("DELETE FROM uploads WHERE dataset_id = ?", (dataset_id,))
+            return upload
+
+    def expire_uploads(self, unused_before: float) -> list[UploadInfo]:
+        expired = []
+        with self._tx(write=True) as c:
+            rows = c.execute(
+                f"SELECT * FROM ({self._UPLOAD_SELECT}) WHERE last_used < ? ORDER BY create_time",
+                (unused_before,),
+            ).fetchall()
+            for row in rows:
+                upload = UploadInfo(*row)
+                if self._upload_user(c, upload.dataset_id):
+                    continue
+                c.execute("DELETE FROM uploads WHERE dataset_id = ?", (upload.dataset_id,))
+                expired.append(upload)
+        return expired
+
+    def active_datasets(self) -> list[DatasetRef]:
+        with self._tx(write=False) as c:
+            rows = c.execute(
+                "SELECT DISTINCT dataset_uri, dataset_id FROM jobs WHERE state IN (?, ?)",
+                (int(JobState.QUEUED), int(JobState.RUNNING)),
+            ).fetchall()
+        return [DatasetRef(uri=uri, dataset_id=dataset_id) for uri, dataset_id in rows]
+
+    # --- API keys ---------------------------------------------------------------------
+
+    _KEY_COLUMNS = "key_id, tenant, admin, name, create_time, revoke_time"
+
+    @staticmethod
+    def _key_from_row(row: tuple[Any, ...]) -> ApiKey:
+        key_id, tenant, admin, name, create_time, revoke_time = row
+        return ApiKey(key_id, tenant, bool(admin), name, create_time, revoke_time)
+
+    def add_api_key(
+        self, key_id: str, token_hash: str, tenant: str, *, admin: bool = False, name: str = ""
+    ) -> ApiKey:
+        now = self._clock()
+        with self._tx(write=True) as c:
+            try:
+                c.execute(
+                    "INSERT INTO api_keys (key_id, token_hash, tenant, admin, name, create_time)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (key_id, token_hash, tenant, int(admin), name, now),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"API key {key_id!r} (or its token) exists already") from None
+        return ApiKey(key_id, tenant, admin, name, now)
+
+    def api_key_by_hash(self, token_hash: str) -> ApiKey:
         with self._tx(write=False) as c:
             row = c.execute(
-                "SELECT dataset_id, path, size_bytes, fingerprint, create_time FROM uploads"
-                " WHERE dataset_id = ?",
-                (dataset_id,),
+                f"SELECT {self._KEY_COLUMNS} FROM api_keys WHERE token_hash = ?", (token_hash,)
             ).fetchone()
         if row is None:
-            raise NotFound(f"dataset {dataset_id!r} not found")
-        return UploadInfo(*row)
+            raise NotFound("no such API key")
+        return self._key_from_row(row)
+
+    def list_api_keys(self) -> list[ApiKey]:
+        with self._tx(write=False) as c:
+            rows = c.execute(
+                f"SELECT {self._KEY_COLUMNS} FROM api_keys ORDER BY create_time, key_id"
+            ).fetchall()
+        return [self._key_from_row(r) for r in rows]
+
+    def revoke_api_key(self, key_id: str) -> ApiKey:
+        now = self._clock()
+        with self._tx(write=True) as c:
+            c.execute(
+                "UPDATE api_keys SET revoke_time = ? WHERE key_id = ? AND revoke_time IS NULL",
+                (now, key_id),
+            )
+            row = c.execute(
+                f"SELECT {self._KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"API key {key_id!r} not found")
+        return self._key_from_row(row)
 
     # --- tasks ------------------------------------------------------------------------
 

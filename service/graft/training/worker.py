@@ -255,7 +255,11 @@ class Worker:
     def _train_and_register(
         self, job: Job, emit: Any, checkpoint_dir: Path, should_stop: Any
     ) -> None:
-        dataset = scan_dataset(resolve_dataset(job.dataset, self.config))
+        dataset = scan_dataset(
+            resolve_dataset(job.dataset, self.config),
+            max_pixels=self.config.max_image_pixels,
+            max_classes=self.config.max_classes,
+        )
         self.store.set_skipped_files(job.job_id, len(dataset.skipped))
         plan = job.plan
         if not job.plan_resolved:
@@ -361,6 +365,7 @@ class Worker:
             state_dict=result.model.state_dict(),
             card=card,
             metrics=result.metrics,
+            tenant=job.tenant,  # the worker acts for the job's tenant: the model is theirs
         )
         emit(
             ProgressEvent(
