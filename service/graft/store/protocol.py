@@ -11,6 +11,11 @@ Tenants: jobs, model versions (with their aliases) and uploads each belong to on
 method takes `tenant: str | None`, a string confines it to that tenant's rows (another
 tenant's job or upload is NotFound, exactly like one that does not exist) and None means
 every tenant (workers, admins); the API passes the caller's scope (graft.api.auth).
+
+The interface comes in parts, one protocol each: `JobQueueStore` (jobs, leases, progress
+events), `TaskStore`, `ModelStore` (versions and aliases), `UploadStore`, `WorkerStore`,
+`KeyStore` and `StoreLifecycle`. `JobStore` is all of them together: what a backend
+provides and what the server and the workers hold.
 """
 
 from __future__ import annotations
@@ -89,8 +94,8 @@ PublishArtifact = Callable[[ModelVersion], str]
 
 
 @runtime_checkable
-class JobStore(Protocol):
-    # --- jobs -------------------------------------------------------------------------
+class JobQueueStore(Protocol):
+    """Jobs, their leases and their progress events."""
 
     def create_job(
         self,
@@ -209,8 +214,6 @@ class JobStore(Protocol):
         """Job counts for every state but UNSPECIFIED (zeros included)."""
         ...
 
-    # --- progress events --------------------------------------------------------------
-
     def append_event(self, job_id: str, event: ProgressEvent) -> ProgressEvent:
         """Append to the job's log: sequence = previous + 1 (no gap, no duplicate, across
         processes), time = now; returns the stored event. An event with state UNSPECIFIED
@@ -225,17 +228,62 @@ class JobStore(Protocol):
         unknown job)."""
         ...
 
-    # --- workers ----------------------------------------------------------------------
 
-    def heartbeat_worker(self, worker_id: str, pid: int, host: str, info: dict[str, Any]) -> None:
-        """Insert or update the worker's row with last_heartbeat = now."""
+@runtime_checkable
+class TaskStore(Protocol):
+    """Tasks: short work the API awaits (Advise, upload checks)."""
+
+    def create_task(self, kind: TaskKind, request: dict[str, Any], deadline: float = 0.0) -> Task:
+        """Queue a task (QUEUED). `deadline`: epoch seconds after which nobody waits for it
+        (0 = none). Ended tasks older than an hour are deleted on the way."""
         ...
 
-    def list_workers(self) -> list[WorkerInfo]:
-        """Every worker that ever sent a heartbeat, by worker_id."""
+    def get_task(self, task_id: str) -> Task:
+        """The task, or NotFound."""
         ...
 
-    # --- registry metadata ------------------------------------------------------------
+    def claim_task(
+        self, worker_id: str, pid: int, lease_seconds: float, kinds: Sequence[TaskKind]
+    ) -> Task | None:
+        """Take the oldest QUEUED task of `kinds` (or a RUNNING one whose lease expired),
+        leased to `worker_id` (process `pid`). Tasks cancelled or past their deadline are
+        ended CANCELLED instead of handed out. None when there is nothing to do."""
+        ...
+
+    def renew_task_lease(self, task_id: str, worker_id: str, lease_seconds: float) -> bool:
+        """Extend the lease; False when the worker should stop: it no longer holds the task,
+        a cancel was requested, or the deadline has passed."""
+        ...
+
+    def finish_task(
+        self,
+        task_id: str,
+        worker_id: str,
+        state: JobState,
+        *,
+        result: dict[str, Any] | None = None,
+        error_detail: dict[str, Any] | None = None,
+    ) -> Task:
+        """End a RUNNING task held by `worker_id`. Anyone else: FailedPrecondition."""
+        ...
+
+    def cancel_task(self, task_id: str) -> Task:
+        """QUEUED: CANCELLED at once. RUNNING: `cancel_requested` (its worker stops).
+        Ended: unchanged."""
+        ...
+
+    def task_states(self, task_ids: Sequence[str]) -> dict[str, JobState]:
+        """The state of each known task of `task_ids`, in one read."""
+        ...
+
+    def count_tasks(self, kind: TaskKind, states: Sequence[JobState]) -> int:
+        """Tasks of `kind` in any of `states`."""
+        ...
+
+
+@runtime_checkable
+class ModelStore(Protocol):
+    """Registry metadata: model versions and their aliases."""
 
     def add_model_version(
         self,
@@ -302,7 +350,11 @@ class JobStore(Protocol):
         """All versions of all models."""
         ...
 
-    # --- uploads ----------------------------------------------------------------------
+
+@runtime_checkable
+class UploadStore(Protocol):
+    """Uploaded datasets. Whether one is in use is judged against the jobs and
+    tasks of the same store."""
 
     def add_upload(
         self,
@@ -363,7 +415,23 @@ class JobStore(Protocol):
         """The datasets of queued and running jobs (each distinct one once)."""
         ...
 
-    # --- API keys ---------------------------------------------------------------------
+
+@runtime_checkable
+class WorkerStore(Protocol):
+    """What workers report about themselves."""
+
+    def heartbeat_worker(self, worker_id: str, pid: int, host: str, info: dict[str, Any]) -> None:
+        """Insert or update the worker's row with last_heartbeat = now."""
+        ...
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Every worker that ever sent a heartbeat, by worker_id."""
+        ...
+
+
+@runtime_checkable
+class KeyStore(Protocol):
+    """API keys, kept by the sha256 of their tokens."""
 
     def add_api_key(
         self, key_id: str, token_hash: str, tenant: str, *, admin: bool = False, name: str = ""
@@ -385,56 +453,10 @@ class JobStore(Protocol):
         nothing. NotFound for an unknown id."""
         ...
 
-    # --- tasks (short work the API awaits: Advise, upload checks) ----------------------
 
-    def create_task(self, kind: TaskKind, request: dict[str, Any], deadline: float = 0.0) -> Task:
-        """Queue a task (QUEUED). `deadline`: epoch seconds after which nobody waits for it
-        (0 = none). Ended tasks older than an hour are deleted on the way."""
-        ...
-
-    def get_task(self, task_id: str) -> Task:
-        """The task, or NotFound."""
-        ...
-
-    def claim_task(
-        self, worker_id: str, pid: int, lease_seconds: float, kinds: Sequence[TaskKind]
-    ) -> Task | None:
-        """Take the oldest QUEUED task of `kinds` (or a RUNNING one whose lease expired),
-        leased to `worker_id` (process `pid`). Tasks cancelled or past their deadline are
-        ended CANCELLED instead of handed out. None when there is nothing to do."""
-        ...
-
-    def renew_task_lease(self, task_id: str, worker_id: str, lease_seconds: float) -> bool:
-        """Extend the lease; False when the worker should stop: it no longer holds the task,
-        a cancel was requested, or the deadline has passed."""
-        ...
-
-    def finish_task(
-        self,
-        task_id: str,
-        worker_id: str,
-        state: JobState,
-        *,
-        result: dict[str, Any] | None = None,
-        error_detail: dict[str, Any] | None = None,
-    ) -> Task:
-        """End a RUNNING task held by `worker_id`. Anyone else: FailedPrecondition."""
-        ...
-
-    def cancel_task(self, task_id: str) -> Task:
-        """QUEUED: CANCELLED at once. RUNNING: `cancel_requested` (its worker stops).
-        Ended: unchanged."""
-        ...
-
-    def task_states(self, task_ids: Sequence[str]) -> dict[str, JobState]:
-        """The state of each known task of `task_ids`, in one read."""
-        ...
-
-    def count_tasks(self, kind: TaskKind, states: Sequence[JobState]) -> int:
-        """Tasks of `kind` in any of `states`."""
-        ...
-
-    # --- lifecycle --------------------------------------------------------------------
+@runtime_checkable
+class StoreLifecycle(Protocol):
+    """Health and shutdown of a store."""
 
     def ping(self) -> None:
         """Return if the database answers; raise Unavailable otherwise."""
@@ -443,3 +465,18 @@ class JobStore(Protocol):
     def close(self) -> None:
         """Release connections. Further calls raise Unavailable."""
         ...
+
+
+@runtime_checkable
+class JobStore(
+    JobQueueStore,
+    TaskStore,
+    ModelStore,
+    UploadStore,
+    WorkerStore,
+    KeyStore,
+    StoreLifecycle,
+    Protocol,
+):
+    """The whole store: every part above, on one database. What the server and the
+    workers hold (`graft.store.open_store`); a backend implements it part by part."""

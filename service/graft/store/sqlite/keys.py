@@ -1,0 +1,66 @@
+"""API keys, by the sha256 of their tokens."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from graft.errors import AlreadyExists, NotFound
+from graft.store.protocol import ApiKey
+from graft.store.sqlite.base import SqliteBase
+
+
+class KeysMixin(SqliteBase):
+    """API keys, by the sha256 of their tokens."""
+
+    _KEY_COLUMNS = "key_id, tenant, admin, name, create_time, revoke_time"
+
+    @staticmethod
+    def _key_from_row(row: tuple[Any, ...]) -> ApiKey:
+        key_id, tenant, admin, name, create_time, revoke_time = row
+        return ApiKey(key_id, tenant, bool(admin), name, create_time, revoke_time)
+
+    def add_api_key(
+        self, key_id: str, token_hash: str, tenant: str, *, admin: bool = False, name: str = ""
+    ) -> ApiKey:
+        now = self._clock()
+        with self._tx(write=True) as c:
+            try:
+                c.execute(
+                    "INSERT INTO api_keys (key_id, token_hash, tenant, admin, name, create_time)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (key_id, token_hash, tenant, int(admin), name, now),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"API key {key_id!r} (or its token) exists already") from None
+        return ApiKey(key_id, tenant, admin, name, now)
+
+    def api_key_by_hash(self, token_hash: str) -> ApiKey:
+        with self._tx(write=False) as c:
+            row = c.execute(
+                f"SELECT {self._KEY_COLUMNS} FROM api_keys WHERE token_hash = ?", (token_hash,)
+            ).fetchone()
+        if row is None:
+            raise NotFound("no such API key")
+        return self._key_from_row(row)
+
+    def list_api_keys(self) -> list[ApiKey]:
+        with self._tx(write=False) as c:
+            rows = c.execute(
+                f"SELECT {self._KEY_COLUMNS} FROM api_keys ORDER BY create_time, key_id"
+            ).fetchall()
+        return [self._key_from_row(r) for r in rows]
+
+    def revoke_api_key(self, key_id: str) -> ApiKey:
+        now = self._clock()
+        with self._tx(write=True) as c:
+            c.execute(
+                "UPDATE api_keys SET revoke_time = ? WHERE key_id = ? AND revoke_time IS NULL",
+                (now, key_id),
+            )
+            row = c.execute(
+                f"SELECT {self._KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"API key {key_id!r} not found")
+        return self._key_from_row(row)
