@@ -154,7 +154,11 @@ def test_build_context_holds_what_the_dockerfile_copies() -> None:
     for source in sources:
         assert (REPO / source).exists(), source
         assert not dockerignore_excludes(source.rstrip("/")), source
-    for kept in ("client/graft_client/__init__.py", "service/graft/cli/__init__.py", "pyproject.toml"):
+    for kept in (
+        "client/graft_client/__init__.py",
+        "service/graft/cli/__init__.py",
+        "pyproject.toml",
+    ):
         assert not dockerignore_excludes(kept), kept
     for dropped in (".venv/bin/python", "tests/unit/test_cli.py", "graft-data/graft.sqlite3"):
         assert dockerignore_excludes(dropped), dropped
