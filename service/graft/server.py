@@ -33,16 +33,12 @@ from graft.api.auth import AuthInterceptor, admin_scrapes
 from graft.api.drain import DrainGate
 from graft.api.errors import ErrorBoundaryInterceptor
 from graft.api.health import SERVICE_NAME, WORKER_HEALTH_NAME, HealthMonitor
+from graft.api.metrics import MetricsInterceptor
 from graft.api.servicer import AdaptationServicer, Services
 from graft.api.watcher import StoreWatcher
 from graft.config import Config, is_loopback
 from graft.observability.logs import setup_logging
-from graft.observability.metrics import (
-    MetricsInterceptor,
-    ServerMetrics,
-    StoreCollector,
-    serve_metrics,
-)
+from graft.observability.metrics import ServerMetrics, StoreCollector, serve_metrics
 from graft.predict import DecodePool, Predictor, PredictSettings
 from graft.registry import ModelRegistry
 from graft.store import open_store

@@ -1,8 +1,8 @@
 """The advisor lane: a worker's loop over the short tasks the API awaits for its callers.
 
 - ADVISE: scan the dataset, measure it and advise (advise_dataset); the result is the
-  AdviseResponse the RPC answers with, as protobuf JSON (the lane speaks the API's contract
-  so the server only relays it).
+  Advice in graft.advisor.codec's versioned JSON, which the API converts to the
+  AdviseResponse (the lane speaks the domain, never protobuf: docs/ARCHITECTURE.md).
 - CHECK_UPLOAD: extract and scan an uploaded archive (graft.data.check_upload).
 
 Between tasks, every `upload_sweep_seconds`, the lane sweeps: unused uploads expire and
@@ -26,15 +26,15 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from google.protobuf import json_format
 
 from graft import errors
 from graft.advisor.advise import advise_dataset
 from graft.advisor.cancel import AdviceCancelled, cancellable, checkpoint
+from graft.advisor.codec import advice_to_json
 from graft.advisor.housekeeping import Housekeeping
 from graft.config import Config
 from graft.data import check_upload, resolve_dataset, scan_dataset
-from graft.domain import JobState, Task, TaskKind
+from graft.domain import DatasetRef, JobState, Task, TaskKind
 from graft.observability.logs import log_context
 from graft.store import JobStore
 
@@ -156,11 +156,14 @@ class AdvisorLane:
         raise errors.InvalidArgument.of("kind", f"this worker cannot run {task.kind.name} tasks")
 
     def _advise(self, request: dict[str, Any]) -> dict[str, Any]:
-        from graft.api import convert  # the lane answers in the API's contract
-        from graft_client.v1 import adaptation_pb2 as pb
-
-        req = json_format.ParseDict(request, pb.AdviseRequest())
-        path = resolve_dataset(convert.dataset_from_pb(req.dataset), self.config)
+        # The API stores the AdviseRequest as JSON with the proto's field names (unset
+        # fields left out); the answer is the Advice itself, in graft.advisor.codec's
+        # versioned JSON, which the API converts to the response.
+        ref = request.get("dataset", {})
+        dataset_ref = DatasetRef(
+            uri=ref.get("uri", "").strip(), dataset_id=ref.get("dataset_id", "").strip()
+        )
+        path = resolve_dataset(dataset_ref, self.config)
         dataset = scan_dataset(
             path,
             max_pixels=self.config.max_image_pixels,
@@ -170,11 +173,10 @@ class AdvisorLane:
         advice = advise_dataset(
             dataset,
             config=self.config,
-            candidates=[c.strip() for c in req.candidate_backbones],
-            small_threshold=req.small_dataset_threshold or None,
-            max_per_class=req.max_images_per_class or None,
-            max_images=req.max_images or None,
+            candidates=[c.strip() for c in request.get("candidate_backbones", [])],
+            small_threshold=int(request.get("small_dataset_threshold", 0)) or None,
+            max_per_class=int(request.get("max_images_per_class", 0)) or None,
+            max_images=int(request.get("max_images", 0)) or None,
             device=self.device,
         )
-        response = convert.advice_to_pb(advice)
-        return {"advise_response": json_format.MessageToDict(response)}
+        return {"advice": advice_to_json(advice)}

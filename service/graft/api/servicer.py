@@ -32,6 +32,7 @@ from google.protobuf import json_format
 
 from graft import errors
 from graft.advisor.advise import DeclaredStats, advise_declared
+from graft.advisor.codec import advice_from_json
 from graft.api import convert, paging
 from graft.api.auth import current_identity
 from graft.api.errors import to_rpc_status
@@ -162,7 +163,9 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
             "advise_request": json_format.MessageToDict(request, preserving_proto_field_name=True)
         }
         result = await self._run_task(TaskKind.ADVISE, task_request, context)
-        return json_format.ParseDict(result["advise_response"], pb.AdviseResponse())
+        if "advise_response" in result:  # from a worker of the previous release
+            return json_format.ParseDict(result["advise_response"], pb.AdviseResponse())
+        return convert.advice_to_pb(advice_from_json(result["advice"]))
 
     async def StartFineTune(
         self, request: pb.StartFineTuneRequest, context: grpc.aio.ServicerContext
