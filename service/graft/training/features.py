@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 from torch.utils.data import DataLoader
 
 from graft.backbones.spec import GraftModel
@@ -187,3 +188,23 @@ def load_or_compute_features(
     features = FeatureSet(tx, ty, vx, vy)
     save_features(path, features, key)
     return features, False
+
+
+def feature_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and standard deviation of training features. The deviation is
+    floored at a tenth of the median feature's: a channel (almost) constant on the training
+    images — a ReLU that never fired there — would otherwise be scaled up by 1e6 and turn a
+    small value on a new image into a huge logit."""
+    std = x.std(0, unbiased=False)
+    floor = max(1e-6, 0.1 * float(std.median())) if std.numel() else 1e-6
+    return x.mean(0), std.clamp_min(floor)
+
+
+@torch.no_grad()
+def fold_standardization(head: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Make `head` take raw features: W((x - m) / s) + b = (W / s) x + (b - W (m / s))."""
+    mean = mean.to(head.weight.device, head.weight.dtype)
+    std = std.to(head.weight.device, head.weight.dtype)
+    assert head.bias is not None
+    head.bias.sub_(head.weight @ (mean / std))
+    head.weight.div_(std)

@@ -1,0 +1,100 @@
+"""The objects one training run carries: `Run`, fixed for the job once set up, and
+`TrainState`, which the epochs advance (and a checkpoint saves), with its `Best` record."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from graft.backbones.pretrained import PretrainedSpec
+from graft.backbones.spec import GraftModel
+from graft.domain import EvaluationMetrics, Strategy, TrainingPlan
+from graft.training.progress import Progress, TrainingObserver
+from graft.training.setup import TrainingData
+
+
+@dataclass
+class Run:
+    """What a run is given and what set-up built from it; nothing here changes per epoch."""
+
+    job_id: str
+    plan: TrainingPlan
+    classes: list[str]
+    dataset_fingerprint: str
+    checkpoint_dir: Path
+    device: torch.device
+    pretrained: bool
+    update_bn_statistics: bool
+    spec: PretrainedSpec
+    model: GraftModel
+    data: TrainingData
+    loss_fn: nn.Module
+    progress: Progress
+    observer: TrainingObserver
+    should_stop: Callable[[], bool]
+    stop_at_checkpoint: Callable[[], bool]
+    n_train: int
+    n_val: int
+
+    @property
+    def feature_extraction(self) -> bool:
+        return self.plan.strategy == Strategy.FEATURE_EXTRACTION
+
+    @property
+    def trained_module(self) -> nn.Module:
+        """What train_one_epoch and evaluate run: the head alone on features, or the model."""
+        return self.model.head if self.feature_extraction else self.model
+
+
+@dataclass
+class Best:
+    """The best epoch so far: highest validation accuracy, ties to the lower loss."""
+
+    epoch: int = 0  # 1-based; 0 before the first evaluation
+    accuracy: float = -1.0
+    loss: float = math.inf
+    metrics: EvaluationMetrics | None = None
+    weights: dict[str, torch.Tensor] | None = None  # a CPU copy of the model's state
+
+    def beaten_by(self, metrics: EvaluationMetrics) -> bool:
+        return metrics.accuracy > self.accuracy or (
+            metrics.accuracy == self.accuracy and metrics.loss < self.loss
+        )
+
+
+@dataclass
+class TrainState:
+    """Where the run is: what a checkpoint saves and a resume restores."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    started: float  # time.monotonic() when this attempt began
+    epoch: int = 0  # completed epochs, including those before a resume
+    resumed_from: int = 0  # completed epochs found in the checkpoint (0: fresh start)
+    best: Best = field(default_factory=Best)
+    history: list[dict[str, object]] = field(default_factory=list)
+    previous_seconds: float = 0.0  # training time of earlier attempts
+
+    def train_seconds(self) -> float:
+        return self.previous_seconds + time.monotonic() - self.started
+
+
+@dataclass
+class TrainResult:
+    model: GraftModel  # best weights loaded, eval mode, on CPU, contiguous memory format
+    metrics: EvaluationMetrics  # validation metrics of the best epoch
+    epochs_run: int  # completed epochs, including those before a resume
+    best_epoch: int  # 1-based
+    resumed_from_epoch: int  # completed epochs found in the checkpoint (0: fresh start)
+    train_seconds: float  # wall time of all attempts together
+
+
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
