@@ -1,0 +1,83 @@
+"""Advise's answer and the records it is made of (docs/ADVISOR.md). Types only: the
+measuring lives in advise.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# codec.py resolves these annotations at runtime (typing.get_type_hints), so every type
+# they name is imported here, not under TYPE_CHECKING.
+from graft.advisor.depth import Depth
+from graft.advisor.pilot import PilotResult
+from graft.advisor.report import DatasetReportData
+from graft.advisor.signals import Signal
+from graft.domain import Quadrant, Strategy, TrainingPlan
+from graft.plans.advised import Speed
+
+# Every seeded step of Advise (sample, split, folds, pilot) uses this seed.
+SEED = 0
+
+
+@dataclass(frozen=True)
+class DeclaredStats:
+    """Statistics a caller states instead of sending the data."""
+
+    num_classes: int
+    images_per_class: int
+    similarity_hint: float  # in [0, 1]; at least 0.5 counts as similar
+
+
+@dataclass(frozen=True)
+class BackboneScore:
+    """Measured transferability of one candidate (best first in Advice.backbones)."""
+
+    backbone: str
+    probe_accuracy: float  # k-fold linear-probe accuracy on frozen features of the sample
+    params_millions: float
+    images_per_second: float  # inference on this host at the plan's image size
+    probe_accuracy_std: float = 0.0  # spread over the folds
+    probe_folds: int = 0
+    image_size: int = 0
+    logme: float = 0.0  # LogME of the final features (You et al. 2021)
+    stage_logme: tuple[float, ...] = ()  # LogME of each stage's pooled features
+
+
+@dataclass(frozen=True)
+class StrategyEstimate:
+    """What a strategy is expected to reach here, and at what cost."""
+
+    strategy: Strategy
+    accuracy_low: float
+    accuracy_high: float
+    training_seconds: float
+    basis: str
+
+
+@dataclass
+class Advice:
+    """Advise's answer. `plan` is complete: StartFineTune accepts it unchanged."""
+
+    quadrant: Quadrant
+    matrix_strategy: Strategy
+    plan: TrainingPlan
+    similarity: float
+    signals: list[Signal]
+    backbones: list[BackboneScore]
+    rationale: str
+    small_threshold: int
+    estimated_training_seconds: float
+    report: DatasetReportData | None
+    images_per_class: float = 0.0  # the size axis: median images per class
+    similar: bool = False
+    similarity_backbone: str = ""  # the network the signals were measured with
+    sample_images: int = 0  # images decoded and measured
+    measure_seconds: float = 0.0
+    # The plan's backbone as measured here: recompute the estimate for a changed plan with
+    # planning.estimate_training_seconds(plan, speed, ...).
+    speed: Speed | None = None
+    depth: Depth | None = None  # the plan's backbone, stage by stage
+    strategy_estimates: tuple[StrategyEstimate, ...] = ()
+    estimated_accuracy: tuple[float, float] = (0.0, 0.0)  # the plan's, [low, high]
+    similarity_method: str = ""
+    pilot: PilotResult | None = None
+    holdout_probe_accuracy: float = 0.0  # the cut's probe on the pilot's split

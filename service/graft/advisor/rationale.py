@@ -1,0 +1,220 @@
+"""Advise's rationale: the prose that says what was measured and why the plan is what it
+is (docs/ADVISOR.md). Formatting only; every number comes in on the Advice."""
+
+from __future__ import annotations
+
+from graft.advisor.advice import Advice, DeclaredStats
+from graft.advisor.depth import CUT_GRID, Depth
+from graft.advisor.estimates import FE_MARGIN
+from graft.advisor.measure import SIGNAL_MAX_IMAGES
+from graft.advisor.pilot import PilotResult
+from graft.backbones import get_spec
+from graft.backbones.spec import PretrainedSpec
+from graft.domain import Quadrant, Strategy, TrainingPlan
+from graft.plans.advised import IMBALANCE_CLASS_WEIGHTING
+from graft.plans.matrix import MATRIX, QUADRANT_WORDS, SIMILARITY_THRESHOLD, STRATEGY_WORDS
+
+# What a strategy is called in running text (STRATEGY_WORDS adds its number).
+STRATEGY_NAMES: dict[Strategy, str] = {
+    Strategy.FULL_FINE_TUNE: "full fine-tune",
+    Strategy.PARTIAL_FINE_TUNE: "partial fine-tune",
+    Strategy.FEATURE_EXTRACTION: "feature extraction",
+}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _points(x: float) -> str:
+    return f"{100 * x:.1f} points"
+
+
+def plan_sentence(plan: TrainingPlan, spec: PretrainedSpec) -> str:
+    n = len(spec.stages)
+    if plan.strategy == Strategy.FEATURE_EXTRACTION:
+        where = (
+            f" reading stage{'s' if len(plan.feature_stages) > 1 else ''} "
+            f"{'+'.join(map(str, plan.feature_stages))}"
+            + (
+                f" pooled over a {plan.feature_grid}x{plan.feature_grid} grid"
+                if plan.feature_grid > 1
+                else ""
+            )
+            if plan.feature_stages
+            else ""
+        )
+        what = f"only a new head on the frozen {spec.name} base{where}"
+    elif plan.strategy == Strategy.FULL_FINE_TUNE:
+        what = f"all {n} stages of {spec.name} and a new head"
+    else:
+        what = f"the top {plan.trainable_stages} of {n} stages of {spec.name} and a new head"
+    return (
+        f"The plan trains {what} at {plan.image_size} px for up to {plan.epochs} epochs, "
+        f"batch {plan.batch_size}, augmentation {'on' if plan.augmentation else 'off'}, "
+        f"class weighting {'on' if plan.class_weighting else 'off'}."
+    )
+
+
+def declared_rationale(
+    stats: DeclaredStats,
+    *,
+    quadrant: Quadrant,
+    similar: bool,
+    small_threshold: int,
+    plan: TrainingPlan,
+    spec: PretrainedSpec,
+) -> str:
+    """The rationale of advise_declared: nothing was measured."""
+    size_word = "small" if stats.images_per_class < small_threshold else "large"
+    sim_word = "similar" if similar else "different"
+    return (
+        f"Declared: {stats.num_classes} classes with {stats.images_per_class} images per class "
+        f"({'below' if size_word == 'small' else 'at or above'} the small-dataset threshold "
+        f"of {small_threshold}: {size_word}), similarity {stats.similarity_hint:.2f} "
+        f"({'>=' if similar else '<'} {SIMILARITY_THRESHOLD}: {sim_word}). "
+        f"That is {QUADRANT_WORDS[quadrant]}, for which the matrix gives "
+        f"{STRATEGY_WORDS[MATRIX[quadrant]]}; the plan follows it. "
+        f"{plan_sentence(plan, spec)} Nothing was measured: no backbone ranking, no time "
+        f"estimate, and the image size is the backbone's pretraining size because the "
+        f"images' size is unknown."
+    )
+
+
+def measured_rationale(
+    advice: Advice,
+    counts: list[int],
+    spec: PretrainedSpec,
+    ranking_note: str,
+    num_train: int,
+    num_val: int,
+) -> str:
+    """The rationale of advise_dataset, from its finished Advice (all but the rationale);
+    `spec` is the chosen backbone's."""
+    report = advice.report
+    assert report is not None
+    parts = _position_sentences(advice, counts, report.total_images)
+    parts.append(_ranking_sentence(advice, ranking_note))
+    if advice.depth is not None:
+        parts.append(_depth_sentence(advice.depth, spec.name))
+    if advice.pilot is not None:
+        parts.append(_pilot_sentence(advice, advice.pilot))
+    parts.append(plan_sentence(advice.plan, spec))
+    if advice.plan.class_weighting:
+        parts.append(
+            f"Class weighting because the imbalance ratio {report.imbalance_ratio:.1f} "
+            f"exceeds {IMBALANCE_CLASS_WEIGHTING:.0f}."
+        )
+    low, high = advice.estimated_accuracy
+    if high > 0:
+        parts.append(f"Expected validation accuracy: {_pct(low)} to {_pct(high)}.")
+    parts.append(
+        f"Estimated training time on this host: {advice.estimated_training_seconds:.0f} s "
+        f"({num_train} training and {num_val} validation images, inference measured at "
+        f"{advice.backbones[0].images_per_second:.0f} img/s)."
+    )
+    return " ".join(parts)
+
+
+def _position_sentences(advice: Advice, counts: list[int], total_images: int) -> list[str]:
+    """Where the dataset sits in the matrix: size, similarity, quadrant."""
+    q = advice.quadrant
+    threshold = advice.small_threshold
+    small = advice.images_per_class < threshold
+    per_class = advice.images_per_class
+    per_class_text = f"{per_class:.0f}" if per_class == int(per_class) else f"{per_class:.1f}"
+    signal_text = ", ".join(f"{s.name} {s.value:.3f} (score {s.score:.2f})" for s in advice.signals)
+    response_size = get_spec(advice.similarity_backbone).input_size
+    return [
+        f"{len(counts)} classes, {total_images} images: a median of {per_class_text} "
+        f"images per class (smallest {min(counts)}, largest {max(counts)}), "
+        f"{'below' if small else 'at or above'} the small-dataset threshold of {threshold}: "
+        f"{'small' if small else 'large'}.",
+        f"Similarity to ImageNet, measured with {advice.similarity_backbone} at "
+        f"{response_size} px on {min(SIGNAL_MAX_IMAGES, advice.sample_images)} sampled images: "
+        f"{signal_text}; combined {advice.similarity:.2f} "
+        f"({'>=' if advice.similar else '<'} {SIMILARITY_THRESHOLD}: "
+        f"{'similar' if advice.similar else 'different'}).",
+        f"That is {QUADRANT_WORDS[q]}, for which the matrix gives "
+        f"{STRATEGY_WORDS[MATRIX[q]]}"
+        + (" plus data augmentation" if q == Quadrant.SMALL_DIFFERENT else "")
+        + ".",
+    ]
+
+
+def _ranking_sentence(advice: Advice, ranking_note: str) -> str:
+    ranking = ", ".join(
+        f"{s.backbone} {_pct(s.probe_accuracy)} ± {_pct(s.probe_accuracy_std)} "
+        f"({s.images_per_second:.0f} img/s at {s.image_size} px)"
+        for s in advice.backbones
+    )
+    return (
+        f"Backbones ranked, with their {advice.backbones[0].probe_folds}-fold linear-probe "
+        f"accuracy on frozen features of {advice.sample_images} sampled images: {ranking}. "
+        + ranking_note
+    )
+
+
+def _depth_sentence(depth: Depth, backbone: str) -> str:
+    stage_text = ", ".join(f"{st.stage}: {_pct(st.probe.accuracy)}" for st in depth.stages)
+    cut = depth.cut
+    last = len(depth.stages)
+    where = (
+        "the last stage"
+        if cut.stages == (last,)
+        else f"stage{'s' if len(cut.stages) > 1 else ''} {'+'.join(map(str, cut.stages))}"
+    )
+    against = (
+        []
+        if cut.stages == (last,) and cut.grid == 1
+        else [f"{_pct(depth.stages[-1].probe.accuracy)} for the last stage"]
+    )
+    if cut.grid > 1:
+        where += f" pooled over a {cut.grid}x{cut.grid} grid"
+        if cut.global_probe is not None:
+            against.insert(0, f"{_pct(cut.global_probe.accuracy)} for the best cut pooled globally")
+    cut_words = f"{where} ({_pct(cut.probe.accuracy)}" + (
+        f", against {' and '.join(against)})" if against else ")"
+    )
+    grid_words = (
+        f", {len(cut.grid_candidates)} of them again pooled over a {CUT_GRID}x{CUT_GRID} grid"
+        if cut.grid_candidates
+        else ""
+    )
+    return (
+        f"Depth, measured on {backbone}'s pooled stage outputs (linear-probe accuracy "
+        f"by stage, {stage_text}): the best single stage is {depth.best_stage}, so "
+        f"partial fine-tuning unfreezes the {depth.trainable_stages} stage(s) above it; "
+        f"of {len(cut.candidates)} cuts probed (single stages and runs of consecutive "
+        f"stages around the best ones{grid_words}), feature extraction reads {cut_words}."
+    )
+
+
+def _pilot_sentence(advice: Advice, pilot: PilotResult) -> str:
+    lead = advice.holdout_probe_accuracy - pilot.accuracy
+    ft = next(e for e in advice.strategy_estimates if e.strategy != Strategy.FEATURE_EXTRACTION)
+    verdict = (
+        (
+            f"the probe beats the pilot by {_points(lead)}"
+            if lead > 0
+            else f"the probe is within {100 * FE_MARGIN:.0f} point of the pilot"
+        )
+        + ", so the plan departs from the matrix: feature extraction reaches as much for "
+        "a fraction of the time"
+        if advice.plan.strategy == Strategy.FEATURE_EXTRACTION
+        and advice.matrix_strategy != Strategy.FEATURE_EXTRACTION
+        else "the plan follows the matrix"
+        + (
+            " (the dataset is large: a pilot on a sample cannot show what fine-tuning "
+            "gains from all of it)"
+            if advice.images_per_class >= advice.small_threshold
+            else " (fine-tuning measured better)"
+        )
+    )
+    return (
+        f"Measured on one split of the sample ({pilot.train_images} training, "
+        f"{pilot.val_images} held-out images): {pilot.epochs} epochs of "
+        f"{STRATEGY_NAMES[ft.strategy]} reached "
+        f"{_pct(pilot.accuracy)} in {pilot.seconds:.0f} s; a linear head on the frozen "
+        f"features of the cut reached {_pct(advice.holdout_probe_accuracy)}; {verdict}."
+    )
