@@ -215,16 +215,16 @@ def test_reduced_precision_autocast_keeps_top1_on_photos(photos: list[bytes]) ->
     assert top1[0] in {281, 282, 285} and top1[1] == 967
 
 
-def test_cuda_runtimes_are_refused_cheaply_without_a_gpu() -> None:
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA: tests/gpu covers the served path")
+def test_cuda_runtimes_are_measured_with_a_gpu_and_refused_cheaply_without() -> None:
     model = bb.create_model(LITE0, 4, pretrained=False).eval()
     runtime, trials = choose_runtime(model, 32, ("cuda-fp16", "cuda", "eager"), 1, 4)
-    assert runtime.name == "eager"
-    assert [(t.runtime, t.refused) for t in trials[:2]] == [
-        ("cuda-fp16", "no CUDA device"),
-        ("cuda", "no CUDA device"),
-    ]
+    cuda = [(t.runtime, t.refused) for t in trials[:2]]
+    if torch.cuda.is_available():  # both build, answer like eager, and are timed
+        assert cuda == [("cuda-fp16", ""), ("cuda", "")], cuda
+        assert runtime.name in {"cuda-fp16", "cuda", "eager"}
+    else:
+        assert runtime.name == "eager"
+        assert cuda == [("cuda-fp16", "no CUDA device"), ("cuda", "no CUDA device")]
 
 
 @pytest.mark.gpu
