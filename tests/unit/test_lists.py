@@ -5,8 +5,8 @@ model made ListModels 4 MB a version), while GetJob / GetModel keep it."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -159,7 +159,9 @@ def test_confusion_matrices_ride_only_where_one_thing_is_fetched(
     assert len(sizes) == 6 and max(sizes) * 3 < one.ByteSize()
 
 
-def test_progress_events_and_listed_jobs_carry_no_confusion_matrix(tmp_path: Path) -> None:
+def test_progress_events_and_listed_jobs_carry_no_confusion_matrix(
+    served: tuple[BackgroundServer, Client],
+) -> None:
     from graft.api import convert
     from graft.domain import EventKind, ProgressEvent
 
@@ -168,3 +170,16 @@ def test_progress_events_and_listed_jobs_carry_no_confusion_matrix(tmp_path: Pat
     )
     assert not convert.event_to_pb(event).metrics.confusion
     assert len(convert.event_to_pb(event).metrics.per_class) == N_CLASSES
+    # A job with metrics: listed without the matrix, fetched with it.
+    server, client = served
+    store = server.services.store
+    job = store.list_jobs(limit=1000)[-1]
+    with store._tx(write=True) as c:
+        c.execute(
+            "UPDATE jobs SET metrics_json = ? WHERE job_id = ?",
+            (json.dumps(_metrics().to_dict()), job.job_id),
+        )
+    listed = [j for j in client.list_jobs(limit=1000) if j.job_id == job.job_id]
+    assert listed and len(listed[0].metrics.per_class) == N_CLASSES
+    assert not listed[0].metrics.confusion
+    assert len(client.get_job(job.job_id).metrics.confusion) == N_CLASSES * N_CLASSES
