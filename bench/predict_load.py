@@ -51,7 +51,7 @@ import torch
 from graft.config import Config
 from graft.data.demo import write_fashion_mnist_folder
 from graft.domain import ModelRef
-from graft.predict.predictor import LoadedModel, build_model
+from graft.predict.model import LoadedModel, build_model
 from graft.predict.runtimes import RUNTIMES, Runtime, build_runtime
 from graft.predict.settings import PredictSettings, available_cpus
 from graft.registry import ModelRegistry

@@ -10,7 +10,7 @@ import torch
 from graft.backbones import DEFAULT_BACKBONE, create_model, get_spec
 from graft.config import Config
 from graft.domain import DEFAULT_TENANT, Strategy, TrainingPlan
-from graft.predict.predictor import card_preprocessing
+from graft.predict.model import card_preprocessing
 from graft.registry import ModelRegistry
 from graft.store import open_store
 

@@ -17,7 +17,7 @@ from graft.backbones.spec import grid_average_pool
 from graft.data import load_image
 from graft.domain import ModelVersion, Strategy, TrainingPlan
 from graft.errors import FieldViolation, InvalidArgument
-from graft.predict.predictor import build_model, card_preprocessing
+from graft.predict.model import build_model, card_preprocessing
 from graft.training import train
 from tests.unit.test_training import Recorder, make_colour_dataset
 

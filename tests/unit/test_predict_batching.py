@@ -27,7 +27,8 @@ from graft.api.errors import to_rpc_status
 from graft.config import Config
 from graft.domain import ModelRef
 from graft.predict.batching import Batcher, BatchPolicy, Pending
-from graft.predict.predictor import LoadedModel, Predictor
+from graft.predict.model import LoadedModel
+from graft.predict.predictor import Predictor
 from graft.predict.settings import PredictSettings
 from graft.registry import ModelRegistry
 from graft.server import BackgroundServer

@@ -20,7 +20,7 @@ from graft.data import eval_transform, load_image
 from graft.data.demo import write_fashion_mnist_folder
 from graft.domain import ModelVersion
 from graft.predict.batching import BatchPolicy
-from graft.predict.predictor import LoadedModel, build_model, card_preprocessing
+from graft.predict.model import LoadedModel, build_model, card_preprocessing
 from graft.predict.preprocess import Preprocess
 from graft.predict.runtimes import (
     PROB_TOLERANCE,

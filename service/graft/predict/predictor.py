@@ -11,12 +11,11 @@ it. Each image's failure (undecodable bytes, say) is attached to that image alon
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,16 +24,12 @@ import numpy as np
 import torch
 
 from graft import errors
-from graft.backbones import GraftModel, create_model, get_spec
-from graft.backbones.spec import PretrainedSpec
 from graft.config import Config
-from graft.data import eval_transform
-from graft.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from graft.domain import DEFAULT_TENANT, ModelRef, ModelVersion
-from graft.predict.batching import Answer, Batcher, BatchPolicy, Pending
+from graft.predict.batching import Answer, Batcher, Pending
+from graft.predict.model import LoadedModel, build_model
 from graft.predict.pool import DecodePool, settle_threadsafe
-from graft.predict.preprocess import Preprocess, check_request_pixels
-from graft.predict.runtimes import EagerRuntime, Runtime, Trial, choose_runtime
+from graft.predict.preprocess import check_request_pixels
 from graft.predict.settings import PredictSettings
 from graft.registry import ModelRegistry
 from graft.store import JobStore
@@ -46,75 +41,6 @@ log = logging.getLogger(__name__)
 
 _INLINE_DECODE_BYTES = 256 * 1024  # a lone image this small may be decoded on the loop
 _MAX_CACHED_REFS = 4096  # distinct model references resolved within ref_cache_seconds
-
-
-@dataclass(eq=False)
-class LoadedModel:
-    """A servable model version: the model, its preprocessing exactly as trained, and the
-    runtime that computes it (eager until `choose_runtime` picks a faster one)."""
-
-    version: ModelVersion
-    model: GraftModel
-    transform: Callable[[Any], torch.Tensor]  # training's eval transform (reference)
-    labels: tuple[str, ...]
-    preprocess: Preprocess
-    policy: BatchPolicy = field(default_factory=BatchPolicy)
-    runtime: Runtime = field(init=False)
-    trials: list[Trial] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.runtime = EagerRuntime(self.model)
-
-    @property
-    def architecture(self) -> tuple[Any, ...]:
-        """What decides which runtime is fastest: versions alike in this choose alike."""
-        m = self.model
-        size = self.preprocess.image_size
-        return (m.spec.name, m.feature_stages, m.feature_grid, size, len(self.labels))
-
-    def warm_up(self) -> None:
-        """One eager forward pass, so the first request meets no first-call cost."""
-        self.forward([np.zeros((self.preprocess.image_size,) * 2 + (3,), np.uint8)])
-
-    def choose_runtime(self, settings: PredictSettings, known: str | None = None) -> None:
-        """Measure settings.runtimes on this model (only `known` if given and it works) and
-        switch to the fastest that answers like eager; it has run by then (warm)."""
-        runtime, self.trials = choose_runtime(
-            self.model,
-            self.preprocess.image_size,
-            settings.runtimes,
-            settings.threads_per_runner,
-            min(self.policy.max_batch, 16),
-            known,
-        )
-        self.runtime = runtime  # one assignment: runners read it per batch
-        log.info(
-            "model %s:%d serves with %s (%s)",
-            self.version.name,
-            self.version.version,
-            runtime.name,
-            "; ".join(t.describe() for t in self.trials),
-        )
-
-    def forward(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
-        """Probabilities (N, C) for preprocessed images. A runtime that fails here is
-        replaced by eager for good (logged), and the batch reruns on eager."""
-        batch = self.preprocess.to_batch(arrays)
-        runtime = self.runtime
-        try:
-            logits = runtime(batch)
-        except Exception:
-            if isinstance(runtime, EagerRuntime):
-                raise
-            log.exception(
-                "model %s:%d: runtime %s failed; falling back to eager",
-                self.version.name,
-                self.version.version,
-                runtime.name,
-            )
-            self.runtime = EagerRuntime(self.model)
-            logits = self.runtime(batch)
-        return torch.softmax(logits, dim=1)
 
 
 @dataclass
@@ -130,59 +56,6 @@ class PredictResult:
     version: ModelVersion
     results: list[ImageResult]
     stage_seconds: dict[str, float]
-
-
-def card_preprocessing(spec: PretrainedSpec, image_size: int) -> dict[str, Any]:
-    """The model card's `preprocessing` block: what build_model reads back to preprocess
-    exactly as in training."""
-    return {
-        "image_size": image_size,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "interpolation": spec.interpolation,
-        "crop_pct": spec.crop_pct,
-    }
-
-
-def build_model(
-    version: ModelVersion,
-    state: dict[str, torch.Tensor],
-    card: dict[str, Any],
-    policy: BatchPolicy | None = None,
-    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-) -> LoadedModel:
-    """A servable model from a registered artifact: the architecture with random init and
-    the plan's feature cut, then the artifact's weights, strictly; preprocessing exactly as
-    the card recorded it. It computes eagerly until `choose_runtime`."""
-    spec = get_spec(card["backbone"])
-    pre = card.get("preprocessing", {})
-    spec = dataclasses.replace(
-        spec,
-        mean=tuple(pre.get("mean", spec.mean)),
-        std=tuple(pre.get("std", spec.std)),
-        interpolation=pre.get("interpolation", spec.interpolation),
-        crop_pct=pre.get("crop_pct", spec.crop_pct),
-    )
-    labels = tuple(card["labels"])
-    # A model trained on a feature cut serves with it; the body keeps every weight either way.
-    model = create_model(
-        spec.name,
-        len(labels),
-        pretrained=False,
-        feature_stages=tuple(card["plan"].get("feature_stages", [])),
-        feature_grid=int(card["plan"].get("feature_grid", 0)),
-    )
-    model.load_state_dict(state, strict=True)
-    model.eval().to(memory_format=torch.channels_last)
-    image_size = int(pre.get("image_size") or card["plan"]["image_size"])
-    return LoadedModel(
-        version,
-        model,
-        eval_transform(spec, image_size),
-        labels,
-        Preprocess(spec, image_size, max_pixels=max_pixels),
-        policy or BatchPolicy(),
-    )
 
 
 @dataclass

@@ -42,7 +42,7 @@ from graft.domain import EventKind, Job, JobState, ProgressEvent, TrainingPlan
 from graft.observability.logs import log_context, setup_logging
 from graft.observability.metrics import WorkerMetrics, serve_metrics
 from graft.plans import resolve_plan, validate_plan
-from graft.predict.predictor import card_preprocessing
+from graft.predict.model import card_preprocessing
 from graft.registry import ModelRegistry
 from graft.store import JobStore, open_store
 from graft.training.errors import TrainingPreempted
