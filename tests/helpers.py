@@ -10,8 +10,7 @@ import torch
 from graft.backbones import DEFAULT_BACKBONE, create_model, get_spec
 from graft.config import Config
 from graft.domain import DEFAULT_TENANT, Strategy, TrainingPlan
-from graft.predict.model import card_preprocessing
-from graft.registry import ModelRegistry
+from graft.registry import ModelCard, ModelRegistry, Preprocessing
 from graft.store import open_store
 
 
@@ -35,23 +34,16 @@ def register_random_model(
         plan = TrainingPlan(
             backbone=DEFAULT_BACKBONE, strategy=Strategy.FEATURE_EXTRACTION, image_size=image_size
         )
-        card = {
-            "backbone": DEFAULT_BACKBONE,
-            "architecture": spec.architecture,
-            "labels": list(labels),
-            "preprocessing": card_preprocessing(spec, image_size),
-            "plan": plan.to_dict(),
-            "job_id": "0" * 32,
-        }
-        ModelRegistry(store, config.registry_dir).register(
-            name=name,
-            job_id="0" * 32,
+        card = ModelCard(
             backbone=DEFAULT_BACKBONE,
-            labels=list(labels),
-            state_dict=model.state_dict(),
-            card=card,
-            metrics=None,
-            tenant=tenant,
+            architecture=spec.architecture,
+            labels=tuple(labels),
+            preprocessing=Preprocessing.from_spec(spec, image_size),
+            plan=plan,
+            job_id="0" * 32,
+        )
+        ModelRegistry(store, config.registry_dir).register(
+            name=name, state_dict=model.state_dict(), card=card, tenant=tenant
         )
     finally:
         store.close()

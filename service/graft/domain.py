@@ -266,7 +266,7 @@ class ModelVersion:
     backbone: str
     labels: tuple[str, ...]
     sha256: str
-    card: dict[str, Any]
+    card: dict[str, Any]  # as stored (JSON); typed: graft.registry.card.ModelCard.from_dict
     artifact_dir: str
     aliases: list[str] = field(default_factory=list)
     metrics: EvaluationMetrics | None = None

@@ -410,6 +410,6 @@ def test_the_worker_registers_a_jobs_model_in_the_jobs_tenant(tmp_path: Path) ->
         with pytest.raises(NotFound):
             worker.store.resolve_model(ModelRef("flowers"))  # the default tenant has none
         _, tensors, card = worker.registry.load(ModelRef("flowers", tenant="acme"))
-        assert tensors and card["job_id"] == job.job_id
+        assert tensors and card.job_id == job.job_id
     finally:
         worker.store.close()

@@ -17,7 +17,8 @@ from graft.backbones.spec import grid_average_pool
 from graft.data import load_image
 from graft.domain import ModelVersion, Strategy, TrainingPlan
 from graft.errors import FieldViolation, InvalidArgument
-from graft.predict.model import build_model, card_preprocessing
+from graft.predict.model import build_model
+from graft.registry import ModelCard, Preprocessing
 from graft.training import train
 from tests.unit.test_training import Recorder, make_colour_dataset
 
@@ -258,12 +259,13 @@ def test_train_with_a_cut_serves_with_it(tmp_path: Path) -> None:
 
     # Serving: a registered artifact (state dict + card) rebuilt by the predictor.
     spec = bb.get_spec(LITE0)
-    card = {
-        "backbone": LITE0,
-        "labels": classes,
-        "preprocessing": card_preprocessing(spec, plan.image_size),
-        "plan": plan.to_dict(),
-    }
+    card = ModelCard(
+        backbone=LITE0,
+        labels=tuple(classes),
+        preprocessing=Preprocessing.from_spec(spec, plan.image_size),
+        plan=plan,
+        job_id="job-cut",
+    )
     version = ModelVersion(
         name="m",
         version=1,
@@ -272,7 +274,7 @@ def test_train_with_a_cut_serves_with_it(tmp_path: Path) -> None:
         backbone=LITE0,
         labels=tuple(classes),
         sha256="",
-        card=card,
+        card=card.to_dict(),
         artifact_dir="",
     )
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -286,7 +288,7 @@ def test_train_with_a_cut_serves_with_it(tmp_path: Path) -> None:
     assert torch.equal(served.argmax(1), trained.argmax(1))
 
     # Without the cut in the card the artifact does not load (strict: the head is 104 wide).
-    no_cut = {**card, "plan": {**card["plan"], "feature_stages": []}}
+    no_cut = dataclasses.replace(card, plan=dataclasses.replace(plan, feature_stages=()))
     with pytest.raises(RuntimeError, match=r"head\.weight"):
         build_model(version, state, no_cut)
 
@@ -311,7 +313,7 @@ def test_train_with_a_cut_serves_with_it(tmp_path: Path) -> None:
     assert grid_result.model.feature_grid == 2 and grid_result.model.head.in_features == 4 * 104
     assert any("features computed and cached" in m for m in rec.messages())
     assert any("stages 3, 5 (each over a 2x2 grid)" in m for m in rec.messages())
-    grid_card = {**card, "plan": gridded.to_dict()}
+    grid_card = dataclasses.replace(card, plan=gridded)
     grid_state = {k: v.clone() for k, v in grid_result.model.state_dict().items()}
     served_grid = build_model(version, grid_state, grid_card)
     assert served_grid.model.feature_grid == 2
@@ -321,5 +323,6 @@ def test_train_with_a_cut_serves_with_it(tmp_path: Path) -> None:
             grid_result.model(batch),
         )
     # A card written before grids existed has no feature_grid: it serves pooled globally.
-    old_card = {**card, "plan": {k: v for k, v in card["plan"].items() if k != "feature_grid"}}
-    assert build_model(version, state, old_card).model.feature_grid == 1
+    old_card = card.to_dict()
+    del old_card["plan"]["feature_grid"]
+    assert build_model(version, state, ModelCard.from_dict(old_card)).model.feature_grid == 1

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from graft.api import paging
+from graft.backbones import get_spec
 from graft.config import Config
 from graft.domain import ClassMetrics, DatasetRef, EvaluationMetrics, JobState, TrainingPlan
-from graft.registry import ModelRegistry
+from graft.registry import ModelCard, ModelRegistry, Preprocessing
 from graft.server import BackgroundServer
 from graft_client import Client, InvalidArgument, pb
 
@@ -32,6 +33,18 @@ def _metrics() -> EvaluationMetrics:
     )
 
 
+def _card() -> ModelCard:
+    spec = get_spec("efficientnet_lite0")
+    return ModelCard(
+        backbone=spec.name,
+        labels=_metrics().labels,
+        preprocessing=Preprocessing.from_spec(spec, spec.input_size),
+        plan=TrainingPlan(backbone=spec.name),
+        job_id="0" * 32,
+        metrics=_metrics(),
+    )
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BackgroundServer, Client]]:
     data = tmp_path_factory.mktemp("lists")
@@ -41,15 +54,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Backgroun
         registry = ModelRegistry(store, config.registry_dir)
         for name, versions in (("alpha", 3), ("beta", 2), ("gamma", 1)):
             for _ in range(versions):
-                registry.register(
-                    name=name,
-                    job_id="0" * 32,
-                    backbone="efficientnet_lite0",
-                    labels=list(_metrics().labels),
-                    state_dict={"w": torch.zeros(1)},
-                    card={"labels": list(_metrics().labels), "metrics": _metrics().to_dict()},
-                    metrics=_metrics(),
-                )
+                registry.register(name=name, state_dict={"w": torch.zeros(1)}, card=_card())
         for i in range(7):
             job, _ = store.create_job(
                 model_name=f"m{i}", dataset=DatasetRef(uri="/x"), plan=TrainingPlan(), request_id=""

@@ -18,9 +18,9 @@ from graft import backbones as bb
 from graft.backbones.spec import grid_average_pool
 from graft.data import eval_transform, load_image
 from graft.data.demo import write_fashion_mnist_folder
-from graft.domain import ModelVersion
+from graft.domain import ModelVersion, TrainingPlan
 from graft.predict.batching import BatchPolicy
-from graft.predict.model import LoadedModel, build_model, card_preprocessing
+from graft.predict.model import LoadedModel, build_model
 from graft.predict.preprocess import Preprocess
 from graft.predict.runtimes import (
     PROB_TOLERANCE,
@@ -30,8 +30,10 @@ from graft.predict.runtimes import (
     build_runtime,
     choose_runtime,
     compare,
+    verification_batch,
 )
 from graft.predict.settings import available_cpus, parse_model_batching
+from graft.registry import ModelCard, Preprocessing
 
 LITE0 = "efficientnet_lite0"
 
@@ -154,13 +156,14 @@ def _loaded(image_size: int = 32) -> LoadedModel:
     torch.manual_seed(0)
     model = bb.create_model(LITE0, 3, pretrained=False)
     spec = bb.get_spec(LITE0)
-    card = {
-        "backbone": LITE0,
-        "labels": ["a", "b", "c"],
-        "preprocessing": card_preprocessing(spec, image_size),
-        "plan": {"image_size": image_size},
-    }
-    version = ModelVersion("m", 1, 0.0, "0" * 32, LITE0, ("a", "b", "c"), "", card, "")
+    card = ModelCard(
+        backbone=LITE0,
+        labels=("a", "b", "c"),
+        preprocessing=Preprocessing.from_spec(spec, image_size),
+        plan=TrainingPlan(image_size=image_size),
+        job_id="0" * 32,
+    )
+    version = ModelVersion("m", 1, 0.0, "0" * 32, LITE0, ("a", "b", "c"), "", card.to_dict(), "")
     return build_model(version, model.state_dict(), card)
 
 

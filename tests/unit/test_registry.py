@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -13,9 +14,17 @@ from typing import Any, cast
 import pytest
 import torch
 
-from graft.domain import EvaluationMetrics, ModelRef, ModelVersion
+from graft.domain import EvaluationMetrics, ModelRef, ModelVersion, TrainingPlan
 from graft.errors import FailedPrecondition, InvalidArgument
-from graft.registry import CARD_FILE, WEIGHTS_FILE, ModelRegistry, sha256_file
+from graft.registry import (
+    CARD_FILE,
+    CARD_VERSION,
+    WEIGHTS_FILE,
+    ModelCard,
+    ModelRegistry,
+    Preprocessing,
+    sha256_file,
+)
 from graft.store import JobStore, SqliteJobStore
 
 
@@ -44,16 +53,22 @@ def weights(seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def register(registry: ModelRegistry, name: str = "flowers", seed: int = 0) -> ModelVersion:
-    return registry.register(
-        name=name,
-        job_id=f"job{seed}",
+PREPROCESSING = Preprocessing(64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear", 0.9)
+
+
+def card(job_id: str = "job0", labels: tuple[str, ...] = ("daisy", "rose")) -> ModelCard:
+    return ModelCard(
         backbone="tiny",
-        labels=("daisy", "rose"),
-        state_dict=weights(seed),
-        card={"preprocessing": {"image_size": 64}, "plan": {"epochs": 2}},
-        metrics=EvaluationMetrics(accuracy=0.75, labels=("daisy", "rose")),
+        labels=labels,
+        preprocessing=PREPROCESSING,
+        plan=TrainingPlan(epochs=2, image_size=64),
+        job_id=job_id,
+        metrics=EvaluationMetrics(accuracy=0.75, labels=labels),
     )
+
+
+def register(registry: ModelRegistry, name: str = "flowers", seed: int = 0) -> ModelVersion:
+    return registry.register(name=name, state_dict=weights(seed), card=card(f"job{seed}"))
 
 
 def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -73,7 +88,14 @@ def test_register_writes_weights_and_card(registry: ModelRegistry, tmp_path: Pat
     card = json.loads((directory / CARD_FILE).read_text())
     assert card["sha256"] == sha256_file(directory / WEIGHTS_FILE) == mv.sha256
     assert (card["name"], card["version"], card["create_time"]) == ("flowers", 1, mv.create_time)
-    assert card["preprocessing"] == {"image_size": 64}
+    assert card["preprocessing"] == {
+        "image_size": 64,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        "interpolation": "bilinear",
+        "crop_pct": 0.9,
+    }
+    assert (card["card_version"], card["weights_file"]) == (CARD_VERSION, WEIGHTS_FILE)
     assert (card["backbone"], card["labels"], card["job_id"]) == ("tiny", ["daisy", "rose"], "job0")
     assert card["metrics"]["accuracy"] == 0.75
     assert card == mv.card == registry.get("flowers", 1).card
@@ -84,8 +106,16 @@ def test_register_writes_weights_and_card(registry: ModelRegistry, tmp_path: Pat
 def test_load_round_trips_exactly(registry: ModelRegistry) -> None:
     register(registry, seed=0)
     register(registry, seed=1)
-    mv, tensors, card = registry.load(ModelRef("flowers", version=1))
-    assert mv.version == 1 and card["version"] == 1
+    mv, tensors, loaded = registry.load(ModelRef("flowers", version=1))
+    assert mv.version == 1 and loaded.version == 1
+    assert loaded == dataclasses.replace(
+        card("job0"),
+        weights_file=WEIGHTS_FILE,
+        name="flowers",
+        version=1,
+        sha256=mv.sha256,
+        create_time=mv.create_time,
+    )
     assert_same(tensors, weights(0))
     assert tensors["head.weight"].is_contiguous()
 
@@ -99,9 +129,7 @@ def test_load_round_trips_exactly(registry: ModelRegistry) -> None:
 def test_tied_weights_are_saved(registry: ModelRegistry) -> None:
     shared = torch.randn(5, 3)
     state = {"embed.weight": shared, "head.weight": shared}
-    registry.register(
-        name="tied", job_id="j", backbone="b", labels=["a"], state_dict=state, card={}, metrics=None
-    )
+    registry.register(name="tied", state_dict=state, card=card("j", labels=("a",)))
     _, tensors, _ = registry.load(ModelRef("tied"))
     assert_same(tensors, {"embed.weight": shared, "head.weight": shared.clone()})
 
@@ -172,8 +200,8 @@ def test_concurrent_registrations_get_distinct_versions(registry: ModelRegistry)
     assert errors == []
     assert sorted(mv.version for mv in results.values()) == [1, 2, 3, 4, 5, 6]
     for seed, mv in results.items():
-        loaded, tensors, card = registry.load(ModelRef("flowers", version=mv.version))
-        assert card["job_id"] == f"job{seed}" and loaded.job_id == f"job{seed}"
+        loaded, tensors, loaded_card = registry.load(ModelRef("flowers", version=mv.version))
+        assert loaded_card.job_id == f"job{seed}" and loaded.job_id == f"job{seed}"
         assert_same(tensors, weights(seed))
 
 
@@ -207,8 +235,8 @@ def test_an_uncommitted_artifact_is_replaced_by_the_next_registration(
     registry = ModelRegistry(store, root)
     mv = register(registry, seed=2)
     assert mv.version == 1
-    _, tensors, card = registry.load(ModelRef("flowers", version=1))
-    assert card["job_id"] == "job2"
+    _, tensors, loaded = registry.load(ModelRef("flowers", version=1))
+    assert loaded.job_id == "job2"
     assert_same(tensors, weights(2))
     assert not (root / ".trash").exists() or list((root / ".trash").iterdir()) == []
 

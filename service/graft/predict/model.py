@@ -1,7 +1,7 @@
 """A servable model version: the network built from a registered artifact, its
 preprocessing exactly as trained, and the runtime that computes it (graft.predict.runtimes
-picks it at load). The Predict engine (predictor.py) caches these; the worker writes the
-card's preprocessing block with `card_preprocessing`.
+picks it at load), all read from the version's typed card (graft.registry.card). The
+Predict engine (predictor.py) caches these.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from graft.backbones import GraftModel, create_model, get_spec
-from graft.backbones.spec import PretrainedSpec
 from graft.data import eval_transform
 from graft.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from graft.domain import ModelVersion
@@ -24,6 +23,7 @@ from graft.predict.batching import BatchPolicy
 from graft.predict.preprocess import Preprocess
 from graft.predict.runtimes import EagerRuntime, Runtime, Trial, choose_runtime
 from graft.predict.settings import PredictSettings
+from graft.registry.card import ModelCard
 
 log = logging.getLogger("graft.predict.predictor")  # the name its log lines always had
 
@@ -97,54 +97,39 @@ class LoadedModel:
         return torch.softmax(logits, dim=1)
 
 
-def card_preprocessing(spec: PretrainedSpec, image_size: int) -> dict[str, Any]:
-    """The model card's `preprocessing` block: what build_model reads back to preprocess
-    exactly as in training."""
-    return {
-        "image_size": image_size,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "interpolation": spec.interpolation,
-        "crop_pct": spec.crop_pct,
-    }
-
-
 def build_model(
     version: ModelVersion,
     state: dict[str, torch.Tensor],
-    card: dict[str, Any],
+    card: ModelCard,
     policy: BatchPolicy | None = None,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> LoadedModel:
     """A servable model from a registered artifact: the architecture with random init and
     the plan's feature cut, then the artifact's weights, strictly; preprocessing exactly as
     the card recorded it. It computes eagerly until `choose_runtime`."""
-    spec = get_spec(card["backbone"])
-    pre = card.get("preprocessing", {})
+    pre = card.preprocessing
     spec = dataclasses.replace(
-        spec,
-        mean=tuple(pre.get("mean", spec.mean)),
-        std=tuple(pre.get("std", spec.std)),
-        interpolation=pre.get("interpolation", spec.interpolation),
-        crop_pct=pre.get("crop_pct", spec.crop_pct),
+        get_spec(card.backbone),
+        mean=pre.mean,
+        std=pre.std,
+        interpolation=pre.interpolation,
+        crop_pct=pre.crop_pct,
     )
-    labels = tuple(card["labels"])
     # A model trained on a feature cut serves with it; the body keeps every weight either way.
     model = create_model(
         spec.name,
-        len(labels),
+        len(card.labels),
         pretrained=False,
-        feature_stages=tuple(card["plan"].get("feature_stages", [])),
-        feature_grid=int(card["plan"].get("feature_grid", 0)),
+        feature_stages=card.plan.feature_stages,
+        feature_grid=card.plan.feature_grid,
     )
     model.load_state_dict(state, strict=True)
     model.eval().to(memory_format=torch.channels_last)
-    image_size = int(pre.get("image_size") or card["plan"]["image_size"])
     return LoadedModel(
         version,
         model,
-        eval_transform(spec, image_size),
-        labels,
-        Preprocess(spec, image_size, max_pixels=max_pixels),
+        eval_transform(spec, pre.image_size),
+        card.labels,
+        Preprocess(spec, pre.image_size, max_pixels=max_pixels),
         policy or BatchPolicy(),
     )

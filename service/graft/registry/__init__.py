@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from graft.registry.card import (
+    CARD_VERSION,
+    DatasetSummary,
+    ModelCard,
+    Preprocessing,
+    TrainingSummary,
+)
 from graft.registry.registry import (
     CARD_FILE,
     WEIGHTS_FILE,
@@ -13,8 +20,13 @@ from graft.registry.registry import (
 
 __all__ = [
     "CARD_FILE",
+    "CARD_VERSION",
     "WEIGHTS_FILE",
+    "DatasetSummary",
+    "ModelCard",
     "ModelRegistry",
+    "Preprocessing",
+    "TrainingSummary",
     "sha256_file",
     "validate_model_name",
     "validate_name",

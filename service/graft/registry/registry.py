@@ -19,6 +19,7 @@ name allocates the same version, finds the folder and discards it before its own
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -29,14 +30,14 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from graft.domain import DEFAULT_TENANT, EvaluationMetrics, ModelRef, ModelVersion
+from graft.domain import DEFAULT_TENANT, ModelRef, ModelVersion
 from graft.errors import FailedPrecondition, InvalidArgument
+from graft.registry.card import ModelCard
 from graft.store.protocol import JobStore
 
 log = logging.getLogger(__name__)
@@ -116,16 +117,13 @@ class ModelRegistry:
         self,
         *,
         name: str,
-        job_id: str,
-        backbone: str,
-        labels: tuple[str, ...] | list[str],
         state_dict: dict[str, torch.Tensor],
-        card: dict[str, Any],
-        metrics: EvaluationMetrics | None,
+        card: ModelCard,
         tenant: str = DEFAULT_TENANT,
     ) -> ModelVersion:
         """Store the weights and card as the next version of `tenant`'s model `name`; see
-        the module doc for why a crash at any point leaves no row without its artifact."""
+        the module doc for why a crash at any point leaves no row without its artifact.
+        The card's identity fields are the store's to fill in."""
         validate_model_name(name)
         staging_root = self.root / STAGING_DIR
         staging_root.mkdir(parents=True, exist_ok=True)
@@ -135,14 +133,6 @@ class ModelRegistry:
             save_file(_plain_tensors(state_dict), str(weights), metadata={"format": "pt"})
             _fsync_file(weights)
             digest = sha256_file(weights)
-            full_card: dict[str, Any] = {
-                "backbone": backbone,
-                "labels": list(labels),
-                "job_id": job_id,
-                "metrics": metrics.to_dict() if metrics is not None else None,
-                "weights_file": WEIGHTS_FILE,
-                **card,
-            }
 
             def publish(mv: ModelVersion) -> str:
                 # Runs under the store's write lock with mv.version allocated.
@@ -162,13 +152,13 @@ class ModelRegistry:
 
             return self.store.add_model_version(
                 name=name,
-                job_id=job_id,
-                backbone=backbone,
-                labels=tuple(labels),
+                job_id=card.job_id,
+                backbone=card.backbone,
+                labels=card.labels,
                 sha256=digest,
-                card=full_card,
+                card=dataclasses.replace(card, weights_file=WEIGHTS_FILE).to_dict(),
                 artifact_dir=str(self.model_root(tenant) / name),  # replaced by publish's answer
-                metrics=metrics,
+                metrics=card.metrics,
                 publish=publish,
                 tenant=tenant,
             )
@@ -220,9 +210,9 @@ class ModelRegistry:
         relocated = self.model_root(mv.tenant) / mv.name / str(mv.version)
         return relocated if relocated.is_dir() else recorded
 
-    def load(self, ref: ModelRef) -> tuple[ModelVersion, dict[str, torch.Tensor], dict[str, Any]]:
+    def load(self, ref: ModelRef) -> tuple[ModelVersion, dict[str, torch.Tensor], ModelCard]:
         """The version `ref` names, its weights (checked against the recorded sha256) and
-        its card. Never unpickles anything."""
+        its card, validated. Never unpickles anything."""
         mv = self.store.resolve_model(ref)
         directory = self.artifact_dir(mv)
         weights_path = directory / WEIGHTS_FILE
@@ -247,20 +237,23 @@ class ModelRegistry:
         return mv, tensors, card
 
     @staticmethod
-    def _read_card(mv: ModelVersion, path: Path) -> dict[str, Any]:
+    def _read_card(mv: ModelVersion, path: Path) -> ModelCard:
         try:
-            card: dict[str, Any] = json.loads(path.read_text())
+            data = json.loads(path.read_text())
         except FileNotFoundError:
             log.warning("%s is missing; using the card recorded in the store", path)
-            return dict(mv.card)
+            return ModelCard.from_dict(mv.card, f"model {mv.name!r} version {mv.version}")
         except (ValueError, UnicodeDecodeError) as e:
             raise FailedPrecondition(f"artifact corrupted: {path} is not JSON: {e}") from e
-        if card.get("sha256") != mv.sha256 or card.get("version") != mv.version:
+        if not isinstance(data, dict) or (data.get("sha256"), data.get("version")) != (
+            mv.sha256,
+            mv.version,
+        ):
             raise FailedPrecondition(
                 f"artifact corrupted: {path} does not describe model {mv.name!r} "
                 f"version {mv.version}"
             )
-        return card
+        return ModelCard.from_dict(data, str(path))
 
     # --- pass-throughs ----------------------------------------------------------------
 

@@ -42,11 +42,16 @@ from graft.domain import EventKind, Job, JobState, ProgressEvent, TrainingPlan
 from graft.observability.logs import log_context, setup_logging
 from graft.observability.metrics import WorkerMetrics, serve_metrics
 from graft.plans import resolve_plan, validate_plan
-from graft.predict.model import card_preprocessing
-from graft.registry import ModelRegistry
+from graft.registry import (
+    DatasetSummary,
+    ModelCard,
+    ModelRegistry,
+    Preprocessing,
+    TrainingSummary,
+)
 from graft.store import JobStore, open_store
 from graft.training.errors import TrainingPreempted
-from graft.training.loop import TrainingCancelled, train
+from graft.training.loop import TrainingCancelled, TrainResult, train
 
 log = logging.getLogger(__name__)
 
@@ -330,41 +335,12 @@ class Worker:
         return plan
 
     def _register(
-        self, job: Job, plan: TrainingPlan, dataset: ScannedDataset, result: Any, emit: Any
+        self, job: Job, plan: TrainingPlan, dataset: ScannedDataset, result: TrainResult, emit: Any
     ) -> None:
-        counts = dataset.counts()
-        spec = get_spec(plan.backbone)
-        card = {
-            "backbone": plan.backbone,
-            "architecture": spec.architecture,
-            "labels": list(dataset.classes),
-            "preprocessing": card_preprocessing(spec, plan.image_size),
-            "plan": plan.to_dict(),
-            "metrics": result.metrics.to_dict(),
-            "dataset": {
-                "fingerprint": dataset.fingerprint,
-                "images": len(dataset.samples),
-                "skipped_files": len(dataset.skipped),
-                "counts": counts,
-            },
-            "training": {
-                "epochs_run": result.epochs_run,
-                "best_epoch": result.best_epoch,
-                "resumed_from_epoch": result.resumed_from_epoch,
-                "train_seconds": result.train_seconds,
-                "device": str(self.device),
-                "attempts": job.attempts,
-            },
-            "job_id": job.job_id,
-        }
         version = self.registry.register(
             name=job.model_name,
-            job_id=job.job_id,
-            backbone=plan.backbone,
-            labels=list(dataset.classes),
             state_dict=result.model.state_dict(),
-            card=card,
-            metrics=result.metrics,
+            card=model_card(job, plan, dataset, result, self.device),
             tenant=job.tenant,  # the worker acts for the job's tenant: the model is theirs
         )
         emit(
@@ -384,6 +360,36 @@ class Worker:
             model_version=version.version,
             metrics=result.metrics,
         )
+
+
+def model_card(
+    job: Job, plan: TrainingPlan, dataset: ScannedDataset, result: TrainResult, device: torch.device
+) -> ModelCard:
+    """The card of the model `job` trained (the registry and the store add its identity)."""
+    spec = get_spec(plan.backbone)
+    return ModelCard(
+        backbone=plan.backbone,
+        labels=tuple(dataset.classes),
+        preprocessing=Preprocessing.from_spec(spec, plan.image_size),
+        plan=plan,
+        job_id=job.job_id,
+        architecture=spec.architecture,
+        metrics=result.metrics,
+        dataset=DatasetSummary(
+            fingerprint=dataset.fingerprint,
+            images=len(dataset.samples),
+            skipped_files=len(dataset.skipped),
+            counts=dataset.counts(),
+        ),
+        training=TrainingSummary(
+            epochs_run=result.epochs_run,
+            best_epoch=result.best_epoch,
+            resumed_from_epoch=result.resumed_from_epoch,
+            train_seconds=result.train_seconds,
+            device=str(device),
+            attempts=job.attempts,
+        ),
+    )
 
 
 def run_worker(config: Config, worker_id: str | None = None) -> int:
