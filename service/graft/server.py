@@ -38,7 +38,8 @@ from graft.api.servicer import AdaptationServicer, Services
 from graft.api.watcher import StoreWatcher
 from graft.config import Config, is_loopback
 from graft.observability.logs import setup_logging
-from graft.observability.metrics import ServerMetrics, StoreCollector, serve_metrics
+from graft.observability.metrics import ServerMetrics, serve_metrics
+from graft.observability.store_metrics import StoreCollector
 from graft.predict import DecodePool, Predictor, PredictSettings
 from graft.registry import ModelRegistry
 from graft.store import open_store

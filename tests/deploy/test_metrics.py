@@ -6,13 +6,17 @@ import re
 
 from tests.deploy.common import METRICS, REPO
 
-METRICS_PY = REPO / "service" / "graft" / "observability" / "metrics.py"
+# Where the service defines its metrics: the server's and worker's, and the store's collector.
+METRICS_SOURCES = [
+    REPO / "service" / "graft" / "observability" / name
+    for name in ("metrics.py", "store_metrics.py")
+]
 
 
 def test_catalogue_matches_the_names_the_service_defines() -> None:
-    source = METRICS_PY.read_text()
+    source = "\n".join(path.read_text() for path in METRICS_SOURCES)
     defined = set(re.findall(r'"((?:graft|grpc_server)_[a-z0-9_]+)"', source))
-    assert defined, f"no metric names found in {METRICS_PY}"
+    assert defined, f"no metric names found in {METRICS_SOURCES}"
     missing = defined - set(METRICS)
     gone = set(METRICS) - defined
     assert not missing and not gone, (

@@ -26,7 +26,7 @@ from PIL import Image
 from graft.backbones.spec import PretrainedSpec, WeightSource
 from graft.config import Config
 from graft.data import ImageDecodeError, load_image, resolve_dataset, save_upload, scan_dataset
-from graft.data.archives import ExtractLimits
+from graft.data.archive_writer import ExtractLimits
 from graft.data.images import check_size, decode, to_rgb
 from graft.domain import DatasetRef
 from graft.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, quote

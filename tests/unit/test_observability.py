@@ -19,7 +19,8 @@ import graft_client
 from graft.api.health import WORKER_HEALTH_NAME, HealthMonitor
 from graft.config import Config
 from graft.observability.logs import log_context, setup_logging
-from graft.observability.metrics import ServerMetrics, StoreCollector
+from graft.observability.metrics import ServerMetrics
+from graft.observability.store_metrics import StoreCollector
 from graft.server import BackgroundServer
 from graft_client import Client, pb
 

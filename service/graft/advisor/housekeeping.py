@@ -28,13 +28,13 @@ from dataclasses import dataclass
 
 from graft import errors
 from graft.config import Config
-from graft.data.resolve import remove_upload
 from graft.data.retention import (
     cache_digests_in_use,
     evict_extracted,
     remove_debris,
     upload_folders,
 )
+from graft.data.uploads import remove_upload
 from graft.domain import DEFAULT_TENANT
 from graft.store import JobStore
 

@@ -1,6 +1,6 @@
 """What Advise measures on a bounded sample: decoding it once, and one pass of each
 candidate's pretrained network that yields everything the signals, the probe and the time
-estimate need (docs/ADVISOR.md)."""
+estimate need (docs/ADVISOR.md); the network's speed is timed by graft.advisor.timing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,8 @@ from torch import nn
 
 from graft.advisor.cancel import checkpoint
 from graft.advisor.depth import CUT_GRID
-from graft.advisor.signals import BatchNormRecorder, ImageNetResponse
+from graft.advisor.signals import BatchNormMoments, BatchNormRecorder, ImageNetResponse
+from graft.advisor.timing import time_inference
 from graft.backbones import create_imagenet_model, stage_output_modules
 from graft.backbones.spec import PretrainedSpec, global_average_pool, grid_average_pool
 from graft.data import ImageDecodeError, Sample, eval_transform, load_image, train_transform
@@ -31,12 +32,6 @@ log = logging.getLogger(__name__)
 # they are means over images and channels, and the pass at the pretraining resolution they
 # need costs about 20 ms per image on two CPU cores.
 SIGNAL_MAX_IMAGES = 256
-# Batches timed for images/s: at least TIMING_BATCHES, more (up to TIMING_MAX_BATCHES)
-# until TIMING_MIN_SECONDS have passed. The fastest batch counts (as timeit does): slower
-# repeats measure other processes competing for the cores, not the network.
-TIMING_BATCHES = 3
-TIMING_MAX_BATCHES = 10
-TIMING_MIN_SECONDS = 0.5
 
 
 @dataclass
@@ -164,11 +159,6 @@ def _batches(n: int, size: int, start: int = 0) -> list[tuple[int, int]]:
     return [(i, min(i + size, n)) for i in range(start, n, size)]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_backbone(
     spec: PretrainedSpec,
     sample: DecodedSample,
@@ -191,80 +181,24 @@ def measure_backbone(
     device = torch.device(device)
     net = create_imagenet_model(spec.name, weights_dir)
     net = net.to(device).to(memory_format=torch.channels_last).eval()
-    classifier = net.get_submodule(spec.classifier)
-    pooled: list[torch.Tensor] = []
-    staged: list[list[torch.Tensor]] = [[] for _ in spec.stages]
-    gridded: list[list[torch.Tensor]] = [[] for _ in spec.stages]
-
-    def keep_pooled(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        pooled.append(inputs[0].detach().flatten(1).float().cpu())
-
-    def keep_stage(i: int) -> Callable[[nn.Module, object, torch.Tensor], None]:
-        def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
-            out = output.detach()
-            staged[i].append(global_average_pool(out).float().cpu())
-            gridded[i].append(grid_average_pool(out, CUT_GRID).float().cpu())
-
-        return hook
-
-    n = len(sample)
-    signal_images = min(signal_images, n)
+    forward = _Forward(net, sample, device, batch_size)
+    signal_images = min(signal_images, len(sample))
     transform = eval_transform(spec, image_size)
-
-    def run(lo: int, hi: int, tf: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
-        checkpoint()
-        x = torch.stack([tf(im) for im in sample.images[lo:hi]]).to(device)
-        out: torch.Tensor = net(x.contiguous(memory_format=torch.channels_last))
-        return out.float().cpu()
-
-    logits: list[torch.Tensor] = []
-    response = None
     with torch.no_grad():
-        handle = classifier.register_forward_pre_hook(keep_pooled)
-        stage_handles = [
-            net.get_submodule(name).register_forward_hook(keep_stage(i))
-            for i, name in enumerate(stage_output_modules(spec))
-        ]
-        try:
-            if signal_images and image_size == spec.input_size:
-                with BatchNormRecorder(net) as rec:
-                    for lo, hi in _batches(signal_images, batch_size):
-                        logits.append(run(lo, hi, transform))
-                    rec.enabled = False
-                    for lo, hi in _batches(n, batch_size, signal_images):
-                        run(lo, hi, transform)
-                    moments = rec.moments()
-            else:
-                for lo, hi in _batches(n, batch_size):
-                    run(lo, hi, transform)
-        finally:
-            handle.remove()
-            for h in stage_handles:
-                h.remove()
-        features = torch.cat(pooled) if pooled else torch.empty(0, spec.num_features)
-        stage_features = tuple(torch.cat(parts) for parts in staged if parts)
-        stage_grid_features = tuple(torch.cat(parts) for parts in gridded if parts)
+        with _capturing(net, spec) as captured:
+            response = _features_pass(forward, spec, transform, image_size, signal_images)
         if signal_images and image_size != spec.input_size:
-            native = eval_transform(spec, spec.input_size)
-            with BatchNormRecorder(net) as rec:
-                for lo, hi in _batches(signal_images, batch_size):
-                    logits.append(run(lo, hi, native))
-                moments = rec.moments()
-        if signal_images:
-            response = ImageNetResponse(
-                backbone=spec.name,
-                image_size=spec.input_size,
-                logits=torch.cat(logits),
-                batchnorm=moments,
-            )
-        ips, fractions, measured = _time_inference(net, spec, sample, transform, batch_size, device)
+            response = _native_signals(forward, spec, signal_images)
+        ips, fractions, measured = time_inference(
+            net, spec, sample.images, transform, batch_size, device
+        )
     return BackboneMeasurement(
         spec=spec,
         image_size=image_size,
         batch_size=batch_size,
-        features=features,
-        stage_features=stage_features,
-        stage_grid_features=stage_grid_features,
+        features=captured.features(spec.num_features),
+        stage_features=tuple(torch.cat(parts) for parts in captured.staged if parts),
+        stage_grid_features=tuple(torch.cat(parts) for parts in captured.gridded if parts),
         images_per_second=ips,
         stage_fractions=fractions,
         stage_fractions_measured=measured,
@@ -273,81 +207,112 @@ def measure_backbone(
     )
 
 
-def _time_inference(
-    net: nn.Module,
-    spec: PretrainedSpec,
-    sample: DecodedSample,
-    transform: Callable[[Image.Image], torch.Tensor],
-    batch_size: int,
-    device: torch.device,
-) -> tuple[float, tuple[float, ...], bool]:
-    """(images/s, forward-time share of each stage, whether that share was measured).
+@dataclass
+class _Forward:
+    """The network on its device, run over the decoded sample a batch at a time."""
 
-    Batches of `batch_size` (images repeated to fill one; see TIMING_BATCHES) run with
-    timing hooks on every stage module; the fastest batch gives images/s, and each stage's
-    fastest time over the batches gives its share."""
-    n = len(sample)
-    if n == 0:
-        return 0.0, _parameter_fractions(net, spec), False
-    idx = [i % n for i in range(batch_size)]
-    x = torch.stack([transform(sample.images[i]) for i in idx]).to(device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    net(x)  # warm-up at exactly this shape (allocator, kernel selection)
+    net: nn.Module
+    sample: DecodedSample
+    device: torch.device
+    batch_size: int
+
+    def __call__(self, lo: int, hi: int, tf: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+        """The outputs (logits) of images [lo, hi), float32 on the CPU."""
+        checkpoint()
+        x = torch.stack([tf(im) for im in self.sample.images[lo:hi]]).to(self.device)
+        out: torch.Tensor = self.net(x.contiguous(memory_format=torch.channels_last))
+        return out.float().cpu()
+
+    def run(self, stop: int, tf: Callable[[Image.Image], torch.Tensor], start: int = 0) -> None:
+        """Images [start, stop), their outputs left to the hooks."""
+        for lo, hi in _batches(stop, self.batch_size, start):
+            self(lo, hi, tf)
+
+    def logits(self, stop: int, tf: Callable[[Image.Image], torch.Tensor]) -> list[torch.Tensor]:
+        """The outputs of images [0, stop), batch by batch."""
+        return [self(lo, hi, tf) for lo, hi in _batches(stop, self.batch_size)]
+
+
+@dataclass
+class _Captured:
+    """What the hooks keep of each batch: the classifier's input (the pooled features) and
+    each stage's output pooled globally and over a CUT_GRID x CUT_GRID grid."""
+
+    pooled: list[torch.Tensor]
+    staged: list[list[torch.Tensor]]
+    gridded: list[list[torch.Tensor]]
+
+    def features(self, num_features: int) -> torch.Tensor:
+        return torch.cat(self.pooled) if self.pooled else torch.empty(0, num_features)
+
+
+@contextlib.contextmanager
+def _capturing(net: nn.Module, spec: PretrainedSpec) -> Iterator[_Captured]:
+    """Hooks on the classifier's input and every stage's output while the block runs."""
+    captured = _Captured([], [[] for _ in spec.stages], [[] for _ in spec.stages])
+
+    def keep_pooled(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        captured.pooled.append(inputs[0].detach().flatten(1).float().cpu())
+
+    def keep_stage(i: int) -> Callable[[nn.Module, object, torch.Tensor], None]:
+        def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+            out = output.detach()
+            captured.staged[i].append(global_average_pool(out).float().cpu())
+            captured.gridded[i].append(grid_average_pool(out, CUT_GRID).float().cpu())
+
+        return hook
+
+    handle = net.get_submodule(spec.classifier).register_forward_pre_hook(keep_pooled)
+    stage_handles = [
+        net.get_submodule(name).register_forward_hook(keep_stage(i))
+        for i, name in enumerate(stage_output_modules(spec))
+    ]
     try:
-        stages = [[net.get_submodule(name) for name in stage] for stage in spec.stages]
-    except AttributeError:
-        stages = []
-    spent = [0.0] * len(stages)
-    starts: dict[int, float] = {}
-
-    def pre(module: nn.Module, inputs: object) -> None:
-        _sync(device)
-        starts[id(module)] = time.perf_counter()
-
-    def post_for(i: int) -> Callable[[nn.Module, object, object], None]:
-        def post(module: nn.Module, inputs: object, output: object) -> None:
-            _sync(device)
-            spent[i] += time.perf_counter() - starts.pop(id(module))
-
-        return post
-
-    handles = []
-    for i, modules in enumerate(stages):
-        for m in modules:
-            handles.append(m.register_forward_pre_hook(pre))
-            handles.append(m.register_forward_hook(post_for(i)))
-    best = float("inf")
-    best_stage = [float("inf")] * len(stages)
-    timed_from = time.perf_counter()
-    try:
-        for i in range(TIMING_MAX_BATCHES):
-            if i >= TIMING_BATCHES and time.perf_counter() - timed_from >= TIMING_MIN_SECONDS:
-                break
-            spent[:] = [0.0] * len(stages)
-            _sync(device)
-            t0 = time.perf_counter()
-            net(x)
-            _sync(device)
-            best = min(best, time.perf_counter() - t0)
-            best_stage = [min(a, b) for a, b in zip(best_stage, spent, strict=True)]
+        yield captured
     finally:
-        for h in handles:
+        handle.remove()
+        for h in stage_handles:
             h.remove()
-    ips = batch_size / max(best, 1e-9)
-    total = sum(best_stage)
-    if not stages or total <= 0:
-        return ips, _parameter_fractions(net, spec), False
-    return ips, tuple(t / total for t in best_stage), True
 
 
-def _parameter_fractions(net: nn.Module, spec: PretrainedSpec) -> tuple[float, ...]:
-    """Fallback share per stage: its parameter count (a poor proxy for compute)."""
-    counts = []
-    for stage in spec.stages:
-        c = 0
-        for name in stage:
-            with contextlib.suppress(AttributeError):
-                c += sum(p.numel() for p in net.get_submodule(name).parameters())
-        counts.append(c)
-    total = sum(counts) or 1
-    return tuple(c / total for c in counts)
+def _features_pass(
+    forward: _Forward,
+    spec: PretrainedSpec,
+    transform: Callable[[Image.Image], torch.Tensor],
+    image_size: int,
+    signal_images: int,
+) -> ImageNetResponse | None:
+    """The pass over the whole sample at `image_size`; at the pretraining resolution it also
+    records the signals of the first `signal_images` images (None when it does not)."""
+    n = len(forward.sample)
+    if not (signal_images and image_size == spec.input_size):
+        forward.run(n, transform)
+        return None
+    with BatchNormRecorder(forward.net) as rec:
+        logits = forward.logits(signal_images, transform)
+        rec.enabled = False
+        forward.run(n, transform, signal_images)
+        moments = rec.moments()
+    return _response(spec, logits, moments)
+
+
+def _native_signals(
+    forward: _Forward, spec: PretrainedSpec, signal_images: int
+) -> ImageNetResponse:
+    """A second pass, at the pretraining resolution, over the first `signal_images`."""
+    native = eval_transform(spec, spec.input_size)
+    with BatchNormRecorder(forward.net) as rec:
+        logits = forward.logits(signal_images, native)
+        moments = rec.moments()
+    return _response(spec, logits, moments)
+
+
+def _response(
+    spec: PretrainedSpec, logits: list[torch.Tensor], moments: list[BatchNormMoments]
+) -> ImageNetResponse:
+    return ImageNetResponse(
+        backbone=spec.name,
+        image_size=spec.input_size,
+        logits=torch.cat(logits),
+        batchnorm=moments,
+    )

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
-from graft.advisor.measure import TIMING_BATCHES, DecodedSample
+from graft.advisor.measure import DecodedSample
+from graft.advisor.timing import TIMING_BATCHES
+from graft.backbones.spec import PretrainedSpec
 from graft.data import eval_transform, train_transform
 from graft.data.transforms import Transform
 from graft.domain import Strategy, TrainingPlan
@@ -103,41 +105,20 @@ def pilot_fine_tune(
     stop = should_stop or _never
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
-    train_idx = list(train_idx)
-    if len(train_idx) > PILOT_MAX_TRAIN_IMAGES:
-        keep = torch.randperm(len(train_idx), generator=gen)[:PILOT_MAX_TRAIN_IMAGES]
-        train_idx = [train_idx[i] for i in sorted(keep.tolist())]
+    train_idx = _bounded(list(train_idx), gen)
     model = build_model(plan, num_classes, device=device, seed=seed, weights_dir=weights_dir)
-    batch = max(1, min(plan.batch_size, len(train_idx)))
-    # The trainer's rule: BatchNorm cannot normalise a last batch of one image.
-    drop_last = len(train_idx) > batch and len(train_idx) % batch == 1
-    steps_per_epoch = len(train_idx) // batch if drop_last else math.ceil(len(train_idx) / batch)
+    batch, steps_per_epoch = _batching(plan.batch_size, len(train_idx))
     optimizer = make_optimizer(model, plan)
     scheduler = make_scheduler(optimizer, pilot_schedule(plan, epochs, steps_per_epoch))
     loss_fn = make_loss(plan, [sample.labels[i] for i in train_idx], num_classes, device)
-    augment = train_transform(model.spec, plan.image_size, plan.augmentation)
-    plain = eval_transform(model.spec, plan.image_size)
-    labels = torch.tensor(sample.labels)
-    # Without augmentation every epoch sees the same tensors: transform them once.
-    fixed_train = None if plan.augmentation else _stack(sample, plain, train_idx, device)
-
-    def train_batches() -> Iterator[Batch]:
-        order = torch.randperm(len(train_idx), generator=gen).tolist()
-        for lo in range(0, steps_per_epoch * batch, batch):
-            part = order[lo : lo + batch]
-            if fixed_train is not None:
-                x = fixed_train[part]
-            else:  # augmentation draws from torch's global RNG, seeded by build_model
-                x = _stack(sample, augment, [train_idx[i] for i in part], device)
-            yield x, labels[[train_idx[i] for i in part]]
-
+    data = _PilotData(plan, model.spec, sample, train_idx, batch, steps_per_epoch, gen, device)
     for epoch in range(epochs):
         if stop():
             raise TrainingCancelled(f"pilot cancelled before epoch {epoch + 1}")
         begin_epoch(model, plan, epoch)
         train_epoch(
             model,
-            train_batches(),
+            data.train_batches(),
             optimizer=optimizer,
             scheduler=scheduler,
             loss_fn=loss_fn,
@@ -146,13 +127,9 @@ def pilot_fine_tune(
             epoch=epoch + 1,
         )
     val_idx = list(val_idx)
-    val_batches = (
-        (_stack(sample, plain, part, device), labels[part])
-        for part in (val_idx[lo : lo + EVAL_BATCH] for lo in range(0, len(val_idx), EVAL_BATCH))
-    )
     metrics = evaluate(
         model,
-        val_batches,
+        data.val_batches(val_idx),
         labels=[str(c) for c in range(num_classes)],
         device=device,
         should_stop=stop,
@@ -164,6 +141,64 @@ def pilot_fine_tune(
         train_images=len(train_idx),
         val_images=len(val_idx),
     )
+
+
+def _bounded(train_idx: list[int], gen: torch.Generator) -> list[int]:
+    """At most PILOT_MAX_TRAIN_IMAGES of `train_idx`, drawn with `gen`, in their order."""
+    if len(train_idx) > PILOT_MAX_TRAIN_IMAGES:
+        keep = torch.randperm(len(train_idx), generator=gen)[:PILOT_MAX_TRAIN_IMAGES]
+        train_idx = [train_idx[i] for i in sorted(keep.tolist())]
+    return train_idx
+
+
+def _batching(batch_size: int, n: int) -> tuple[int, int]:
+    """(batch size, steps per epoch) for `n` training images."""
+    batch = max(1, min(batch_size, n))
+    # The trainer's rule: BatchNorm cannot normalise a last batch of one image.
+    drop_last = n > batch and n % batch == 1
+    return batch, n // batch if drop_last else math.ceil(n / batch)
+
+
+class _PilotData:
+    """The pilot's batches, built from the decoded sample in memory: training batches in an
+    order drawn from the pilot's own generator, validation batches of EVAL_BATCH."""
+
+    def __init__(
+        self,
+        plan: TrainingPlan,
+        spec: PretrainedSpec,
+        sample: DecodedSample,
+        train_idx: list[int],
+        batch: int,
+        steps_per_epoch: int,
+        gen: torch.Generator,
+        device: torch.device,
+    ) -> None:
+        self.sample, self.train_idx, self.gen, self.device = sample, train_idx, gen, device
+        self.batch, self.steps_per_epoch = batch, steps_per_epoch
+        self.augment = train_transform(spec, plan.image_size, plan.augmentation)
+        self.plain = eval_transform(spec, plan.image_size)
+        self.labels = torch.tensor(sample.labels)
+        # Without augmentation every epoch sees the same tensors: transform them once.
+        self.fixed_train = (
+            None if plan.augmentation else _stack(sample, self.plain, train_idx, device)
+        )
+
+    def train_batches(self) -> Iterator[Batch]:
+        train_idx, batch = self.train_idx, self.batch
+        order = torch.randperm(len(train_idx), generator=self.gen).tolist()
+        for lo in range(0, self.steps_per_epoch * batch, batch):
+            part = order[lo : lo + batch]
+            if self.fixed_train is not None:
+                x = self.fixed_train[part]
+            else:  # augmentation draws from torch's global RNG, seeded by build_model
+                x = _stack(self.sample, self.augment, [train_idx[i] for i in part], self.device)
+            yield x, self.labels[[train_idx[i] for i in part]]
+
+    def val_batches(self, val_idx: list[int]) -> Iterator[Batch]:
+        for lo in range(0, len(val_idx), EVAL_BATCH):
+            part = val_idx[lo : lo + EVAL_BATCH]
+            yield _stack(self.sample, self.plain, part, self.device), self.labels[part]
 
 
 def time_training_step(

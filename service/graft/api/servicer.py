@@ -41,7 +41,7 @@ from graft.apikeys import validate_tenant
 from graft.backbones import DEFAULT_BACKBONE, backbone_statuses, get_spec
 from graft.config import Config
 from graft.data import UploadReceiver, locate_dataset
-from graft.data.resolve import UploadQuota, remove_upload
+from graft.data.uploads import UploadQuota, remove_upload
 from graft.domain import (
     DEFAULT_TENANT,
     DatasetRef,

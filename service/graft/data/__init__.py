@@ -3,16 +3,11 @@ splitting, and THE preprocessing shared by training and Predict. See docs/DATA.m
 
 from graft.data.dataset import ImageDataset
 from graft.data.images import ImageDecodeError, load_image
-from graft.data.resolve import (
-    UploadInfo,
-    UploadReceiver,
-    check_upload,
-    locate_dataset,
-    resolve_dataset,
-    save_upload,
-)
-from graft.data.scan import Sample, ScannedDataset, scan_dataset, split_dataset
+from graft.data.resolve import locate_dataset, resolve_dataset
+from graft.data.scan import Sample, ScannedDataset, scan_dataset
+from graft.data.split import split_dataset
 from graft.data.transforms import eval_transform, train_transform
+from graft.data.uploads import UploadInfo, UploadReceiver, check_upload, save_upload
 
 __all__ = [
     "ImageDataset",

@@ -1,5 +1,6 @@
-"""Turning a DatasetRef into a local path: confinement to data roots, uploads, and the
-extracted-archive cache.
+"""Turning a DatasetRef into a local path: confinement to data roots, an upload's folder by
+its id, and the extracted-archive cache. Receiving and checking uploads is
+graft.data.uploads'.
 
 On disk: an upload is `uploads_dir/<dataset_id>/` with its archive, its meta file and its
 own extracted copy (`extracted/`), so that deleting it frees all of it and what a tenant
@@ -9,8 +10,6 @@ folder's mtime: graft.data.retention evicts the least recently used)."""
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import hashlib
 import json
 import os
@@ -18,61 +17,24 @@ import re
 import shutil
 import stat
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from graft.config import Config
-from graft.data.archives import ExtractLimits, UnsafeArchive
+from graft.data.archive_writer import ExtractLimits, UnsafeArchive
 from graft.data.archives import extract_tar as _extract_tar
 from graft.data.archives import extract_zip as _extract_zip
 from graft.data.files import FileProblem, inside, kind_of, lexical_real_path, real_path
-from graft.data.scan import scan_dataset
 from graft.domain import DatasetRef
-from graft.errors import Cancelled, InvalidArgument, NotFound, ResourceExhausted, quote
+from graft.errors import InvalidArgument, NotFound, quote
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 UPLOAD_META = "upload.json"
 UPLOAD_EXTRACTED = "extracted"  # an upload's own extracted copy, inside its folder
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
 _CHUNK = 1 << 20
 MAX_URI_CHARS = 1024  # a dataset.uri longer than this is refused before touching the disk
-DELETING_PREFIX = ".deleting-"  # an upload folder being removed (renamed away first)
-
-
-@dataclass(frozen=True)
-class UploadInfo:
-    """What UploadDataset reports back."""
-
-    dataset_id: str
-    size_bytes: int
-    images: int
-    classes: int
-    skipped_files: int
-    extracted_bytes: int = 0  # its extracted copy, as counted while extracting
-
-
-@dataclass(frozen=True)
-class UploadQuota:
-    """A tenant's upload quota in bytes (0: none) and what its uploads store already."""
-
-    limit: int
-    used: int
-
-    @property
-    def left(self) -> int | None:
-        """Bytes it may still store (None: no quota)."""
-        return self.limit - self.used if self.limit else None
-
-    def exceeded(self) -> ResourceExhausted:
-        return ResourceExhausted(
-            f"the upload passes this tenant's upload quota: its uploads store {self.used} of"
-            f" {self.limit} bytes (upload_quota_bytes); delete unused ones (graft datasets"
-            " delete) or ask for a larger quota"
-        )
 
 
 def archive_suffix(name: str) -> str:
@@ -170,7 +132,11 @@ def _confined(uri: str, config: Config) -> Path:
     return path
 
 
-def _upload_dir(dataset_id: str, config: Config) -> Path:
+# --------------------------------------------------------------------------- an upload's folder
+
+
+def upload_dir(dataset_id: str, config: Config) -> Path:
+    """The folder of the upload `dataset_id` (InvalidArgument for a malformed id)."""
     if not _ID_RE.match(dataset_id):
         raise InvalidArgument.of(
             "dataset.dataset_id",
@@ -181,7 +147,7 @@ def _upload_dir(dataset_id: str, config: Config) -> Path:
 
 def _upload_archive(dataset_id: str, config: Config) -> tuple[Path, str]:
     """The upload's archive and its sha256 (recorded when it was received)."""
-    d = _upload_dir(dataset_id, config)
+    d = upload_dir(dataset_id, config)
     try:
         meta = json.loads((d / UPLOAD_META).read_text())
         path = d / sanitise_filename(meta["filename"])
@@ -190,7 +156,17 @@ def _upload_archive(dataset_id: str, config: Config) -> tuple[Path, str]:
         raise NotFound(f"no uploaded dataset with id {quote(dataset_id)}") from None
     if not path.is_file():
         raise NotFound(f"uploaded dataset {quote(dataset_id)} has lost its archive")
-    return path, sha if _SHA_RE.match(sha) else ""
+    return path, sha if SHA256_RE.match(sha) else ""
+
+
+def sanitise_filename(filename: str) -> str:
+    """The base name with anything but letters, digits, '.', '-' and '_' replaced."""
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    safe = _SAFE_NAME_RE.sub("_", base).lstrip(".")
+    suffix = archive_suffix(safe)
+    if not safe or safe.lower() == suffix:
+        safe = "upload" + suffix
+    return safe[-200:]
 
 
 # --------------------------------------------------------------------------- archives
@@ -212,7 +188,7 @@ def archive_sha256(path: Path, config: Config) -> str:
     memo = config.cache_dir / "extracted" / "by-stat" / key
     try:
         digest = memo.read_text().strip()
-        if _SHA_RE.match(digest):
+        if SHA256_RE.match(digest):
             return digest
     except OSError:
         pass
@@ -238,10 +214,10 @@ def extracted_root(archive: Path, config: Config, sha256: str = "") -> Path:
     if not extracted:
         target.parent.mkdir(parents=True, exist_ok=True)
         limits = ExtractLimits.for_archive(archive.stat().st_size, config)
-        size = _extract(archive, target, limits)
+        size = extract_archive(archive, target, limits)
         if size:
             write_atomically(target.parent / f"{digest}.size", str(size))
-    return _descend(target).resolve()
+    return dataset_folder(target).resolve()
 
 
 def upload_root(archive: Path, config: Config) -> Path:
@@ -249,11 +225,11 @@ def upload_root(archive: Path, config: Config) -> Path:
     (made by `check_upload`; an upload older than that is extracted now)."""
     target = archive.parent / UPLOAD_EXTRACTED
     if not target.is_dir():
-        _extract(archive, target, ExtractLimits.for_archive(archive.stat().st_size, config))
-    return _descend(target).resolve()
+        extract_archive(archive, target, ExtractLimits.for_archive(archive.stat().st_size, config))
+    return dataset_folder(target).resolve()
 
 
-def _extract(archive: Path, target: Path, limits: ExtractLimits) -> int:
+def extract_archive(archive: Path, target: Path, limits: ExtractLimits) -> int:
     """Extract `archive` into the new folder `target` (through a temporary sibling renamed
     into place, so `target` is complete or absent); the bytes written, 0 when another
     process extracted it first. `target`'s parent must exist."""
@@ -283,193 +259,10 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _descend(target: Path) -> Path:
+def dataset_folder(target: Path) -> Path:
+    """The dataset inside the extraction `target`: its single top-level folder when the
+    archive wraps one (dotfiles and __MACOSX aside), else `target` itself."""
     entries = [p for p in target.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
     if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
         return entries[0]
     return target
-
-
-# --------------------------------------------------------------------------- uploads
-
-
-def sanitise_filename(filename: str) -> str:
-    """The base name with anything but letters, digits, '.', '-' and '_' replaced."""
-    base = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
-    safe = _SAFE_NAME_RE.sub("_", base).lstrip(".")
-    suffix = archive_suffix(safe)
-    if not safe or safe.lower() == suffix:
-        safe = "upload" + suffix
-    return safe[-200:]
-
-
-class UploadReceiver:
-    """The API's part of an upload: write the streamed archive under
-    `uploads_dir/<new id>/` and hash it, bounded by `config.max_upload_bytes` and by what is
-    left of the tenant's `quota` (RESOURCE_EXHAUSTED at the first byte past either). Checking
-    what the archive holds (extracting, scanning) is a worker's (`check_upload`). Blocking
-    file I/O: the asyncio API calls it off its event loop, one chunk at a time."""
-
-    def __init__(
-        self, config: Config, filename: str, sha256: str = "", quota: UploadQuota | None = None
-    ) -> None:
-        if len(filename) > MAX_URI_CHARS:
-            raise InvalidArgument.of(
-                "filename", f"is {len(filename)} characters long, more than {MAX_URI_CHARS}"
-            )
-        if not archive_suffix(filename):
-            raise InvalidArgument.of(
-                "filename", f"{quote(filename)} is not a .zip, .tar, .tar.gz or .tgz archive"
-            )
-        if sha256 and not _SHA_RE.match(sha256):
-            raise InvalidArgument.of("sha256", "must be 64 hexadecimal digits")
-        self.filename, self.expected_sha = filename, sha256.lower()
-        self.name = sanitise_filename(filename)
-        self.limit = config.max_upload_bytes
-        self.quota = quota
-        self.dataset_id = uuid.uuid4().hex
-        self.dir = config.uploads_dir / self.dataset_id
-        self.dir.mkdir(parents=True)
-        self._part = self.dir / (self.name + ".part")
-        self._file = open(self._part, "wb")  # noqa: SIM115 (closed by finish or abort)
-        self._hash = hashlib.sha256()
-        self.size = 0
-
-    def write(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > self.limit:
-            raise ResourceExhausted(
-                f"upload exceeds the limit of {self.limit} bytes (max_upload_bytes)"
-            )
-        if self.quota is not None:
-            left = self.quota.left
-            if left is not None and self.size > left:
-                raise self.quota.exceeded()
-        self._hash.update(chunk)
-        try:
-            self._file.write(chunk)
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise ResourceExhausted(
-                    "not enough disk space on the server for the upload"
-                ) from None
-            raise
-
-    def finish(self) -> dict[str, object]:
-        """Close and check the archive; the request of its CHECK_UPLOAD task."""
-        self._file.close()
-        digest = self._hash.hexdigest()
-        if self.size == 0:
-            raise InvalidArgument.of("chunk", "the upload is empty")
-        if self.expected_sha and digest != self.expected_sha:
-            raise InvalidArgument.of(
-                "sha256",
-                f"the received {self.size} bytes hash to {digest}, not {self.expected_sha}",
-            )
-        os.replace(self._part, self.dir / self.name)
-        return {
-            "dataset_id": self.dataset_id,
-            "filename": self.name,
-            "original_filename": self.filename,
-            "size_bytes": self.size,
-            "sha256": digest,
-        }
-
-    def abort(self) -> None:
-        """Nothing is kept of a rejected or abandoned upload."""
-        self._file.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def check_upload(config: Config, received: dict[str, object]) -> UploadInfo:
-    """The worker's part of an upload: extract the archive `UploadReceiver` wrote into the
-    upload's own folder and scan it, then record it (its meta file makes it usable as a
-    `dataset_id`). `received["quota_left_bytes"]`, when set, bounds the extracted copy.
-
-    Raises InvalidArgument (`chunk`) for an unsafe archive, ResourceExhausted past the
-    quota, FailedPrecondition when it holds no usable dataset. Nothing is kept of a
-    rejected upload."""
-    dataset_id, name, digest = (str(received[k]) for k in ("dataset_id", "filename", "sha256"))
-    d = _upload_dir(dataset_id, config)
-    quota_left = received.get("quota_left_bytes")
-    try:
-        archive = d / name
-        limits = ExtractLimits.for_archive(archive.stat().st_size, config)
-        if quota_left is not None:
-            limits = dataclasses.replace(limits, quota_bytes=int(str(quota_left)))
-        try:
-            extracted_bytes = _extract(archive, d / UPLOAD_EXTRACTED, limits)
-            root = _descend(d / UPLOAD_EXTRACTED).resolve()
-            ds = scan_dataset(
-                root, max_pixels=config.max_image_pixels, max_classes=config.max_classes
-            )
-        except UnsafeArchive as e:
-            raise InvalidArgument.of("chunk", str(e)) from None
-        meta = {
-            "filename": name,
-            "original_filename": received["original_filename"],
-            "size_bytes": received["size_bytes"],
-            "sha256": digest,
-            "fingerprint": ds.fingerprint,
-            "extracted_bytes": extracted_bytes,
-        }
-        if "tenant" in received:  # an upload the store records (graft.advisor.housekeeping)
-            meta["tenant"] = received["tenant"]
-        (d / (UPLOAD_META + ".tmp")).write_text(json.dumps(meta, indent=1))
-        os.replace(d / (UPLOAD_META + ".tmp"), d / UPLOAD_META)
-    except FileNotFoundError:
-        if d.exists():
-            shutil.rmtree(d, ignore_errors=True)
-            raise
-        # The API removed it: its caller went away or ran out of time (not a bug).
-        raise Cancelled(f"upload {dataset_id} was withdrawn while it was checked") from None
-    except BaseException:
-        shutil.rmtree(d, ignore_errors=True)
-        raise
-    return UploadInfo(
-        dataset_id=dataset_id,
-        size_bytes=int(str(received["size_bytes"])),
-        images=len(ds.samples),
-        classes=len(ds.classes),
-        skipped_files=len(ds.skipped),
-        extracted_bytes=extracted_bytes,
-    )
-
-
-def save_upload(
-    config: Config, filename: str, chunks: Iterable[bytes], sha256: str = ""
-) -> UploadInfo:
-    """Receive and check an upload in one call (scripts and tests; the service splits it
-    between the API and a worker)."""
-    receiver = UploadReceiver(config, filename, sha256)
-    try:
-        for chunk in chunks:
-            receiver.write(chunk)
-        received = receiver.finish()
-    except BaseException:
-        receiver.abort()
-        raise
-    return check_upload(config, received)
-
-
-def read_upload_meta(dataset_id: str, config: Config) -> dict[str, Any] | None:
-    """The meta file of a checked upload (None: none, or unreadable)."""
-    try:
-        meta = json.loads((_upload_dir(dataset_id, config) / UPLOAD_META).read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def remove_upload(dataset_id: str, config: Config) -> bool:
-    """Remove an upload's folder (archive, extracted copy, meta); False if it had none.
-    The folder is renamed away first, so a half-removed one is never taken for an upload
-    (graft.data.retention clears what a crash leaves of it)."""
-    d = _upload_dir(dataset_id, config)
-    doomed = d.with_name(f"{DELETING_PREFIX}{dataset_id}-{uuid.uuid4().hex[:8]}")
-    try:
-        os.rename(d, doomed)
-    except FileNotFoundError:
-        return False
-    shutil.rmtree(doomed, ignore_errors=True)
-    return True

@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graft.config import Config
-from graft.data.archives import ENTRY_COST
+from graft.data.archive_writer import ENTRY_COST
 from graft.data.resolve import (
-    DELETING_PREFIX,
     UPLOAD_META,
     archive_sha256,
     archive_suffix,
     locate_dataset,
     write_atomically,
 )
+from graft.data.uploads import DELETING_PREFIX
 from graft.domain import DatasetRef
 from graft.errors import GraftError
 

@@ -3,8 +3,8 @@
 Server: the conventional gRPC server metrics (the names of go-grpc-prometheus and
 py-grpc-prometheus, so existing dashboards and alerts work), recorded by
 graft.api.metrics.MetricsInterceptor for unary and streaming RPCs alike (this module loads no
-gRPC: the worker imports it); Predict's stage timings and model cache; and the job
-store's state, read at scrape time by `StoreCollector` (never a stale copy).
+gRPC: the worker imports it); Predict's stage timings and model cache. The job store's
+state is read at scrape time by graft.observability.store_metrics.StoreCollector.
 
 Worker: training throughput, step/epoch/checkpoint/job timings, GPU memory, heartbeat.
 Each process owns its counters; a restarted worker starts from zero, which Prometheus's
@@ -14,12 +14,11 @@ Each process owns its counters; a restarted worker starts from zero, which Prome
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 import platform
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -31,13 +30,9 @@ from prometheus_client import (
     make_wsgi_app,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
-from prometheus_client.registry import Collector
 
 from graft import __version__
-
-log = logging.getLogger(__name__)
 
 RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
 # RPCs here run from milliseconds (GetJob) to hours (StreamProgress of a long job).
@@ -95,8 +90,27 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class ServerMetrics:
+    """The API server's metrics. Registered in this order (the order of a scrape): the gRPC
+    server metrics, Predict's, build info, admission control's."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry if registry is not None else new_registry()
+        self._define_rpc(r)
+        self._define_predict(r)
+        self.build_info = Gauge(
+            "graft_build_info",
+            "Always 1; the labels say what is running.",
+            ("version", "python", "torch", "grpcio"),
+            registry=r,
+        )
+        self._define_admission(r)
+        for stage in PREDICT_STAGES:
+            self.predict_stage.labels(stage)  # every series exists from the first scrape
+        for outcome in ("ok", "error"):
+            self.predict_images.labels(outcome)
+
+    def _define_rpc(self, r: CollectorRegistry) -> None:
+        """The conventional gRPC server metrics (go-grpc-prometheus's names)."""
         self.started = Counter(
             "grpc_server_started_total", "RPCs started on the server.", RPC_LABELS, registry=r
         )
@@ -125,6 +139,9 @@ class ServerMetrics:
             RPC_LABELS,
             registry=r,
         )
+
+    def _define_predict(self, r: CollectorRegistry) -> None:
+        """Predict's stage timings, batch sizes, outcomes and model cache."""
         self.predict_stage = Histogram(
             "graft_predict_stage_seconds",
             "Predict time per stage: load (model from the registry, cache misses only), decode"
@@ -167,12 +184,9 @@ class ServerMetrics:
             "Models evicted from the Predict cache (least recently used first).",
             registry=r,
         )
-        self.build_info = Gauge(
-            "graft_build_info",
-            "Always 1; the labels say what is running.",
-            ("version", "python", "torch", "grpcio"),
-            registry=r,
-        )
+
+    def _define_admission(self, r: CollectorRegistry) -> None:
+        """Admission control's slots: running, waiting, rejected RPCs."""
         self.rpc_running = Gauge(
             "graft_rpc_running",
             "AdaptationService RPCs running now, by method (admission control's slots).",
@@ -191,10 +205,6 @@ class ServerMetrics:
             ("grpc_method",),
             registry=r,
         )
-        for stage in PREDICT_STAGES:
-            self.predict_stage.labels(stage)  # every series exists from the first scrape
-        for outcome in ("ok", "error"):
-            self.predict_images.labels(outcome)
 
     def set_build_info(self) -> None:
         import torch
@@ -219,65 +229,6 @@ class ServerMetrics:
         self.predict_batch.observe(images)
         self.predict_images.labels("ok").inc(images - failed)
         self.predict_images.labels("error").inc(failed)
-
-
-class StoreCollector(Collector):
-    """Job and registry gauges read from the store at scrape time."""
-
-    def __init__(
-        self, store: Any, worker_ready_seconds: float, clock: Callable[[], float] = time.time
-    ) -> None:
-        self.store = store
-        self.worker_ready_seconds = worker_ready_seconds
-        self.clock = clock
-
-    def describe(self) -> Iterable[Any]:
-        return []  # collected lazily: no store access at registration
-
-    def collect(self) -> Iterator[Any]:
-        up = GaugeMetricFamily("graft_store_up", "1 when the job store answered this scrape.")
-        try:
-            now = self.clock()
-            counts = self.store.count_jobs_by_state()
-            depth = self.store.queue_depth()
-            oldest = self.store.oldest_queued_age(now)
-            versions = self.store.count_model_versions()
-            workers = self.store.list_workers()
-            upload_bytes = self.store.upload_usage()
-        except Exception:
-            log.exception("metrics: the job store did not answer")
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
-        jobs = GaugeMetricFamily("graft_jobs", "Jobs in the store, by state.", labels=["state"])
-        for state, n in sorted(counts.items()):
-            jobs.add_metric([state.name.lower()], n)
-        yield jobs
-        yield GaugeMetricFamily("graft_queue_depth", "Jobs waiting for a worker.", value=depth)
-        yield GaugeMetricFamily(
-            "graft_oldest_queued_job_age_seconds",
-            "Age of the oldest queued job (0 when none waits).",
-            value=oldest,
-        )
-        yield GaugeMetricFamily(
-            "graft_registry_model_versions",
-            "Model versions in the registry.",
-            value=versions,
-        )
-        yield GaugeMetricFamily(
-            "graft_upload_bytes",
-            "Bytes the uploaded datasets of every tenant store (archives plus extracted copies;"
-            " each tenant's are bounded by upload_quota_bytes).",
-            value=upload_bytes,
-        )
-        ready = sum(1 for w in workers if now - w.last_heartbeat <= self.worker_ready_seconds)
-        yield GaugeMetricFamily(
-            "graft_workers_ready",
-            "Workers whose last heartbeat is recent enough to count them alive.",
-            value=ready,
-        )
 
 
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)

@@ -112,69 +112,77 @@ def resolve_plan(
     """
     strategy = plan.strategy or defaults.strategy
     fe = strategy == Strategy.FEATURE_EXTRACTION
-    num_stages = len(spec.stages)
-
-    if strategy == Strategy.FULL_FINE_TUNE:
-        trainable_stages = num_stages
-    elif fe:
-        trainable_stages = 0
-    else:
-        trainable_stages = plan.trainable_stages or default_trainable_stages(num_stages)
-
-    if fe:
-        head_lr = plan.head_learning_rate or defaults.feature_extraction_head_learning_rate
-        base_lr = 0.0  # nothing in the base trains
-    else:
-        head_lr = plan.head_learning_rate or defaults.head_learning_rate
-        base_lr = plan.base_learning_rate or head_lr * defaults.base_lr_ratio
-
+    head_lr, base_lr = _learning_rates(plan, fe, defaults)
     epochs = plan.epochs or (
         defaults.feature_extraction_epochs if fe else defaults.fine_tune_epochs
     )
     image_size = plan.image_size or default_image_size(spec, median_size, defaults)
-    if plan.batch_size:
-        batch_size = plan.batch_size
-    else:
-        batch_size = (
-            defaults.batch_size_large_images
-            if image_size > defaults.large_image_threshold
-            else defaults.batch_size_small_images
-        )
-        # A batch larger than the data set would be one short batch per epoch anyway.
-        batch_size = max(2, min(batch_size, num_train_images))
-
-    if plan.warmup_epochs:
-        warmup_epochs = plan.warmup_epochs
-    elif fe:
-        warmup_epochs = 0.0  # a probe on fixed features has nothing to protect
-    else:
-        warmup_epochs = min(defaults.warmup_epochs, round(defaults.warmup_max_fraction * epochs, 3))
-
-    if plan.head_warmup_epochs or fe:
-        head_warmup_epochs = plan.head_warmup_epochs
-    elif strategy == Strategy.FULL_FINE_TUNE and epochs > defaults.full_head_warmup_epochs:
-        head_warmup_epochs = defaults.full_head_warmup_epochs
-    else:
-        head_warmup_epochs = 0
-
     weight_decay = plan.weight_decay or (
         defaults.feature_extraction_weight_decay if fe else defaults.fine_tune_weight_decay
     )
-
     return dataclasses.replace(
         plan,
         backbone=plan.backbone or spec.name,
         strategy=strategy,
-        trainable_stages=trainable_stages,
+        trainable_stages=_trainable_stages(plan, strategy, len(spec.stages)),
         head_learning_rate=head_lr,
         base_learning_rate=base_lr,
         epochs=epochs,
-        batch_size=batch_size,
+        batch_size=_batch_size(plan, image_size, num_train_images, defaults),
         image_size=image_size,
-        warmup_epochs=warmup_epochs,
-        head_warmup_epochs=head_warmup_epochs,
+        warmup_epochs=_warmup_epochs(plan, fe, epochs, defaults),
+        head_warmup_epochs=_head_warmup_epochs(plan, strategy, epochs, defaults),
         weight_decay=weight_decay,
         validation_fraction=plan.validation_fraction or defaults.validation_fraction,
         feature_stages=tuple(int(s) for s in plan.feature_stages),
         feature_grid=plan.feature_grid,
     )
+
+
+def _trainable_stages(plan: TrainingPlan, strategy: Strategy, num_stages: int) -> int:
+    if strategy == Strategy.FULL_FINE_TUNE:
+        return num_stages
+    if strategy == Strategy.FEATURE_EXTRACTION:
+        return 0
+    return plan.trainable_stages or default_trainable_stages(num_stages)
+
+
+def _learning_rates(plan: TrainingPlan, fe: bool, defaults: PlanDefaults) -> tuple[float, float]:
+    """(head, base) learning rates; `fe`: the plan is feature extraction."""
+    if fe:
+        head_lr = plan.head_learning_rate or defaults.feature_extraction_head_learning_rate
+        return head_lr, 0.0  # nothing in the base trains
+    head_lr = plan.head_learning_rate or defaults.head_learning_rate
+    return head_lr, plan.base_learning_rate or head_lr * defaults.base_lr_ratio
+
+
+def _batch_size(
+    plan: TrainingPlan, image_size: int, num_train_images: int, defaults: PlanDefaults
+) -> int:
+    if plan.batch_size:
+        return plan.batch_size
+    batch_size = (
+        defaults.batch_size_large_images
+        if image_size > defaults.large_image_threshold
+        else defaults.batch_size_small_images
+    )
+    # A batch larger than the data set would be one short batch per epoch anyway.
+    return max(2, min(batch_size, num_train_images))
+
+
+def _warmup_epochs(plan: TrainingPlan, fe: bool, epochs: int, defaults: PlanDefaults) -> float:
+    if plan.warmup_epochs:
+        return plan.warmup_epochs
+    if fe:
+        return 0.0  # a probe on fixed features has nothing to protect
+    return min(defaults.warmup_epochs, round(defaults.warmup_max_fraction * epochs, 3))
+
+
+def _head_warmup_epochs(
+    plan: TrainingPlan, strategy: Strategy, epochs: int, defaults: PlanDefaults
+) -> int:
+    if plan.head_warmup_epochs or strategy == Strategy.FEATURE_EXTRACTION:
+        return plan.head_warmup_epochs
+    if strategy == Strategy.FULL_FINE_TUNE and epochs > defaults.full_head_warmup_epochs:
+        return defaults.full_head_warmup_epochs
+    return 0

@@ -6,6 +6,7 @@ fills them. The limits and their reasons are in docs/TRAINING.md § Validation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from graft.backbones import DEFAULT_BACKBONE, get_spec
 from graft.backbones.pretrained import (
@@ -41,6 +42,29 @@ def validate_plan(
     def bad(name: str, description: str) -> None:
         v.append(FieldViolation(f"{prefix}.{name}", description))
 
+    spec = _check_backbone(plan, spec, bad)
+    strategy = _check_strategy(plan, bad)
+    if spec is not None:
+        _check_trainable_stages(plan, spec, strategy, bad)
+    _check_feature_cut(plan, spec, strategy, bad)
+    _check_sizes(plan, bad)
+    _check_optimisation(plan, strategy, bad)
+    _check_schedule(plan, strategy, bad)
+
+    if v:
+        summary = "; ".join(f"{x.field}: {x.description}" for x in v)
+        raise InvalidArgument(f"invalid training plan: {summary}", v)
+
+
+# Each check below reports what it finds through `bad(field name, description)`, in the
+# order the fields are listed in the error.
+_Bad = Callable[[str, str], None]
+
+
+def _check_backbone(
+    plan: TrainingPlan, spec: PretrainedSpec | None, bad: _Bad
+) -> PretrainedSpec | None:
+    """The spec the plan is checked against (None: an unknown backbone, reported)."""
     if spec is None:
         try:
             spec = get_spec(plan.backbone or DEFAULT_BACKBONE)
@@ -48,31 +72,43 @@ def validate_plan(
             bad("backbone", e.message)
     elif plan.backbone and plan.backbone != spec.name:
         bad("backbone", f"plan names {plan.backbone!r} but was checked against {spec.name!r}")
+    return spec
 
+
+def _check_strategy(plan: TrainingPlan, bad: _Bad) -> Strategy:
+    """The plan's strategy (UNSPECIFIED for an unknown one, reported)."""
     try:
-        strategy = Strategy(plan.strategy)
+        return Strategy(plan.strategy)
     except ValueError:
         bad("strategy", f"unknown strategy {int(plan.strategy)}")
-        strategy = Strategy.UNSPECIFIED
+        return Strategy.UNSPECIFIED
 
-    if spec is not None:
-        n = len(spec.stages)
-        k = plan.trainable_stages
-        if k < 0:
-            bad("trainable_stages", f"must be >= 0, got {k}")
-        elif strategy == Strategy.FEATURE_EXTRACTION and k != 0:
-            bad(
-                "trainable_stages",
-                "feature extraction trains only the head; leave trainable_stages 0",
-            )
-        elif strategy == Strategy.FULL_FINE_TUNE and k not in (0, n):
-            bad(
-                "trainable_stages",
-                f"full fine-tune trains all {n} stages of {spec.name}; leave it 0 or set {n}",
-            )
-        elif k > n:
-            bad("trainable_stages", f"{spec.name} has {n} stages, got {k}")
 
+def _check_trainable_stages(
+    plan: TrainingPlan, spec: PretrainedSpec, strategy: Strategy, bad: _Bad
+) -> None:
+    n = len(spec.stages)
+    k = plan.trainable_stages
+    if k < 0:
+        bad("trainable_stages", f"must be >= 0, got {k}")
+    elif strategy == Strategy.FEATURE_EXTRACTION and k != 0:
+        bad(
+            "trainable_stages",
+            "feature extraction trains only the head; leave trainable_stages 0",
+        )
+    elif strategy == Strategy.FULL_FINE_TUNE and k not in (0, n):
+        bad(
+            "trainable_stages",
+            f"full fine-tune trains all {n} stages of {spec.name}; leave it 0 or set {n}",
+        )
+    elif k > n:
+        bad("trainable_stages", f"{spec.name} has {n} stages, got {k}")
+
+
+def _check_feature_cut(
+    plan: TrainingPlan, spec: PretrainedSpec | None, strategy: Strategy, bad: _Bad
+) -> None:
+    """`feature_stages` and `feature_grid`: feature extraction's cut and its pooling."""
     if plan.feature_stages:
         if strategy != Strategy.FEATURE_EXTRACTION:
             bad(
@@ -96,6 +132,9 @@ def validate_plan(
         if problem:
             bad("feature_grid", problem)
 
+
+def _check_sizes(plan: TrainingPlan, bad: _Bad) -> None:
+    """`epochs`, `batch_size`, `image_size`."""
     if not 0 <= plan.epochs <= MAX_EPOCHS:
         bad("epochs", f"must be between 1 and {MAX_EPOCHS} (0 = default), got {plan.epochs}")
     if not 0 <= plan.batch_size <= MAX_BATCH_SIZE:
@@ -111,6 +150,10 @@ def validate_plan(
             f"must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels (0 = default), "
             f"got {plan.image_size}",
         )
+
+
+def _check_optimisation(plan: TrainingPlan, strategy: Strategy, bad: _Bad) -> None:
+    """Learning rates, weight decay, label smoothing."""
     for name in ("head_learning_rate", "base_learning_rate"):
         lr = getattr(plan, name)
         if not (lr == 0 or 0 < lr < 1) or math.isnan(lr):
@@ -121,6 +164,10 @@ def validate_plan(
         bad("weight_decay", f"must be in [0, 1) (0 = default), got {plan.weight_decay}")
     if not 0 <= plan.label_smoothing < 1 or math.isnan(plan.label_smoothing):
         bad("label_smoothing", f"must be in [0, 1), got {plan.label_smoothing}")
+
+
+def _check_schedule(plan: TrainingPlan, strategy: Strategy, bad: _Bad) -> None:
+    """Validation fraction, early stopping, seed, and the two warm-ups."""
     vf = plan.validation_fraction
     if (vf != 0 and not 0 < vf <= MAX_VALIDATION_FRACTION) or math.isnan(vf):
         bad(
@@ -148,7 +195,3 @@ def validate_plan(
             "head_warmup_epochs",
             f"must be less than epochs ({plan.epochs}) so the base trains at all, got {hw}",
         )
-
-    if v:
-        summary = "; ".join(f"{x.field}: {x.description}" for x in v)
-        raise InvalidArgument(f"invalid training plan: {summary}", v)
