@@ -3,7 +3,7 @@ on the same runtime, measured in the same run (docs/PREDICT.md has the figures).
 
     .venv/bin/python bench/predict_load.py [--seconds 10] [--concurrency 1 4 16 64]
         [--image-size 64] [--max-batch 32] [--runners 0] [--runtimes onnxruntime ...]
-        [--feature-stages 3,5 --feature-grid 2]
+        [--feature-stages 3,5 --feature-grid 2] [--server-cpus 0-3]
 
 What it does: writes Fashion-MNIST train and test folders, starts the server in a separate
 process (`graft.server.run_server`, what `graft serve` runs, with its worker processes;
@@ -20,6 +20,10 @@ extraction model on tf_efficientnet_lite0 through the API and points the alias
   the test set per request, `production`) for `--seconds` after a warm-up; img/s, p50 and
   p99 latency, errors, and the server's own mean forward batch and queue wait (scraped from
   its /metrics). Ratio: img/s over the raw batched limit.
+
+`--server-cpus` pins the server process (and the raw measurement, which must have the
+same cores) to those CPUs and the callers to the others: the layout of a server whose
+clients are elsewhere, which a many-core machine can show and a 2-core one cannot.
 
 Targets (issue 11): at c=64 at least 0.8 of the raw batched limit; at c=1 p50 within raw
 batch-1 latency + 2 ms; no errors. The machine's load average is printed with each row:
@@ -76,12 +80,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(tmp: Path, config: dict[str, object]) -> tuple[subprocess.Popen[bytes], str]:
-    """The server process (logs in tmp/server.log); returns it and its gRPC target."""
+def parse_cpus(text: str) -> set[int]:
+    """'0-3,6' -> {0, 1, 2, 3, 6}."""
+    cpus: set[int] = set()
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def start_server(
+    tmp: Path, config: dict[str, object], cpus: set[int] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The server process (logs in tmp/server.log), pinned to `cpus` if given; returns it
+    and its gRPC target."""
     data_dir = Path(str(config["data_dir"]))
     log = (tmp / "server.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, json.dumps(config)], stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-c", SERVER, json.dumps(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     ready = data_dir / "server.json"
     while not ready.exists():
@@ -286,14 +305,14 @@ def measure_level(
 # -- report --------------------------------------------------------------------------------
 
 
-def report(raw: Raw, levels: list[Level], settings: PredictSettings) -> bool:
+def report(raw: Raw, levels: list[Level], settings: PredictSettings, pinned: bool) -> bool:
     print(f"\nruntime measured in this process: {'; '.join(raw.trials)}")
     head = "what | img/s | p50 ms | p99 ms | ratio to raw | mean forward batch | queue ms"
     tail = "server CPU ms/img | client CPU ms/img | CPU ceiling img/s | errors | load avg"
     print(f"\n| {head} | {tail} |\n{'|---' * 12}|")
     r, t = settings.runners, settings.threads_per_runner
     b = settings.policy.max_batch
-    cores = available_cpus()
+    cores = settings.runners * settings.threads_per_runner if pinned else available_cpus()
     rows = [
         (f"raw {raw.runtime}, batch 1, one call at a time", 1000 / raw.batch1_ms, raw.batch1_ms),
         (f"raw {raw.runtime}, batch {b}, {r} runner(s) x {t} thread(s)", raw.limit, None),
@@ -308,13 +327,14 @@ def report(raw: Raw, levels: list[Level], settings: PredictSettings) -> bool:
             f"| Graft Predict, c={lv.concurrency} | {lv.img_s:.0f} | {lv.p50_ms:.2f} | "
             f"{lv.p99_ms:.2f} | {lv.img_s / raw.limit:.2f} | {lv.forward_batch:.1f} | "
             f"{lv.queue_ms:.2f} | {lv.server_cpu_ms:.2f} | {lv.client_cpu_ms:.2f} | "
-            f"{cores * 1000 / (lv.server_cpu_ms + lv.client_cpu_ms):.0f} | "
+            f"{cores * 1000 / (lv.server_cpu_ms + (0 if pinned else lv.client_cpu_ms)):.0f} | "
             f"{errors}{' ' + str(lv.errors) if errors else ''} | "
             f"{lv.load:.1f} |"
         )
     print(
-        f"\nCPU ceiling: what {cores} core(s) could do if the server and the callers spent "
-        "only the CPU per image measured at that level and nothing else ran."
+        f"\nCPU ceiling: what {cores} core(s) could do if the server"
+        f"{'' if pinned else ' and the callers'} spent only the CPU per image measured at "
+        "that level and nothing else ran."
     )
     by_c = {lv.concurrency: lv for lv in levels}
     checks = []
@@ -342,8 +362,14 @@ def main() -> int:
     parser.add_argument("--runners", type=int, default=0, help="0: one per core")
     parser.add_argument("--threads-per-runner", type=int, default=0)
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
+    parser.add_argument(
+        "--server-cpus", default="", help="e.g. 0-3: pin the server there, callers elsewhere"
+    )
     args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", str(available_cpus()))
+    server_cpus = parse_cpus(args.server_cpus)
+    if server_cpus and not server_cpus < os.sched_getaffinity(0):
+        raise SystemExit(f"--server-cpus must leave CPUs for the callers: {sorted(server_cpus)}")
+    os.environ.setdefault("OMP_NUM_THREADS", str(len(server_cpus) or available_cpus()))
 
     with tempfile.TemporaryDirectory(prefix="graft-predict-load-") as name:
         tmp = Path(name)
@@ -359,11 +385,15 @@ def main() -> int:
             "predict_threads_per_runner": args.threads_per_runner,
             "predict_runtimes": args.runtimes,
         }
-        settings = PredictSettings.from_config(Config.from_dict(config))
+        settings = PredictSettings.from_config(
+            Config.from_dict(config), cpus=len(server_cpus) or None
+        )
         print(f"load average at start: {os.getloadavg()}; settings: {settings}")
-        proc, target = start_server(tmp, config)
+        if server_cpus:
+            print(f"server and raw on CPUs {sorted(server_cpus)}, callers on the others")
+        proc, target = start_server(tmp, config, server_cpus)
         try:
-            return run(tmp, proc, target, config, settings, args)
+            return run(tmp, proc, target, config, settings, args, server_cpus)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(120)
@@ -376,6 +406,7 @@ def run(
     config: dict[str, object],
     settings: PredictSettings,
     args: argparse.Namespace,
+    server_cpus: set[int],
 ) -> int:
     with Client(target, timeout=600) as client:
         client.wait_for_server(60)
@@ -385,13 +416,18 @@ def run(
         np.random.default_rng(0).shuffle(images)
         client.predict(f"{MODEL}@production", images[:1])  # loads; the runtime follows
     print(f"server: {wait_for_runtime(tmp / 'server.log')}")
+    everywhere = os.sched_getaffinity(0)
+    if server_cpus:  # threads started from here on inherit the main thread's mask
+        os.sched_setaffinity(0, server_cpus)
     raw = raw_forward(Path(str(config["data_dir"])), settings, images[0])
+    if server_cpus:
+        os.sched_setaffinity(0, everywhere - server_cpus)
     levels = []
     for c in args.concurrency:
         served = (proc.pid, int(str(config["metrics_port"])))
         levels.append(measure_level(target, served, images, c, args))
         print(f"c={c}: {levels[-1]}", flush=True)
-    ok = report(raw, levels, settings)
+    ok = report(raw, levels, settings, pinned=bool(server_cpus))
     print(f"load average at end: {os.getloadavg()}")
     return 0 if ok else 1
 

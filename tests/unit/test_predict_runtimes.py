@@ -241,5 +241,34 @@ def test_cuda_runtimes_answer_like_eager(photos: list[bytes]) -> None:
     for name in ("cuda", "cuda-fp16"):
         runtime = build_runtime(name, copy.deepcopy(model), batch[:2], threads=1)
         same, diff = compare(reference, runtime(batch), runtime.tolerance)  # type: ignore[attr-defined]
-        print(f"{name}: max |p - p_eager| {diff:.2e}")
-        assert same and torch.equal(runtime(batch).argmax(1), reference.argmax(1))
+        top1 = runtime(batch).argmax(1).tolist()
+        print(f"{name}: max |p - p_eager| {diff:.2e}, top-1 {top1} (eager {reference.argmax(1)})")
+        # `same`: the same top-1 wherever eager's own top two are further apart than twice
+        # the tolerance. On the H200 TF32 and fp16 swapped chelsea's near tie between
+        # tabby (281) or tiger cat (282) and Egyptian cat (285); the espresso stays espresso.
+        assert same and top1[1] == 967 and top1[0] in {281, 282, 285}
+        assert runtime.graphed  # type: ignore[attr-defined]
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_answer_every_batch_size_like_eager() -> None:
+    """Each batch size bucket's graph (a batch padded up to it) and the eager fallback for a
+    shape no graph was captured for answer like eager on the CPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(0)
+    model = bb.create_model(LITE0, 5, pretrained=False).eval()
+    images = verification_batch(64, n=8, seed=3)
+    with torch.inference_mode():
+        reference = model(images.contiguous(memory_format=torch.channels_last))
+    for name in ("cuda", "cuda-fp16"):
+        runtime = build_runtime(name, copy.deepcopy(model), images[:2], 1, max_batch=8)
+        assert runtime.graphed  # type: ignore[attr-defined]
+        for n in (1, 2, 3, 5, 8):
+            same, diff = compare(reference[:n], runtime(images[:n]), runtime.tolerance)  # type: ignore[attr-defined]
+            print(f"{name} batch {n}: max |p - p_eager| {diff:.2e}")
+            assert same
+        other = verification_batch(48, n=3, seed=4)  # no graph for 48 px: eager on the GPU
+        with torch.inference_mode():
+            expected = model(other.contiguous(memory_format=torch.channels_last))
+        assert compare(expected, runtime(other), runtime.tolerance)[0]  # type: ignore[attr-defined]
