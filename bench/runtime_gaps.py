@@ -19,7 +19,8 @@ import time
 import torch
 
 from graft.backbones import DEFAULT_BACKBONE, create_model
-from graft.predict.runtimes import OnnxRuntime, verification_batch
+from graft.predict.exported import OnnxRuntime
+from graft.predict.runtimes import verification_batch
 
 
 def _cpu() -> float:

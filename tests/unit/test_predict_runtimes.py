@@ -20,19 +20,13 @@ from graft.data import eval_transform, load_image
 from graft.data.demo import write_fashion_mnist_folder
 from graft.domain import ModelVersion, TrainingPlan
 from graft.predict.batching import BatchPolicy
+from graft.predict.device import DeviceRuntime
+from graft.predict.exported import _static_grid_pool
 from graft.predict.model import LoadedModel, build_model
 from graft.predict.preprocess import Preprocess
-from graft.predict.runtimes import (
-    PROB_TOLERANCE,
-    REDUCED_PROB_TOLERANCE,
-    DeviceRuntime,
-    _static_grid_pool,
-    build_runtime,
-    choose_runtime,
-    compare,
-    verification_batch,
-)
+from graft.predict.runtimes import build_runtime, choose_runtime, compare, verification_batch
 from graft.predict.settings import available_cpus, parse_model_batching
+from graft.predict.tolerance import PROB_TOLERANCE, REDUCED_PROB_TOLERANCE
 from graft.registry import ModelCard, Preprocessing
 
 LITE0 = "efficientnet_lite0"
