@@ -10,10 +10,12 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml client/pyproject.toml
+# client/ (the SDK) and devtools/ (fixtures for tests, bench/ and scripts/; never a
+# dependency of the service) are distributions of their own, installed beside it.
+$(VENV)/.installed: pyproject.toml client/pyproject.toml devtools/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e client -e '.[dev,more-weights]'
+	$(PY) -m pip install -q -e client -e devtools -e '.[dev,more-weights]'
 	touch $@
 
 # Debian packages the tests use: real image data for the tests and the walk-through

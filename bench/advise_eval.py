@@ -33,12 +33,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from graft.advisor.logme import kendall_tau
-from graft.data.demo import (
+from graft_client import Client, pb
+from graft_devtools.datasets import (
     write_digits_folder,
     write_fashion_mnist_folder,
     write_photos_folder,
 )
-from graft_client import Client, pb
 
 sys.path.insert(0, str(Path(__file__).parent))
 from demo_strategies import held_out_accuracy, serving, train_timed

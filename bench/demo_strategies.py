@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from graft.data.demo import write_fashion_mnist_folder
 from graft_client import Client, pb
+from graft_devtools.datasets import write_fashion_mnist_folder
 
 
 def start_server(tmp: Path, data_root: Path) -> tuple[subprocess.Popen[bytes], str]:

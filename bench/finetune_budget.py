@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from graft.data.demo import write_fashion_mnist_folder
 from graft_client import pb
+from graft_devtools.datasets import write_fashion_mnist_folder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from demo_strategies import held_out_accuracy, serving, train_timed

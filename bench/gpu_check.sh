@@ -20,7 +20,7 @@ OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .dev/whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/service:$PWD/client PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site:$PWD/service:$PWD/client:$PWD/devtools PYTHONUNBUFFERED=1
 mkdir -p /usr/share/datasets/fashion-mnist && cp .dev/fmnist/* /usr/share/datasets/fashion-mnist/
 
 step() {  # step NAME SECONDS COMMAND...: run it under a limit, log to $OUT/NAME.log
@@ -42,4 +42,4 @@ for cpus in 0-1 0-3; do  # the server on 2 (the issue's figures) and 4 cores, ca
     step "predict-cpu$cpus" 150 python3 bench/predict_load.py --seconds 5 --warmup 1 \
         --server-cpus "$cpus" --runtimes onnxruntime torchscript eager
 done
-step train-gpu 90 python3 -m graft.training.bench --device cuda --per-class 60
+step train-gpu 90 python3 bench/train_strategies.py --device cuda --per-class 60

@@ -53,7 +53,6 @@ import numpy as np
 import torch
 
 from graft.config import Config
-from graft.data.demo import write_fashion_mnist_folder
 from graft.domain import ModelRef
 from graft.predict.model import LoadedModel, build_model
 from graft.predict.runtimes import RUNTIMES, Runtime, build_runtime
@@ -62,6 +61,7 @@ from graft.registry import ModelRegistry
 from graft.store import open_store
 from graft_client import Client, pb
 from graft_client.v1 import adaptation_pb2_grpc as pb_grpc
+from graft_devtools.datasets import write_fashion_mnist_folder
 
 MODEL = "bench"
 SERVER = (

@@ -47,8 +47,8 @@ from _serving import (
     train_model,
 )
 
-from graft.data.demo import write_fashion_mnist_folder
 from graft_client import GraftError, pb
+from graft_devtools.datasets import write_fashion_mnist_folder
 
 CLASSES = (1, 7, 8, 9)  # trouser, sneaker, bag, ankle boot
 MODEL = "soak"

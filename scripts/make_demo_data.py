@@ -18,10 +18,10 @@ import tempfile
 from pathlib import Path
 
 try:
-    from graft.data.demo import FASHION_MNIST_ROOT, write_fashion_mnist_folder
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "service"))
-    from graft.data.demo import FASHION_MNIST_ROOT, write_fashion_mnist_folder
+    from graft_devtools.datasets import FASHION_MNIST_ROOT, write_fashion_mnist_folder
+except ImportError:  # run from a checkout without `make setup` (`pip install -e devtools`)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "devtools"))
+    from graft_devtools.datasets import FASHION_MNIST_ROOT, write_fashion_mnist_folder
 
 
 def _write_once(target: Path, per_class: int, split: str, root: Path) -> None:

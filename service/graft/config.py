@@ -7,7 +7,7 @@ import dataclasses
 import ipaddress
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,6 @@ class Config:
     # A second, plaintext port that serves grpc.health.v1 only, for probes that cannot
     # speak TLS (Kubernetes' gRPC probes); 0: none.
     health_port: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.auth not in ("auto", "on", "off"):

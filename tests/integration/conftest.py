@@ -17,8 +17,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from graft.data.demo import write_fashion_mnist_folder
 from graft_client import Client
+from graft_devtools.datasets import write_fashion_mnist_folder
 
 # Four visually distinct Fashion-MNIST classes: trouser, sneaker, bag, ankle boot.
 CLASSES = (1, 7, 8, 9)
@@ -40,12 +40,12 @@ class RunningServer:
         return Client(self.target, timeout=timeout)
 
     def worker_pid(self, lane: str = "trainer") -> int:
-        """The pid of an embedded worker: the server's child running graft.training.worker
+        """The pid of an embedded worker: the server's child running graft.worker
         for `lane` (trainer or advisor; its config file is named after the lane)."""
         for task in Path(f"/proc/{self.process.pid}/task").iterdir():
             for pid in (task / "children").read_text().split():
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-                if b"graft.training.worker" in cmdline and f"-{lane}.json".encode() in cmdline:
+                if b"-m graft.worker " in cmdline and f"-{lane}.json".encode() in cmdline:
                     return int(pid)
         raise AssertionError(f"no {lane} worker process found")
 

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 import graft_client
-from graft.data.demo import write_fashion_mnist_folder
 from graft_client import pb
+from graft_devtools.datasets import write_fashion_mnist_folder
 from tests.integration.conftest import CLASSES, RunningServer, start_server, stop_server
 
 pytestmark = pytest.mark.slow

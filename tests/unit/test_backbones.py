@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import graft.backbones as bb
-from graft.backbones import registry
+from graft.backbones import lookup
 from graft.backbones.convert import lukemelas_to_timm
 from graft.backbones.sanity import top_k
 from graft.backbones.weights import hash_prefix
@@ -70,7 +70,7 @@ def empty_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def replace_spec(monkeypatch: pytest.MonkeyPatch, name: str, **weights: str) -> bb.PretrainedSpec:
     spec = bb.get_spec(name)
     new = dataclasses.replace(spec, weights=dataclasses.replace(spec.weights, **weights))
-    monkeypatch.setitem(registry._REGISTRY, name, new)
+    monkeypatch.setitem(lookup._SPECS, name, new)
     return new
 
 

@@ -34,15 +34,15 @@ from graft.data import (
     split_dataset,
     train_transform,
 )
-from graft.data.demo import (
+from graft.domain import DatasetRef
+from graft.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from graft_devtools.datasets import (
     FASHION_MNIST_CLASSES,
     read_fashion_mnist,
     write_digits_folder,
     write_fashion_mnist_folder,
     write_photos_folder,
 )
-from graft.domain import DatasetRef
-from graft.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
 RNG = np.random.default_rng(0)
 

@@ -17,7 +17,6 @@ from PIL import Image
 from graft import backbones as bb
 from graft.backbones.spec import grid_average_pool
 from graft.data import eval_transform, load_image
-from graft.data.demo import write_fashion_mnist_folder
 from graft.domain import ModelVersion, TrainingPlan
 from graft.predict.batching import BatchPolicy
 from graft.predict.device import DeviceRuntime
@@ -28,6 +27,7 @@ from graft.predict.runtimes import build_runtime, choose_runtime, compare, verif
 from graft.predict.settings import available_cpus, parse_model_batching
 from graft.predict.tolerance import PROB_TOLERANCE, REDUCED_PROB_TOLERANCE
 from graft.registry import ModelCard, Preprocessing
+from graft_devtools.datasets import write_fashion_mnist_folder
 
 LITE0 = "efficientnet_lite0"
 

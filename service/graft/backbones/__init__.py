@@ -1,7 +1,7 @@
 """The backbone catalog: pretrained CNNs Graft adapts, where their weights come from, and
 how a GraftModel is built from one. See docs/BACKBONES.md.
 
-The catalog, the registry and the spec (`PretrainedSpec`) are plain data and import
+The catalog, its lookups by name and the spec (`PretrainedSpec`) are plain data and import
 without torch, so graft.plans can validate a plan against a backbone in a torch-free
 process. Everything that builds, loads or inspects a network (the names in `_LAZY`) is
 imported on first use.
@@ -13,8 +13,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from graft.backbones.catalog import DEFAULT_BACKBONE
+from graft.backbones.lookup import backbone_names, get_spec, list_backbones, register_backbone
 from graft.backbones.pretrained import PretrainedSpec, WeightSource
-from graft.backbones.registry import backbone_names, get_spec, list_backbones, register_backbone
 
 if TYPE_CHECKING:
     from graft.backbones.factory import (

@@ -13,8 +13,8 @@ checks each figure against timm's and torchvision's own metadata.
 
 from __future__ import annotations
 
+from graft.backbones.lookup import register_backbone
 from graft.backbones.pretrained import PretrainedSpec, WeightSource
-from graft.backbones.registry import register_backbone
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 

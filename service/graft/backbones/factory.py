@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from graft.backbones.convert import is_lukemelas_layout, lukemelas_to_timm
-from graft.backbones.registry import get_spec
+from graft.backbones.lookup import get_spec
 from graft.backbones.spec import (
     GraftModel,
     PretrainedSpec,

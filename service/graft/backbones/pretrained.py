@@ -1,7 +1,7 @@
 """What a pretrained backbone is, described once: plain data, no torch.
 
 `PretrainedSpec` is the one frozen description of a pretrained model (timm's
-`_pretrained.py`); the catalog, the registry, plan validation (graft.plans) and the advisor
+`_pretrained.py`); the catalog and its lookups, plan validation (graft.plans) and the advisor
 read it without importing torch. The model built from it is `spec.GraftModel`.
 """
 

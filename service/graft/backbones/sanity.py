@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from graft.backbones.factory import create_imagenet_model
-from graft.backbones.registry import get_spec
+from graft.backbones.lookup import get_spec
 from graft.backbones.spec import PretrainedSpec
 from graft.backbones.weights import backbone_statuses
 

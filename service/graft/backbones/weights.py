@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from graft.backbones.catalog import DEFAULT_BACKBONE
-from graft.backbones.registry import list_backbones
+from graft.backbones.lookup import list_backbones
 from graft.backbones.spec import PretrainedSpec
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ import shutil
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from graft.config import Config
 from graft.data.archive_writer import ExtractLimits, UnsafeArchive
@@ -213,15 +212,6 @@ def save_upload(
         receiver.abort()
         raise
     return check_upload(config, received)
-
-
-def read_upload_meta(dataset_id: str, config: Config) -> dict[str, Any] | None:
-    """The meta file of a checked upload (None: none, or unreadable)."""
-    try:
-        meta = json.loads((upload_dir(dataset_id, config) / UPLOAD_META).read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
 
 
 def remove_upload(dataset_id: str, config: Config) -> bool:

@@ -33,10 +33,6 @@ def log_context(**fields: str) -> Iterator[None]:
         _context.reset(token)
 
 
-def current_context() -> dict[str, str]:
-    return dict(_context.get() or {})
-
-
 class ContextFilter(logging.Filter):
     """Copies the bound context onto each record (as attributes the formatters read)."""
 

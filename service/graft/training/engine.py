@@ -32,7 +32,7 @@ from graft.backbones import create_model
 from graft.backbones.spec import GraftModel
 from graft.domain import EvaluationMetrics, TrainingPlan
 from graft.training.errors import TrainingCancelled
-from graft.training.metrics import evaluate_predictions
+from graft.training.evaluation import evaluate_predictions
 from graft.training.strategies import param_groups, set_train_mode, set_trainable
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]

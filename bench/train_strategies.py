@@ -1,4 +1,6 @@
-"""Measure the three strategies on a Fashion-MNIST subset: `python -m graft.training.bench`.
+"""Measure the three strategies on a Fashion-MNIST subset, through `train()` in-process.
+
+    .venv/bin/python bench/train_strategies.py [--per-class 60] [--epochs N] [--device cuda]
 
 Writes `--per-class` PNGs per class to a temporary folder, then runs `train()` once per
 strategy with the default plan (epochs overridable) and prints accuracy, wall time and the
@@ -17,12 +19,12 @@ import torch
 
 from graft.backbones import DEFAULT_BACKBONE, get_spec
 from graft.data import scan_dataset, split_dataset
-from graft.data.demo import write_fashion_mnist_folder
 from graft.domain import EventKind, ProgressEvent, Strategy, TrainingPlan
 from graft.plans import resolve_plan, validate_plan
 from graft.training.checkpoint import FILENAME
 from graft.training.engine import select_device
 from graft.training.loop import train
+from graft_devtools.datasets import write_fashion_mnist_folder
 
 
 def main(argv: list[str] | None = None) -> None:

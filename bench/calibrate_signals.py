@@ -1,14 +1,14 @@
 """Measure the similarity signals on reference image sets (a developer tool, not used by the
 service): natural photo crops, the same in grayscale and at 64 px, Fashion-MNIST and
-scikit-learn's digits. docs/ADVISOR.md quotes its output; the anchors in signals.SIGNALS
-come from it.
+scikit-learn's digits. docs/ADVISOR.md quotes its output; the anchors in
+graft.advisor.signals.SIGNALS come from it.
 
-    .venv/bin/python -m graft.advisor.calibrate --per-class 16 --seeds 0 1
+    .venv/bin/python bench/calibrate_signals.py --per-class 16 --seeds 0 1
 
 With `--estimate`, instead: advise on Fashion-MNIST and photo crops, train each advised plan
 (epochs capped by `--epochs`) and print the estimated against the measured training time.
 
-Needs the dev extras (scikit-learn, scikit-image) and Fashion-MNIST in
+Needs graft_devtools with scikit-learn and scikit-image (`make setup`) and Fashion-MNIST in
 /usr/share/datasets/fashion-mnist (`make system-deps`).
 """
 
@@ -47,7 +47,7 @@ def _grayscale_copy(src: Path, dst: Path) -> Path:
 
 
 def reference_sets(root: Path, per_class: int, seed: int) -> dict[str, Path]:
-    from graft.data.demo import (
+    from graft_devtools.datasets import (
         write_digits_folder,
         write_fashion_mnist_folder,
         write_photos_folder,
@@ -85,9 +85,9 @@ def check_estimate(per_class: int, epochs: int) -> None:
     from graft.advisor.advise import advise_dataset
     from graft.config import Config
     from graft.data import split_dataset
-    from graft.data.demo import write_fashion_mnist_folder, write_photos_folder
     from graft.plans import estimate_training_seconds
     from graft.training.loop import train
+    from graft_devtools.datasets import write_fashion_mnist_folder, write_photos_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -1,7 +1,8 @@
-"""The backbone registry: a decorator records catalog entries, lookups fail fast.
+"""Catalog entries by name: `@register_backbone` records one, the lookups fail fast.
 
-Like timm's `_registry.py`: each entry is a no-argument function that returns the
-`PretrainedSpec`; registration order is catalog order (what `ListBackbones` shows).
+The entries themselves are in `catalog.py`. Like timm's `_registry.py`: each entry is a
+no-argument function that returns the `PretrainedSpec`; registration order is catalog order
+(what `ListBackbones` shows). (Not to be confused with `graft.registry`, the model registry.)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from graft.errors import NotFound, quote
 
 SpecFn = Callable[[], PretrainedSpec]
 
-_REGISTRY: dict[str, PretrainedSpec] = {}
+_SPECS: dict[str, PretrainedSpec] = {}
 
 
 def register_backbone(fn: SpecFn) -> SpecFn:
@@ -24,25 +25,25 @@ def register_backbone(fn: SpecFn) -> SpecFn:
     spec = fn()
     if not isinstance(spec, PretrainedSpec):
         raise TypeError(f"{fn.__qualname__} must return a PretrainedSpec, not {type(spec)}")
-    if spec.name in _REGISTRY:
+    if spec.name in _SPECS:
         raise ValueError(f"backbone {spec.name!r} is registered twice")
-    _REGISTRY[spec.name] = spec
+    _SPECS[spec.name] = spec
     return fn
 
 
 def list_backbones() -> list[PretrainedSpec]:
     """Every registered backbone, in catalog order."""
-    return list(_REGISTRY.values())
+    return list(_SPECS.values())
 
 
 def backbone_names() -> list[str]:
-    return list(_REGISTRY)
+    return list(_SPECS)
 
 
 def get_spec(name: str) -> PretrainedSpec:
     """The spec of backbone `name`; NotFound (listing the known names) otherwise."""
     try:
-        return _REGISTRY[name]
+        return _SPECS[name]
     except KeyError:
-        known = ", ".join(_REGISTRY)
+        known = ", ".join(_SPECS)
         raise NotFound(f"unknown backbone {quote(name)}; known backbones: {known}") from None
