@@ -34,7 +34,8 @@ from graft.api.drain import DrainGate
 from graft.api.errors import ErrorBoundaryInterceptor
 from graft.api.health import SERVICE_NAME, WORKER_HEALTH_NAME, HealthMonitor
 from graft.api.metrics import MetricsInterceptor
-from graft.api.servicer import AdaptationServicer, Services
+from graft.api.servicer import AdaptationServicer
+from graft.api.services import Services
 from graft.api.watcher import StoreWatcher
 from graft.config import Config, is_loopback
 from graft.observability.logs import setup_logging
@@ -75,7 +76,6 @@ def build_server(config: Config, metrics: ServerMetrics | None = None) -> Built:
     services = Services(
         config=config,
         store=store,
-        registry=registry,
         predictor=Predictor(
             registry,
             store,

@@ -16,17 +16,19 @@ from typing import Any
 import pytest
 import torch
 
-from graft.advisor.advise import (
+from graft.advisor.advice import (
     Advice,
     BackboneScore,
+    CutChoice,
     DeclaredStats,
+    Depth,
+    PilotResult,
+    ProbeResult,
+    StageScore,
     StrategyEstimate,
-    advise_declared,
 )
 from graft.advisor.codec import VERSION, advice_from_json, advice_to_json
-from graft.advisor.depth import CutChoice, Depth, StageScore
-from graft.advisor.pilot import PilotResult
-from graft.advisor.probe import ProbeResult
+from graft.advisor.declared import advise_declared
 from graft.advisor.report import DatasetReportData
 from graft.advisor.signals import Signal
 from graft.api import convert
@@ -46,7 +48,7 @@ from graft.domain import (
 )
 from graft.errors import FailedPrecondition, InvalidArgument
 from graft.plans.advised import Speed
-from graft.store.protocol import UploadInfo
+from graft.store import UploadRecord
 from graft_client.v1 import adaptation_pb2 as pb
 
 # ------------------------------------------------------------------------ field parity
@@ -292,7 +294,7 @@ def test_model_version_to_pb_keeps_the_confusion_matrix_out_of_the_card() -> Non
 
 
 def test_upload_to_pb_dates_its_expiry() -> None:
-    up = UploadInfo("up-1", "/p", 100, "f" * 64, create_time=1.0, filename="a.zip", last_used=5.0)
+    up = UploadRecord("up-1", "/p", 100, "f" * 64, create_time=1.0, filename="a.zip", last_used=5.0)
     msg = convert.upload_to_pb(up, ttl_seconds=10.0)
     assert (msg.dataset_id, msg.archive_bytes, msg.filename) == ("up-1", 100, "a.zip")
     assert msg.expire_time.ToNanoseconds() == 15_000_000_000

@@ -10,7 +10,7 @@ import time
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
-from graft.api.servicer import Services
+from graft.api.services import Services
 from graft_client.v1 import adaptation_pb2 as pb
 
 log = logging.getLogger(__name__)

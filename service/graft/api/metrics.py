@@ -69,12 +69,12 @@ class MetricsInterceptor(WrappingInterceptor):
     answered through `context.write` (the health Watch) counts no sent messages."""
 
     def __init__(self, metrics: ServerMetrics) -> None:
-        self.m = metrics
+        self.metrics = metrics
 
     def wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
         service, method = _split_method(full_method)
         labels = (_kind(handler), service, method)
-        m = self.m
+        m = self.metrics
 
         async def count_requests(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
             async for request in requests:

@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from graft.domain import DEFAULT_TENANT, ModelRef, ModelVersion
 from graft.errors import FailedPrecondition, InvalidArgument
 from graft.registry.card import ModelCard
-from graft.store.protocol import JobStore
+from graft.store import JobStore
 
 log = logging.getLogger(__name__)
 

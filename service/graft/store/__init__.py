@@ -1,26 +1,21 @@
 """The job store: jobs, leases, progress events, workers, uploads and registry metadata.
 
 `open_store(config)` is how the server and the workers get one; everything else talks to
-the `JobStore` protocol, the sum of the parts' protocols (`graft.store.protocol`).
+the `JobStore` protocol, the sum of the parts' protocols (`graft.store.protocols`, one
+module each).
 """
 
 from __future__ import annotations
 
 from graft.config import Config
-from graft.store.protocol import (
-    ApiKey,
-    JobQueueStore,
-    JobStore,
-    KeyStore,
-    ModelStore,
-    PublishArtifact,
-    StoreLifecycle,
-    TaskStore,
-    UploadInfo,
-    UploadStore,
-    WorkerInfo,
-    WorkerStore,
-)
+from graft.store.protocols import JobStore
+from graft.store.protocols.jobs import JobQueueStore
+from graft.store.protocols.keys import ApiKey, KeyStore
+from graft.store.protocols.lifecycle import StoreLifecycle
+from graft.store.protocols.models import ModelStore, PublishArtifact
+from graft.store.protocols.tasks import TaskStore
+from graft.store.protocols.uploads import UploadRecord, UploadStore
+from graft.store.protocols.workers import WorkerInfo, WorkerStore
 from graft.store.sqlite import SqliteJobStore
 
 __all__ = [
@@ -33,7 +28,7 @@ __all__ = [
     "SqliteJobStore",
     "StoreLifecycle",
     "TaskStore",
-    "UploadInfo",
+    "UploadRecord",
     "UploadStore",
     "WorkerInfo",
     "WorkerStore",

@@ -17,13 +17,15 @@ Concurrency, in short (docs/STORE.md has the reasons):
 - Multi-statement reads run in a deferred `BEGIN`, so they see one snapshot.
 
 The store is one class composed of parts, one module each: `base` (connections,
-transactions, schema and migrations, close), `jobs` (jobs, leases, events), `tasks`,
+transactions, schema and migrations, close), `jobs` (jobs and leases), `events` (their
+progress events), `tasks`,
 `models` (versions and aliases), `uploads`, `workers` and `keys`.
 """
 
 from __future__ import annotations
 
 from graft.store.sqlite.base import SqliteBase
+from graft.store.sqlite.events import EventsMixin
 from graft.store.sqlite.jobs import JobsMixin
 from graft.store.sqlite.keys import KeysMixin
 from graft.store.sqlite.models import ModelsMixin
@@ -42,7 +44,14 @@ __all__ = [
 
 
 class SqliteJobStore(
-    JobsMixin, TasksMixin, ModelsMixin, UploadsMixin, WorkersMixin, KeysMixin, SqliteBase
+    JobsMixin,
+    EventsMixin,
+    TasksMixin,
+    ModelsMixin,
+    UploadsMixin,
+    WorkersMixin,
+    KeysMixin,
+    SqliteBase,
 ):
     """`JobStore` on one SQLite file. Safe to use from many threads and processes.
 

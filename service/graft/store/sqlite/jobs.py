@@ -1,8 +1,7 @@
-"""Jobs, their leases and their progress events."""
+"""Jobs and their leases (their progress events: `events`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 import uuid
 from collections.abc import Sequence
@@ -29,7 +28,6 @@ from graft.errors import (
 from graft.store.codec import (
     JOB_COLUMNS,
     dumps,
-    event_from_row,
     event_to_json,
     job_from_row,
     metrics_to_json,
@@ -37,10 +35,11 @@ from graft.store.codec import (
     state_event,
 )
 from graft.store.sqlite.base import _IN_CHUNK, SqliteBase, _filters
+from graft.store.sqlite.events import append_event_row
 
 
 class JobsMixin(SqliteBase):
-    """Jobs, their leases and their progress events."""
+    """Jobs and their leases; every change of state appends its event (`events`)."""
 
     @staticmethod
     def _get(c: sqlite3.Connection, job_id: str, tenant: str | None = None) -> Job:
@@ -48,22 +47,6 @@ class JobsMixin(SqliteBase):
         if row is None or (tenant is not None and job_from_row(row).tenant != tenant):
             raise NotFound(f"job {job_id!r} not found")  # the same words for both: no leak
         return job_from_row(row)
-
-    @staticmethod
-    def _append(c: sqlite3.Connection, job_id: str, payload_json: str, now: float) -> int:
-        """Append one event inside the caller's write transaction; returns its sequence.
-
-        The write lock is held (BEGIN IMMEDIATE), so no other connection can read the same
-        last_sequence before this one commits: sequences have no gap and no duplicate. The
-        events primary key (job_id, sequence) would reject a duplicate anyway."""
-        (last,) = c.execute("SELECT last_sequence FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        sequence = last + 1
-        c.execute(
-            "INSERT INTO events (job_id, sequence, time, payload_json) VALUES (?, ?, ?, ?)",
-            (job_id, sequence, now, payload_json),
-        )
-        c.execute("UPDATE jobs SET last_sequence = ? WHERE job_id = ?", (sequence, job_id))
-        return sequence
 
     def _end(
         self,
@@ -92,7 +75,7 @@ class JobsMixin(SqliteBase):
                 job_id,
             ),
         )
-        self._append(c, job_id, state_event(state, message, metrics), now)
+        append_event_row(c, job_id, state_event(state, message, metrics), now)
 
     def create_job(
         self,
@@ -157,7 +140,7 @@ class JobsMixin(SqliteBase):
                     digest,
                 ),
             )
-            self._append(c, job_id, state_event(JobState.QUEUED, "queued"), now)
+            append_event_row(c, job_id, state_event(JobState.QUEUED, "queued"), now)
             return self._get(c, job_id), True
 
     def get_job(self, job_id: str, tenant: str | None = None) -> Job:
@@ -233,7 +216,7 @@ class JobsMixin(SqliteBase):
                 message = f"claimed by worker {worker_id} (attempt {attempts})"
                 if state == JobState.RUNNING:
                     message += f" after the lease of worker {previous_owner} expired"
-                self._append(c, job_id, state_event(JobState.RUNNING, message), now)
+                append_event_row(c, job_id, state_event(JobState.RUNNING, message), now)
                 return self._get(c, job_id)
 
     def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> bool:
@@ -263,7 +246,7 @@ class JobsMixin(SqliteBase):
                 payload = event_to_json(
                     ProgressEvent(kind=EventKind.MESSAGE, state=job.state, message=message)
                 )
-                self._append(c, job_id, payload, now)
+                append_event_row(c, job_id, payload, now)
             return self._get(c, job_id)
 
     def finish_job(
@@ -312,7 +295,7 @@ class JobsMixin(SqliteBase):
                 (int(JobState.QUEUED), job_id),
             )
             message = f"released by worker {worker_id}: {reason}" if reason else "released"
-            self._append(c, job_id, state_event(JobState.QUEUED, message), now)
+            append_event_row(c, job_id, state_event(JobState.QUEUED, message), now)
             return self._get(c, job_id)
 
     def set_skipped_files(self, job_id: str, n: int) -> None:
@@ -374,32 +357,3 @@ class JobsMixin(SqliteBase):
             for state, n in c.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
                 counts[JobState(state)] = n
         return counts
-
-    # --- progress events --------------------------------------------------------------
-
-    def append_event(self, job_id: str, event: ProgressEvent) -> ProgressEvent:
-        now = self._clock()
-        with self._tx(write=True) as c:
-            row = c.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"job {job_id!r} not found")
-            state = JobState(row[0])
-            if state.terminal:
-                raise FailedPrecondition(
-                    f"job {job_id} has ended ({state.name.lower()}); its log is closed"
-                )
-            if event.state == JobState.UNSPECIFIED:
-                event = dataclasses.replace(event, state=state)
-            sequence = self._append(c, job_id, event_to_json(event), now)
-        return dataclasses.replace(event, sequence=sequence, job_id=job_id, time=now)
-
-    def events_after(
-        self, job_id: str, after_sequence: int, limit: int = 1000
-    ) -> list[ProgressEvent]:
-        with self._tx(write=False) as c:
-            rows = c.execute(
-                "SELECT job_id, sequence, time, payload_json FROM events"
-                " WHERE job_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
-                (job_id, after_sequence, limit),
-            ).fetchall()
-        return [event_from_row(r) for r in rows]

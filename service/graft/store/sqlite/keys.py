@@ -6,7 +6,7 @@ import sqlite3
 from typing import Any
 
 from graft.errors import AlreadyExists, NotFound
-from graft.store.protocol import ApiKey
+from graft.store.protocols.keys import ApiKey
 from graft.store.sqlite.base import SqliteBase
 
 

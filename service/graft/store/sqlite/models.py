@@ -10,7 +10,7 @@ from typing import Any
 from graft.domain import DEFAULT_TENANT, EvaluationMetrics, ModelRef, ModelVersion
 from graft.errors import InvalidArgument, NotFound
 from graft.store.codec import MODEL_COLUMNS, dumps, metrics_to_json, model_from_row
-from graft.store.protocol import PublishArtifact
+from graft.store.protocols.models import PublishArtifact
 from graft.store.sqlite.base import SqliteBase
 
 

@@ -6,7 +6,7 @@ import sqlite3
 
 from graft.domain import DEFAULT_TENANT, DatasetRef, JobState, TaskKind
 from graft.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
-from graft.store.protocol import UploadInfo
+from graft.store.protocols.uploads import UploadRecord
 from graft.store.sqlite.base import SqliteBase, _filters
 
 
@@ -21,11 +21,13 @@ class UploadsMixin(SqliteBase):
     )
 
     @classmethod
-    def _get_upload(cls, c: sqlite3.Connection, dataset_id: str, tenant: str | None) -> UploadInfo:
+    def _get_upload(
+        cls, c: sqlite3.Connection, dataset_id: str, tenant: str | None
+    ) -> UploadRecord:
         row = c.execute(f"{cls._UPLOAD_SELECT} WHERE u.dataset_id = ?", (dataset_id,)).fetchone()
         if row is None or (tenant is not None and row[5] != tenant):
             raise NotFound(f"dataset {dataset_id!r} not found")  # the same words for both
-        return UploadInfo(*row)
+        return UploadRecord(*row)
 
     @staticmethod
     def _upload_usage(c: sqlite3.Connection, tenant: str | None) -> int:
@@ -91,13 +93,13 @@ class UploadsMixin(SqliteBase):
                 (dataset_id, path, size_bytes, fingerprint, now, tenant, filename, now),
             )
 
-    def get_upload(self, dataset_id: str, tenant: str | None = None) -> UploadInfo:
+    def get_upload(self, dataset_id: str, tenant: str | None = None) -> UploadRecord:
         with self._tx(write=False) as c:
             return self._get_upload(c, dataset_id, tenant)
 
     def set_upload_extracted(
         self, dataset_id: str, extracted_bytes: int, quota_bytes: int = 0
-    ) -> UploadInfo:
+    ) -> UploadRecord:
         with self._tx(write=True) as c:
             upload = self._get_upload(c, dataset_id, None)
             others = self._upload_usage(c, upload.tenant) - upload.extracted_bytes
@@ -116,14 +118,14 @@ class UploadsMixin(SqliteBase):
                 (now, dataset_id),
             )
 
-    def list_uploads(self, tenant: str | None = None, limit: int = 0) -> list[UploadInfo]:
+    def list_uploads(self, tenant: str | None = None, limit: int = 0) -> list[UploadRecord]:
         where = "" if tenant is None else " WHERE u.tenant = ?"
         with self._tx(write=False) as c:
             rows = c.execute(
                 f"{self._UPLOAD_SELECT}{where} ORDER BY u.create_time DESC, u.dataset_id LIMIT ?",
                 (*(() if tenant is None else (tenant,)), limit or -1),
             ).fetchall()
-        return [UploadInfo(*row) for row in rows]
+        return [UploadRecord(*row) for row in rows]
 
     def upload_usage(self, tenant: str | None = None) -> int:
         with self._tx(write=False) as c:
@@ -131,7 +133,7 @@ class UploadsMixin(SqliteBase):
 
     def delete_upload(
         self, dataset_id: str, tenant: str | None = None, *, force: bool = False
-    ) -> UploadInfo:
+    ) -> UploadRecord:
         with self._tx(write=True) as c:
             upload = self._get_upload(c, dataset_id, tenant)
             user = "" if force else self._upload_user(c, dataset_id)
@@ -143,7 +145,7 @@ class UploadsMixin(SqliteBase):
             c.execute("DELETE FROM uploads WHERE dataset_id = ?", (dataset_id,))
             return upload
 
-    def expire_uploads(self, unused_before: float) -> list[UploadInfo]:
+    def expire_uploads(self, unused_before: float) -> list[UploadRecord]:
         expired = []
         with self._tx(write=True) as c:
             rows = c.execute(
@@ -151,7 +153,7 @@ class UploadsMixin(SqliteBase):
                 (unused_before,),
             ).fetchall()
             for row in rows:
-                upload = UploadInfo(*row)
+                upload = UploadRecord(*row)
                 if self._upload_user(c, upload.dataset_id):
                     continue
                 c.execute("DELETE FROM uploads WHERE dataset_id = ?", (upload.dataset_id,))

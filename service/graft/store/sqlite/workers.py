@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from graft.store.codec import dumps
-from graft.store.protocol import WorkerInfo
+from graft.store.protocols.workers import WorkerInfo
 from graft.store.sqlite.base import SqliteBase
 
 
