@@ -56,7 +56,7 @@ class Served:
             for pid in (task / "children").read_text().split():
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
                 for lane in ("trainer", "advisor"):
-                    if "graft.training.worker" in cmdline and f"worker-config-{lane}" in cmdline:
+                    if "graft.worker" in cmdline and f"worker-config-{lane}" in cmdline:
                         pids[lane] = int(pid)
         return pids
 

@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from graft.advisor import advise_dataset
+from graft.advisor.advise import advise_dataset
 from graft.config import Config
 from graft.data import scan_dataset
-from graft.data.demo import write_fashion_mnist_folder
+from graft_devtools.datasets import write_fashion_mnist_folder
 
 # (phase, module path suffix, function name): cumulative time of each, from the profile.
 PHASES = [

@@ -37,7 +37,7 @@ class WorkerSupervisor:
         cmd = [
             sys.executable,
             "-m",
-            "graft.training.worker",
+            "graft.worker",
             "--config-file",
             str(self._config_file),
         ]

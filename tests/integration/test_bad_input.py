@@ -21,7 +21,6 @@ import pytest
 from PIL import Image
 
 from graft.config import Config
-from graft.data.demo import write_fashion_mnist_folder
 from graft.observability.metrics import ServerMetrics
 from graft.server import BackgroundServer
 from graft_client import (
@@ -35,6 +34,7 @@ from graft_client import (
     pb,
 )
 from graft_client.v1 import adaptation_pb2_grpc as pb_grpc
+from graft_devtools.datasets import write_fashion_mnist_folder
 from tests.integration.conftest import CLASSES
 
 
@@ -84,7 +84,7 @@ def fashion(data_root: Path) -> dict[str, Path]:
 def work_off(api_server: BackgroundServer) -> Iterator[Callable[[], None]]:
     """Runs every queued job to its end with a real Worker (the trainer lane) in this
     process, on the server's store and data roots."""
-    from graft.training.worker import Worker
+    from graft.worker import Worker
 
     config = api_server.config
     worker = Worker(config, "in-process-trainer")

@@ -15,25 +15,16 @@ import pytest
 import torch
 from torch import nn
 
-from graft.advisor import (
-    MATRIX,
-    DeclaredStats,
-    advise_dataset,
-    advise_declared,
-    linear_probe,
-    quadrant_for,
-    resolve_candidates,
-    size_axis,
-)
+from graft.advisor import MATRIX, DeclaredStats, advise_declared, quadrant_for, size_axis
 from graft.advisor import measure as measure_module
-from graft.advisor.advise import FE_MARGIN, fine_tune_range
+from graft.advisor.advise import FE_MARGIN, advise_dataset, fine_tune_range
 from graft.advisor.measure import decode_sample, measure_backbone, select_sample
-from graft.advisor.probe import stratified_folds
+from graft.advisor.probe import linear_probe, stratified_folds
+from graft.advisor.ranking import resolve_candidates
 from graft.advisor.signals import BatchNormRecorder, combine, measure_signals
 from graft.backbones import DEFAULT_BACKBONE, backbone_statuses, get_spec
 from graft.config import Config
 from graft.data import scan_dataset
-from graft.data.demo import write_digits_folder, write_fashion_mnist_folder, write_photos_folder
 from graft.domain import Quadrant, Strategy, TrainingPlan
 from graft.errors import FailedPrecondition, InvalidArgument
 from graft.plans import (
@@ -43,6 +34,11 @@ from graft.plans import (
     estimate_training_seconds,
     resolve_plan,
     validate_plan,
+)
+from graft_devtools.datasets import (
+    write_digits_folder,
+    write_fashion_mnist_folder,
+    write_photos_folder,
 )
 
 
@@ -217,8 +213,9 @@ def test_probe_folds_follow_the_smallest_class() -> None:
 
 
 def test_ranking_needs_a_significant_gain_to_put_a_slower_backbone_first() -> None:
-    from graft.advisor.advise import BackboneScore, _rank
-    from graft.advisor.probe import ProbeResult, paired_sign_test
+    from graft.advisor.advice import BackboneScore, ProbeResult
+    from graft.advisor.probe import paired_sign_test
+    from graft.advisor.ranking import _rank
 
     def probe(correct: list[bool]) -> ProbeResult:
         acc = sum(correct) / len(correct)

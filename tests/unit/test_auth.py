@@ -374,7 +374,7 @@ def test_the_embedded_default_needs_no_key(tmp_path: Path) -> None:
 def test_the_worker_registers_a_jobs_model_in_the_jobs_tenant(tmp_path: Path) -> None:
     """A worker acts for the job's tenant: the version lands in that tenant's namespace
     (and its registry folder), invisible under the same name elsewhere."""
-    from graft.training.worker import Worker
+    from graft.worker import Worker
 
     root = tmp_path / "datasets" / "two"
     for label, shade in (("a", 30), ("b", 220)):

@@ -89,7 +89,7 @@ def test_worker_passes_its_id(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         seen.append((config, worker_id))
         return 0
 
-    fake_module(monkeypatch, "graft.training.worker", run_worker=run_worker)
+    fake_module(monkeypatch, "graft.worker", run_worker=run_worker)
     argv = ["worker", "--data-dir", str(tmp_path), "--worker-id", "gpu0", "--metrics-port", "9999"]
     assert cli.main(argv) == 0
     config, worker_id = seen[0]

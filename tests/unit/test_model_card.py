@@ -38,11 +38,12 @@ from graft.registry import (
 )
 from graft.store import SqliteJobStore
 from graft.training.loop import TrainResult
-from graft.training.worker import model_card
+from graft.worker import model_card
 
 # A card.json exactly as the worker wrote it before the card was typed (captured from a
-# one-epoch feature-extraction job run by graft.training.worker.Worker; the store's
-# card_json holds the same). Cards like it sit in existing registries and must still load.
+# one-epoch feature-extraction job run by graft.training.worker.Worker, as the worker was
+# then named; the store's card_json holds the same). Cards like it sit in existing
+# registries and must still load.
 STORED_CARD: dict[str, Any] = {
     "architecture": "timm:tf_efficientnet_lite0",
     "backbone": "efficientnet_lite0",
@@ -211,7 +212,7 @@ def test_a_stored_card_of_the_current_worker_still_loads() -> None:
 
 
 def test_the_worker_writes_the_shape_it_always_wrote() -> None:
-    """graft.training.worker.model_card gives the stored card's keys, all the way down."""
+    """graft.worker.model_card gives the stored card's keys, all the way down."""
     spec = get_spec("efficientnet_lite0")
     plan = TrainingPlan(
         backbone=spec.name, strategy=Strategy.FEATURE_EXTRACTION, epochs=1, image_size=32

@@ -1,14 +1,17 @@
 """Advise's answer and the records it is made of (docs/ADVISOR.md). Types only: the
-measuring lives in advise.py."""
+measuring lives in advise.py and the modules it drives (probe, depth, pilot), which import
+graft.training. This module does not, so the API, which decodes an Advice (codec.py) and
+converts it (graft.api.convert), loads no training code (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # codec.py resolves these annotations at runtime (typing.get_type_hints), so every type
-# they name is imported here, not under TYPE_CHECKING.
-from graft.advisor.depth import Depth
-from graft.advisor.pilot import PilotResult
+# they name is imported here, not under TYPE_CHECKING: torch for CutChoice.features.
+import torch
+
 from graft.advisor.report import DatasetReportData
 from graft.advisor.signals import Signal
 from graft.domain import Quadrant, Strategy, TrainingPlan
@@ -25,6 +28,67 @@ class DeclaredStats:
     num_classes: int
     images_per_class: int
     similarity_hint: float  # in [0, 1]; at least 0.5 counts as similar
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Accuracy of a linear probe (probe.py) over k stratified folds."""
+
+    accuracy: float  # mean over folds
+    std: float  # population standard deviation over folds
+    folds: int
+    fold_accuracies: tuple[float, ...]
+    correct: tuple[bool, ...] = ()  # per image (input order): its out-of-fold prediction
+
+    @property
+    def standard_error(self) -> float:
+        return self.std / math.sqrt(self.folds) if self.folds else 0.0
+
+
+@dataclass(frozen=True)
+class StageScore:
+    """One stage's pooled features on the sample (depth.py)."""
+
+    stage: int  # 1-based
+    channels: int
+    logme: float
+    probe: ProbeResult
+
+
+@dataclass(frozen=True)
+class CutChoice:
+    """The stages feature extraction reads (depth.py)."""
+
+    stages: tuple[int, ...]  # 1-based stages, ascending; (last,) is the classic cut, which
+    # a plan writes as () (GraftModel's default features)
+    probe: ProbeResult
+    features: torch.Tensor  # the chosen cut's features on the sample
+    candidates: tuple[tuple[tuple[int, ...], float], ...]  # (stages, probe accuracy) tried
+    grid: int = 1  # pooling grid of the chosen cut (plan.feature_grid); 1 = global
+    # (stages, probe accuracy) tried again pooled over a CUT_GRID x CUT_GRID grid
+    grid_candidates: tuple[tuple[tuple[int, ...], float], ...] = ()
+    global_probe: ProbeResult | None = None  # the best globally pooled cut, when grid > 1
+
+
+@dataclass(frozen=True)
+class Depth:
+    """Every stage of the chosen backbone probed, and what follows (depth.py)."""
+
+    stages: tuple[StageScore, ...]
+    cut: CutChoice
+    trainable_stages: int  # for partial fine-tuning
+    best_stage: int  # 1-based stage whose features probe best
+
+
+@dataclass(frozen=True)
+class PilotResult:
+    """A short fine-tuning run on one split of the sample (pilot.py)."""
+
+    accuracy: float  # on the held-out part
+    seconds: float
+    epochs: int
+    train_images: int
+    val_images: int
 
 
 @dataclass(frozen=True)
@@ -73,7 +137,7 @@ class Advice:
     sample_images: int = 0  # images decoded and measured
     measure_seconds: float = 0.0
     # The plan's backbone as measured here: recompute the estimate for a changed plan with
-    # planning.estimate_training_seconds(plan, speed, ...).
+    # graft.plans.estimate_training_seconds(plan, speed, ...).
     speed: Speed | None = None
     depth: Depth | None = None  # the plan's backbone, stage by stage
     strategy_estimates: tuple[StrategyEstimate, ...] = ()
@@ -81,3 +145,4 @@ class Advice:
     similarity_method: str = ""
     pilot: PilotResult | None = None
     holdout_probe_accuracy: float = 0.0  # the cut's probe on the pilot's split
+    from_cache: bool = False  # read from the advice cache (advice_cache.py), not measured now

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from graft.advisor import cancel
-from graft.advisor.advice import SEED, Advice, BackboneScore, DeclaredStats, StrategyEstimate
+from graft.advisor.advice import SEED, Advice, BackboneScore, StrategyEstimate
 from graft.advisor.choice import Choice, Planner, pilot_and_choose
 from graft.advisor.depth import choose_depth
 from graft.advisor.estimates import FE_MARGIN, fine_tune_range, strategy_estimates
@@ -26,7 +26,7 @@ from graft.advisor.measure import (
     transform_seconds,
 )
 from graft.advisor.ranking import _rank, rank_backbones, resolve_candidates
-from graft.advisor.rationale import declared_rationale, measured_rationale
+from graft.advisor.rationale import measured_rationale
 from graft.advisor.report import DatasetReportData, dataset_report
 from graft.advisor.signals import Signal, combine, measure_signals
 from graft.backbones import DEFAULT_BACKBONE, backbone_statuses, get_spec
@@ -38,22 +38,20 @@ from graft.domain import Quadrant, Strategy, TrainingPlan
 from graft.errors import FailedPrecondition, InvalidArgument
 from graft.plans import DEFAULTS as PLAN_DEFAULTS
 from graft.plans import resolve_plan
-from graft.plans.advised import build_plan
 from graft.plans.matrix import MATRIX, is_similar, quadrant_for, size_axis
 
-# Names other modules import from here: the types live in advice.py, the candidates and
-# their ranking in ranking.py, the strategy's pilot in choice.py, the estimate maths in
-# estimates.py, the prose in rationale.py.
+# Names other modules import from here: the types live in advice.py, the answer for
+# declared statistics in declared.py, the candidates and their ranking in ranking.py, the
+# strategy's pilot in choice.py, the estimate maths in estimates.py, the prose in
+# rationale.py.
 __all__ = [
     "FE_MARGIN",
     "SEED",
     "Advice",
     "BackboneScore",
-    "DeclaredStats",
     "StrategyEstimate",
     "_rank",
     "advise_dataset",
-    "advise_declared",
     "fine_tune_range",
     "resolve_candidates",
 ]
@@ -68,64 +66,6 @@ SIMILARITY_METHOD = (
     "the running statistics, which encode ImageNet); 0.5 = halfway between natural photos "
     "and grayscale glyphs (docs/ADVISOR.md)"
 )
-
-
-# --------------------------------------------------------------------------- declared
-
-
-def _validation_count(images_per_class: int, fraction: float) -> int:
-    """Validation images per class as graft.data.split_dataset takes them."""
-    if images_per_class < 2:
-        return 0
-    return min(images_per_class - 1, max(1, round(images_per_class * fraction)))
-
-
-def advise_declared(stats: DeclaredStats, *, small_threshold: int, backbone: str) -> Advice:
-    """The matrix's answer for declared statistics, without measuring anything: similar iff
-    similarity_hint >= 0.5, small iff images_per_class < small_threshold."""
-    spec = get_spec(backbone)
-    similar = is_similar(stats.similarity_hint)
-    quadrant = quadrant_for(stats.images_per_class, similar, small_threshold)
-    val_per_class = _validation_count(stats.images_per_class, PLAN_DEFAULTS.validation_fraction)
-    num_val = stats.num_classes * val_per_class
-    num_train = stats.num_classes * stats.images_per_class - num_val
-    plan = build_plan(
-        quadrant,
-        spec,
-        num_train=num_train,
-        num_val=num_val,
-        median_size=None,
-        imbalance_ratio=1.0,
-        seed=SEED,
-    )
-    signal = Signal(
-        name="declared_similarity",
-        value=stats.similarity_hint,
-        score=min(1.0, max(0.0, stats.similarity_hint)),
-        description="similarity to ImageNet declared by the caller, not measured",
-    )
-    rationale = declared_rationale(
-        stats,
-        quadrant=quadrant,
-        similar=similar,
-        small_threshold=small_threshold,
-        plan=plan,
-        spec=spec,
-    )
-    return Advice(
-        quadrant=quadrant,
-        matrix_strategy=MATRIX[quadrant],
-        plan=plan,
-        similarity=signal.score,
-        signals=[signal],
-        backbones=[],
-        rationale=rationale,
-        small_threshold=small_threshold,
-        estimated_training_seconds=0.0,
-        report=None,
-        images_per_class=float(stats.images_per_class),
-        similar=similar,
-    )
 
 
 # --------------------------------------------------------------------------- measured

@@ -9,11 +9,10 @@ from pathlib import Path
 import torch
 
 from graft.advisor import cancel
-from graft.advisor.advice import SEED
-from graft.advisor.depth import Depth
+from graft.advisor.advice import SEED, Depth, PilotResult
 from graft.advisor.estimates import FE_MARGIN
 from graft.advisor.measure import BackboneMeasurement, DecodedSample
-from graft.advisor.pilot import PilotResult, pilot_fine_tune, time_training_step
+from graft.advisor.pilot import pilot_fine_tune, time_training_step
 from graft.advisor.probe import holdout_probe, stratified_folds
 from graft.domain import Quadrant, Strategy, TrainingPlan
 from graft.plans.advised import Speed, build_plan, estimate_training_seconds

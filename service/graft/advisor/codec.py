@@ -25,8 +25,7 @@ from typing import Any
 
 import torch
 
-from graft.advisor.advise import Advice
-from graft.advisor.depth import CutChoice
+from graft.advisor.advice import Advice, CutChoice
 from graft.errors import FailedPrecondition
 
 VERSION = 1

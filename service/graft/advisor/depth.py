@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
+from graft.advisor.advice import CutChoice, Depth, ProbeResult, StageScore
 from graft.advisor.logme import logme
-from graft.advisor.probe import ProbeResult, linear_probe
+from graft.advisor.probe import linear_probe
 
 # A cut other than the last stage must probe at least this much better (accuracy).
 MIN_CUT_GAIN = 0.005
@@ -48,35 +48,6 @@ AROUND_BEST = 2
 # The pooling grid tried besides global pooling, and on how many of the best cuts.
 CUT_GRID = 2
 GRID_CANDIDATES = 3
-
-
-@dataclass(frozen=True)
-class StageScore:
-    stage: int  # 1-based
-    channels: int
-    logme: float
-    probe: ProbeResult
-
-
-@dataclass(frozen=True)
-class CutChoice:
-    stages: tuple[int, ...]  # 1-based stages, ascending; (last,) is the classic cut, which
-    # a plan writes as () (GraftModel's default features)
-    probe: ProbeResult
-    features: torch.Tensor  # the chosen cut's features on the sample
-    candidates: tuple[tuple[tuple[int, ...], float], ...]  # (stages, probe accuracy) tried
-    grid: int = 1  # pooling grid of the chosen cut (plan.feature_grid); 1 = global
-    # (stages, probe accuracy) tried again pooled over a CUT_GRID x CUT_GRID grid
-    grid_candidates: tuple[tuple[tuple[int, ...], float], ...] = ()
-    global_probe: ProbeResult | None = None  # the best globally pooled cut, when grid > 1
-
-
-@dataclass(frozen=True)
-class Depth:
-    stages: tuple[StageScore, ...]
-    cut: CutChoice
-    trainable_stages: int  # for partial fine-tuning
-    best_stage: int  # 1-based stage whose features probe best
 
 
 def score_stages(

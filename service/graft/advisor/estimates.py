@@ -9,10 +9,8 @@ from collections.abc import Sequence
 
 import torch
 
-from graft.advisor.advice import SEED, StrategyEstimate
-from graft.advisor.depth import CutChoice
-from graft.advisor.pilot import PilotResult
-from graft.advisor.probe import ProbeResult, linear_probe, stratified_folds
+from graft.advisor.advice import SEED, CutChoice, PilotResult, ProbeResult, StrategyEstimate
+from graft.advisor.probe import linear_probe, stratified_folds
 from graft.domain import Strategy
 
 # Feature extraction replaces the matrix's fine-tuning on a small dataset when its probe is

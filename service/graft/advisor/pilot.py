@@ -20,11 +20,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from graft.advisor.advice import PilotResult
 from graft.advisor.measure import DecodedSample
 from graft.advisor.timing import TIMING_BATCHES
 from graft.backbones.spec import PretrainedSpec
@@ -51,15 +51,6 @@ PILOT_MAX_TRAIN_IMAGES = 640  # bounds the pilot's cost on large samples
 EVAL_BATCH = 128
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class PilotResult:
-    accuracy: float  # on the held-out part
-    seconds: float
-    epochs: int
-    train_images: int
-    val_images: int
 
 
 def _never() -> bool:

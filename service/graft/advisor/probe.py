@@ -12,30 +12,15 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
+from graft.advisor.advice import ProbeResult
 from graft.advisor.cancel import checkpoint
 from graft.training.loop import feature_statistics
 
 MAX_FOLDS = 5
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """Accuracy of the probe over k stratified folds."""
-
-    accuracy: float  # mean over folds
-    std: float  # population standard deviation over folds
-    folds: int
-    fold_accuracies: tuple[float, ...]
-    correct: tuple[bool, ...] = ()  # per image (input order): its out-of-fold prediction
-
-    @property
-    def standard_error(self) -> float:
-        return self.std / math.sqrt(self.folds) if self.folds else 0.0
 
 
 def stratified_folds(labels: Sequence[int], k: int, seed: int = 0) -> list[int]:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from graft.advisor.advice import SEED, BackboneScore
+from graft.advisor.advice import SEED, BackboneScore, ProbeResult
 from graft.advisor.logme import logme
 from graft.advisor.measure import BackboneMeasurement, DecodedSample
-from graft.advisor.probe import ProbeResult, linear_probe, paired_sign_test
+from graft.advisor.probe import linear_probe, paired_sign_test
 from graft.backbones import DEFAULT_BACKBONE, backbone_statuses
 from graft.errors import FailedPrecondition, FieldViolation, InvalidArgument
 

@@ -1,16 +1,17 @@
 """Advise's rationale: the prose that says what was measured and why the plan is what it
-is (docs/ADVISOR.md). Formatting only; every number comes in on the Advice."""
+is (docs/ADVISOR.md). Formatting only; every number comes in on the Advice. The
+declared-statistics rationale, and `plan_sentence` that both end with, are in declared.py."""
 
 from __future__ import annotations
 
-from graft.advisor.advice import Advice, DeclaredStats
-from graft.advisor.depth import CUT_GRID, Depth
+from graft.advisor.advice import Advice, Depth, PilotResult
+from graft.advisor.declared import plan_sentence
+from graft.advisor.depth import CUT_GRID
 from graft.advisor.estimates import FE_MARGIN
 from graft.advisor.measure import SIGNAL_MAX_IMAGES
-from graft.advisor.pilot import PilotResult
 from graft.backbones import get_spec
 from graft.backbones.spec import PretrainedSpec
-from graft.domain import Quadrant, Strategy, TrainingPlan
+from graft.domain import Quadrant, Strategy
 from graft.plans.advised import IMBALANCE_CLASS_WEIGHTING
 from graft.plans.matrix import MATRIX, QUADRANT_WORDS, SIMILARITY_THRESHOLD, STRATEGY_WORDS
 
@@ -28,57 +29,6 @@ def _pct(x: float) -> str:
 
 def _points(x: float) -> str:
     return f"{100 * x:.1f} points"
-
-
-def plan_sentence(plan: TrainingPlan, spec: PretrainedSpec) -> str:
-    n = len(spec.stages)
-    if plan.strategy == Strategy.FEATURE_EXTRACTION:
-        where = (
-            f" reading stage{'s' if len(plan.feature_stages) > 1 else ''} "
-            f"{'+'.join(map(str, plan.feature_stages))}"
-            + (
-                f" pooled over a {plan.feature_grid}x{plan.feature_grid} grid"
-                if plan.feature_grid > 1
-                else ""
-            )
-            if plan.feature_stages
-            else ""
-        )
-        what = f"only a new head on the frozen {spec.name} base{where}"
-    elif plan.strategy == Strategy.FULL_FINE_TUNE:
-        what = f"all {n} stages of {spec.name} and a new head"
-    else:
-        what = f"the top {plan.trainable_stages} of {n} stages of {spec.name} and a new head"
-    return (
-        f"The plan trains {what} at {plan.image_size} px for up to {plan.epochs} epochs, "
-        f"batch {plan.batch_size}, augmentation {'on' if plan.augmentation else 'off'}, "
-        f"class weighting {'on' if plan.class_weighting else 'off'}."
-    )
-
-
-def declared_rationale(
-    stats: DeclaredStats,
-    *,
-    quadrant: Quadrant,
-    similar: bool,
-    small_threshold: int,
-    plan: TrainingPlan,
-    spec: PretrainedSpec,
-) -> str:
-    """The rationale of advise_declared: nothing was measured."""
-    size_word = "small" if stats.images_per_class < small_threshold else "large"
-    sim_word = "similar" if similar else "different"
-    return (
-        f"Declared: {stats.num_classes} classes with {stats.images_per_class} images per class "
-        f"({'below' if size_word == 'small' else 'at or above'} the small-dataset threshold "
-        f"of {small_threshold}: {size_word}), similarity {stats.similarity_hint:.2f} "
-        f"({'>=' if similar else '<'} {SIMILARITY_THRESHOLD}: {sim_word}). "
-        f"That is {QUADRANT_WORDS[quadrant]}, for which the matrix gives "
-        f"{STRATEGY_WORDS[MATRIX[quadrant]]}; the plan follows it. "
-        f"{plan_sentence(plan, spec)} Nothing was measured: no backbone ranking, no time "
-        f"estimate, and the image size is the backbone's pretraining size because the "
-        f"images' size is unknown."
-    )
 
 
 def measured_rationale(

@@ -3,7 +3,7 @@
 Each signal reads what one forward pass of the pretrained ImageNet network (with its
 1000-class head) over the sample recorded — its logits and the moments of every BatchNorm
 layer's input — and maps its raw value to a score in [0, 1] (1 = like ImageNet) with two
-calibration anchors measured on real images (`python -m graft.advisor.calibrate`). The
+calibration anchors measured on real images (`bench/calibrate_signals.py`). The
 similarity is the mean of the scores. New signals are one more entry in `SIGNALS`.
 """
 

@@ -8,9 +8,7 @@ from typing import Any, TypeVar
 
 from google.protobuf import timestamp_pb2
 
-from graft.advisor import Advice
-from graft.advisor.advise import BackboneScore
-from graft.advisor.report import DatasetReportData
+from graft.advisor import Advice, BackboneScore, DatasetReportData
 from graft.api.errors import to_rpc_status
 from graft.domain import (
     DatasetRef,
@@ -23,7 +21,7 @@ from graft.domain import (
     TrainingPlan,
 )
 from graft.errors import InvalidArgument, error_from_dict
-from graft.store.protocol import UploadInfo
+from graft.store import UploadRecord
 from graft_client.v1 import adaptation_pb2 as pb
 
 _PLAN_FIELDS = [
@@ -263,7 +261,7 @@ def report_to_pb(r: DatasetReportData) -> pb.DatasetReport:
     )
 
 
-def upload_to_pb(upload: UploadInfo, ttl_seconds: float) -> pb.UploadedDataset:
+def upload_to_pb(upload: UploadRecord, ttl_seconds: float) -> pb.UploadedDataset:
     """An upload as graft.v1.UploadedDataset; `ttl_seconds` (0: never) dates its expiry."""
     return pb.UploadedDataset(
         dataset_id=upload.dataset_id,

@@ -63,6 +63,6 @@ def cmd_worker(ctx: Context) -> int:
         stop_timeout_seconds=a.stop_timeout,
         lanes=tuple(dict.fromkeys(a.lanes)) if a.lanes else None,
     )
-    from graft.training.worker import run_worker
+    from graft.worker import run_worker
 
     return run_worker(config, a.worker_id)

@@ -23,13 +23,10 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from graft import errors
 from graft.advisor.advise import advise_dataset
@@ -42,74 +39,20 @@ from graft.domain import EventKind, Job, JobState, ProgressEvent, TrainingPlan
 from graft.observability.logs import log_context, setup_logging
 from graft.observability.metrics import WorkerMetrics, serve_metrics
 from graft.plans import resolve_plan, validate_plan
-from graft.registry import (
-    DatasetSummary,
-    ModelCard,
-    ModelRegistry,
-    Preprocessing,
-    TrainingSummary,
-)
-from graft.store import JobStore, open_store
+from graft.registry import ModelRegistry
+from graft.store import open_store
+from graft.training.engine import select_device
 from graft.training.errors import TrainingPreempted
 from graft.training.loop import TrainingCancelled, TrainResult, train
+from graft.worker.card import model_card
+from graft.worker.lease import LeaseKeeper
 
 log = logging.getLogger(__name__)
 
 
-def pick_device(config: Config) -> torch.device:
-    if config.device:
-        return torch.device(config.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-CANCEL_POLL_SECONDS = 0.25
-
-
-class LeaseKeeper:
-    """Renews a job's lease in the background and notices cancel requests (within
-    CANCEL_POLL_SECONDS); training asks `should_stop()` before every step, so a cancel
-    takes effect at the first step boundary after that."""
-
-    def __init__(self, store: JobStore, job: Job, worker_id: str, lease_seconds: float) -> None:
-        self.store, self.job_id, self.worker_id = store, job.job_id, worker_id
-        self.lease_seconds = lease_seconds
-        self.cancelled = threading.Event()
-        self.lost = threading.Event()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        # The cancel flag is read often (one indexed read), the lease renewed at a third
-        # of its length: a cancel must not wait for the next renewal, which is 10 s away
-        # at the default lease (seen: a whole further epoch ran after a cancel).
-        renew_every = max(CANCEL_POLL_SECONDS, self.lease_seconds / 3)
-        renewed = time.monotonic()
-        while not self._done.wait(CANCEL_POLL_SECONDS):
-            try:
-                if time.monotonic() - renewed >= renew_every:
-                    if not self.store.renew_lease(self.job_id, self.worker_id, self.lease_seconds):
-                        log.error("lost the lease on job %s", self.job_id)
-                        self.lost.set()
-                        return
-                    renewed = time.monotonic()
-                if self.store.get_job(self.job_id).cancel_requested:
-                    self.cancelled.set()
-            except Exception:  # a store hiccup: keep trying until the lease runs out
-                log.exception("lease renewal of job %s failed", self.job_id)
-
-    def should_stop(self) -> bool:
-        return self.cancelled.is_set() or self.lost.is_set()
-
-
 class Worker:
+    """One worker process: its lanes, its heartbeat, and the trainer lane's jobs."""
+
     def __init__(
         self,
         config: Config,
@@ -120,7 +63,7 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.store = open_store(config)
         self.registry = ModelRegistry(self.store, config.registry_dir)
-        self.device = pick_device(config)
+        self.device = select_device(config.device)
         self.metrics = metrics or WorkerMetrics(cuda=self.device.type == "cuda")
         self.stopping = threading.Event()
         self.stop_requested_at = 0.0
@@ -362,36 +305,6 @@ class Worker:
         )
 
 
-def model_card(
-    job: Job, plan: TrainingPlan, dataset: ScannedDataset, result: TrainResult, device: torch.device
-) -> ModelCard:
-    """The card of the model `job` trained (the registry and the store add its identity)."""
-    spec = get_spec(plan.backbone)
-    return ModelCard(
-        backbone=plan.backbone,
-        labels=tuple(dataset.classes),
-        preprocessing=Preprocessing.from_spec(spec, plan.image_size),
-        plan=plan,
-        job_id=job.job_id,
-        architecture=spec.architecture,
-        metrics=result.metrics,
-        dataset=DatasetSummary(
-            fingerprint=dataset.fingerprint,
-            images=len(dataset.samples),
-            skipped_files=len(dataset.skipped),
-            counts=dataset.counts(),
-        ),
-        training=TrainingSummary(
-            epochs_run=result.epochs_run,
-            best_epoch=result.best_epoch,
-            resumed_from_epoch=result.resumed_from_epoch,
-            train_seconds=result.train_seconds,
-            device=str(device),
-            attempts=job.attempts,
-        ),
-    )
-
-
 def run_worker(config: Config, worker_id: str | None = None) -> int:
     setup_logging(config.log_format, config.log_level, process="worker")
     worker = Worker(config, worker_id)
@@ -418,7 +331,3 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = Config.from_dict(json.loads(args.config_file.read_text()))
     return run_worker(config, args.worker_id)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
