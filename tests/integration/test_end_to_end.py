@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,13 @@ def test_advise_train_follow_predict(server: RunningServer, fashion: dict[str, P
     if advice.plan.strategy == pb.STRATEGY_FEATURE_EXTRACTION:
         assert advice.plan.feature_grid == (top.feature_grid if top.feature_grid > 1 else 0)
     assert "40" in advice.rationale  # quotes the measured images per class
+    # Asked again, the same data and options answer from the advice cache, unmeasured.
+    t0 = time.perf_counter()
+    cached = client.advise(uri)
+    print(f"repeated Advise: {time.perf_counter() - t0:.3f} s (from the cache)")
+    assert cached.from_cache and not advice.from_cache
+    cached.from_cache = False
+    assert cached == advice
     # The caller may bound the measured sample below the server's limits.
     small = client.advise(uri, max_images=40, candidate_backbones=["efficientnet_lite0"])
     assert "frozen features of 40 sampled images" in small.rationale

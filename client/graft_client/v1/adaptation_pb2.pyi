@@ -704,6 +704,7 @@ class AdviseResponse(_message.Message):
     ESTIMATED_ACCURACY_HIGH_FIELD_NUMBER: _builtins.int
     STRATEGY_ESTIMATES_FIELD_NUMBER: _builtins.int
     SIMILARITY_METHOD_FIELD_NUMBER: _builtins.int
+    FROM_CACHE_FIELD_NUMBER: _builtins.int
     quadrant: Global___Quadrant.ValueType
     """The matrix's quadrant."""
     similarity: _builtins.float
@@ -722,6 +723,11 @@ class AdviseResponse(_message.Message):
     """The plan's expected validation accuracy, high end of the range."""
     similarity_method: _builtins.str
     """How similarity was measured (the signals and how they combine)."""
+    from_cache: _builtins.bool
+    """True when an earlier Advise of the same dataset (by content) with the same options
+    measured this answer and it was read from the advice cache instead of measuring again;
+    its measured figures (speed, time estimates) are from that run.
+    """
     @_builtins.property
     def plan(self) -> Global___TrainingPlan:
         """A complete plan StartFineTune accepts unchanged."""
@@ -759,10 +765,11 @@ class AdviseResponse(_message.Message):
         estimated_accuracy_high: _builtins.float = ...,
         strategy_estimates: _abc.Iterable[Global___StrategyEstimate] | None = ...,
         similarity_method: _builtins.str = ...,
+        from_cache: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "report", b"report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backbones", b"backbones", "estimated_accuracy_high", b"estimated_accuracy_high", "estimated_accuracy_low", b"estimated_accuracy_low", "estimated_training_seconds", b"estimated_training_seconds", "matrix_strategy", b"matrix_strategy", "plan", b"plan", "quadrant", b"quadrant", "rationale", b"rationale", "report", b"report", "similarity", b"similarity", "similarity_method", b"similarity_method", "similarity_signals", b"similarity_signals", "small_dataset_threshold", b"small_dataset_threshold", "strategy_estimates", b"strategy_estimates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backbones", b"backbones", "estimated_accuracy_high", b"estimated_accuracy_high", "estimated_accuracy_low", b"estimated_accuracy_low", "estimated_training_seconds", b"estimated_training_seconds", "from_cache", b"from_cache", "matrix_strategy", b"matrix_strategy", "plan", b"plan", "quadrant", b"quadrant", "rationale", b"rationale", "report", b"report", "similarity", b"similarity", "similarity_method", b"similarity_method", "similarity_signals", b"similarity_signals", "small_dataset_threshold", b"small_dataset_threshold", "strategy_estimates", b"strategy_estimates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,6 +1,7 @@
 """The advisor lane: a worker's loop over the short tasks the API awaits for its callers.
 
-- ADVISE: scan the dataset, measure it and advise (advise_dataset); the result is the
+- ADVISE: scan the dataset, measure it and advise (advise_dataset, through the advice
+  cache: the same data and options answer from it without measuring); the result is the
   Advice in graft.advisor.codec's versioned JSON, which the API converts to the
   AdviseResponse (the lane speaks the domain, never protobuf: docs/ARCHITECTURE.md).
 - CHECK_UPLOAD: extract and scan an uploaded archive (graft.data.check_upload).
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 
 from graft import errors
-from graft.advisor.advise import advise_dataset
+from graft.advisor.advice_cache import advise_cached
 from graft.advisor.cancel import AdviceCancelled, cancellable, checkpoint
 from graft.advisor.codec import advice_to_json
 from graft.advisor.housekeeping import Housekeeping
@@ -170,7 +171,7 @@ class AdvisorLane:
             max_classes=self.config.max_classes,
         )
         checkpoint()
-        advice = advise_dataset(
+        advice = advise_cached(
             dataset,
             config=self.config,
             candidates=[c.strip() for c in request.get("candidate_backbones", [])],

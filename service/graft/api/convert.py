@@ -207,6 +207,7 @@ def advice_to_pb(advice: Advice) -> pb.AdviseResponse:
         small_dataset_threshold=advice.small_threshold,
         estimated_training_seconds=advice.estimated_training_seconds,
         matrix_strategy=int(advice.matrix_strategy),  # type: ignore[arg-type]
+        from_cache=advice.from_cache,
     )
 
 

@@ -128,5 +128,7 @@ def cmd_advise(ctx: Context) -> int:
         )
     if advice.rationale:
         fields.append(("rationale", textwrap.fill(advice.rationale, 76)))
+    if advice.from_cache:
+        fields.append(("measured", "earlier: answered from the advice cache (same data, options)"))
     print_fields(fields, ctx.out)
     return EXIT_OK

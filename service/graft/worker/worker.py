@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from graft import errors
-from graft.advisor.advise import advise_dataset
+from graft.advisor.advice_cache import advise_cached
 from graft.advisor.cancel import AdviceCancelled, cancellable
 from graft.advisor.lane import AdvisorLane
 from graft.backbones import DEFAULT_BACKBONE, get_spec
@@ -262,7 +262,7 @@ class Worker:
             )
             try:
                 with cancellable(should_stop):
-                    plan = advise_dataset(dataset, config=self.config, device=self.device).plan
+                    plan = advise_cached(dataset, config=self.config, device=self.device).plan
             except AdviceCancelled as exc:
                 raise TrainingCancelled() from exc
         else:
