@@ -33,7 +33,7 @@ from graft.api.auth import AuthInterceptor, admin_scrapes
 from graft.api.drain import DrainGate
 from graft.api.errors import ErrorBoundaryInterceptor
 from graft.api.health import SERVICE_NAME, WORKER_HEALTH_NAME, HealthMonitor
-from graft.api.metrics import MetricsInterceptor
+from graft.api.rpc_metrics import MetricsInterceptor
 from graft.api.servicer import AdaptationServicer
 from graft.api.services import Services
 from graft.api.watcher import StoreWatcher

@@ -2,7 +2,7 @@
 
 Server: the conventional gRPC server metrics (the names of go-grpc-prometheus and
 py-grpc-prometheus, so existing dashboards and alerts work), recorded by
-graft.api.metrics.MetricsInterceptor for unary and streaming RPCs alike (this module loads no
+graft.api.rpc_metrics.MetricsInterceptor for unary and streaming RPCs alike (this module loads no
 gRPC: the worker imports it); Predict's stage timings and model cache. The job store's
 state is read at scrape time by graft.observability.store_metrics.StoreCollector.
 
