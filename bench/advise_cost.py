@@ -28,6 +28,7 @@ PHASES = [
     ("timed training step", "advisor/pilot.py", "time_training_step"),
     ("all linear probes (ranking, depth, curve)", "advisor/probe.py", "linear_probe"),
     ("all LogME scores", "advisor/logme.py", "logme"),
+    ("similarity bootstrap interval", "advisor/bootstrap.py", "similarity_interval"),
 ]
 
 
@@ -60,6 +61,11 @@ def main() -> int:
             v[3] for (file, _, name), v in stats.items() if file.endswith(path) and name == func
         )
         print(f"  {phase:45s} {seconds:5.1f} s  ({100 * seconds / total:.0f}%)")
+    low, high = advice.similarity_interval
+    print(
+        f"similarity {advice.similarity:.3f}, 90% interval {low:.3f}-{high:.3f}"
+        f"{' (borderline)' if advice.similarity_borderline else ''}"
+    )
     print(
         f"the same Advise again (scan + advice cache): {repeat:.3f} s, "
         f"{total / repeat:.0f}x faster than measuring"

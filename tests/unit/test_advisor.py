@@ -367,6 +367,12 @@ def test_advise_dataset_on_fashion_mnist(
     assert advice.images_per_class == 12
     assert advice.quadrant in (Quadrant.SMALL_DIFFERENT, Quadrant.SMALL_SIMILAR)
     assert advice.matrix_strategy == MATRIX[advice.quadrant]
+    # The similarity's bootstrap interval holds it, and borderline means straddling 0.5.
+    low, high = advice.similarity_interval
+    print(f"similarity {advice.similarity:.3f}, interval {low:.3f}-{high:.3f}")
+    assert low <= advice.similarity <= high and low < high
+    assert advice.similarity_borderline == (low < 0.5 <= high)
+    assert f"90% bootstrap interval {low:.2f}-{high:.2f}" in advice.rationale
     # The strategy is the matrix's unless the measurement says feature extraction does as
     # well: the pilot fine-tune against the probe on the same split.
     assert advice.pilot is not None and 0 <= advice.pilot.accuracy <= 1

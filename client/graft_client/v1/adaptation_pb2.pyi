@@ -705,6 +705,9 @@ class AdviseResponse(_message.Message):
     STRATEGY_ESTIMATES_FIELD_NUMBER: _builtins.int
     SIMILARITY_METHOD_FIELD_NUMBER: _builtins.int
     FROM_CACHE_FIELD_NUMBER: _builtins.int
+    SIMILARITY_LOW_FIELD_NUMBER: _builtins.int
+    SIMILARITY_HIGH_FIELD_NUMBER: _builtins.int
+    SIMILARITY_BORDERLINE_FIELD_NUMBER: _builtins.int
     quadrant: Global___Quadrant.ValueType
     """The matrix's quadrant."""
     similarity: _builtins.float
@@ -727,6 +730,15 @@ class AdviseResponse(_message.Message):
     """True when an earlier Advise of the same dataset (by content) with the same options
     measured this answer and it was read from the advice cache instead of measuring again;
     its measured figures (speed, time estimates) are from that run.
+    """
+    similarity_low: _builtins.float
+    """The similarity's central 90% bootstrap interval over the images the signals read
+    (equal to `similarity` at both ends for declared statistics).
+    """
+    similarity_high: _builtins.float
+    similarity_borderline: _builtins.bool
+    """The interval straddles 0.5, the matrix's threshold: another sample of the same data
+    could fall in the other column.
     """
     @_builtins.property
     def plan(self) -> Global___TrainingPlan:
@@ -766,10 +778,13 @@ class AdviseResponse(_message.Message):
         strategy_estimates: _abc.Iterable[Global___StrategyEstimate] | None = ...,
         similarity_method: _builtins.str = ...,
         from_cache: _builtins.bool = ...,
+        similarity_low: _builtins.float = ...,
+        similarity_high: _builtins.float = ...,
+        similarity_borderline: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "report", b"report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backbones", b"backbones", "estimated_accuracy_high", b"estimated_accuracy_high", "estimated_accuracy_low", b"estimated_accuracy_low", "estimated_training_seconds", b"estimated_training_seconds", "from_cache", b"from_cache", "matrix_strategy", b"matrix_strategy", "plan", b"plan", "quadrant", b"quadrant", "rationale", b"rationale", "report", b"report", "similarity", b"similarity", "similarity_method", b"similarity_method", "similarity_signals", b"similarity_signals", "small_dataset_threshold", b"small_dataset_threshold", "strategy_estimates", b"strategy_estimates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backbones", b"backbones", "estimated_accuracy_high", b"estimated_accuracy_high", "estimated_accuracy_low", b"estimated_accuracy_low", "estimated_training_seconds", b"estimated_training_seconds", "from_cache", b"from_cache", "matrix_strategy", b"matrix_strategy", "plan", b"plan", "quadrant", b"quadrant", "rationale", b"rationale", "report", b"report", "similarity", b"similarity", "similarity_borderline", b"similarity_borderline", "similarity_high", b"similarity_high", "similarity_low", b"similarity_low", "similarity_method", b"similarity_method", "similarity_signals", b"similarity_signals", "small_dataset_threshold", b"small_dataset_threshold", "strategy_estimates", b"strategy_estimates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

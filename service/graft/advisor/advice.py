@@ -146,3 +146,7 @@ class Advice:
     pilot: PilotResult | None = None
     holdout_probe_accuracy: float = 0.0  # the cut's probe on the pilot's split
     from_cache: bool = False  # read from the advice cache (advice_cache.py), not measured now
+    # The similarity's central 90% bootstrap interval over the images the signals read
+    # (bootstrap.py), and whether it straddles the matrix's threshold.
+    similarity_interval: tuple[float, float] = (0.0, 0.0)
+    similarity_borderline: bool = False

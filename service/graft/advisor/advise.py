@@ -12,6 +12,7 @@ import torch
 
 from graft.advisor import cancel
 from graft.advisor.advice import SEED, Advice, BackboneScore, StrategyEstimate
+from graft.advisor.bootstrap import is_borderline, similarity_interval
 from graft.advisor.choice import Choice, Planner, pilot_and_choose
 from graft.advisor.depth import choose_depth
 from graft.advisor.estimates import FE_MARGIN, fine_tune_range, strategy_estimates
@@ -105,6 +106,7 @@ class _Position:
     similarity: float
     similar: bool
     quadrant: Quadrant
+    interval: tuple[float, float] | None  # the similarity's bootstrap interval
 
 
 def advise_dataset(
@@ -249,7 +251,7 @@ def _position(survey: _Survey, measured: _Measured) -> _Position:
     similarity = combine(signals)
     similar = is_similar(similarity)
     quadrant = quadrant_for(survey.per_class, similar, survey.threshold)
-    return _Position(signals, similarity, similar, quadrant)
+    return _Position(signals, similarity, similar, quadrant, similarity_interval(response))
 
 
 def _planner(
@@ -338,6 +340,8 @@ def _compose(
         strategy_estimates=estimates,
         estimated_accuracy=(mine.accuracy_low, mine.accuracy_high),
         similarity_method=SIMILARITY_METHOD,
+        similarity_interval=position.interval or (position.similarity, position.similarity),
+        similarity_borderline=is_borderline(position.interval),
         pilot=choice.pilot,
         holdout_probe_accuracy=choice.probe_holdout,
     )

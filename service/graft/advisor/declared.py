@@ -65,6 +65,7 @@ def advise_declared(stats: DeclaredStats, *, small_threshold: int, backbone: str
         report=None,
         images_per_class=float(stats.images_per_class),
         similar=similar,
+        similarity_interval=(signal.score, signal.score),  # declared, not sampled
     )
 
 

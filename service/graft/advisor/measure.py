@@ -19,7 +19,7 @@ from torch import nn
 
 from graft.advisor.cancel import checkpoint
 from graft.advisor.depth import CUT_GRID
-from graft.advisor.signals import BatchNormMoments, BatchNormRecorder, ImageNetResponse
+from graft.advisor.signals import BatchNormRecorder, ImageNetResponse
 from graft.advisor.timing import time_inference
 from graft.backbones import create_imagenet_model, stage_output_modules
 from graft.backbones.spec import PretrainedSpec, global_average_pool, grid_average_pool
@@ -292,8 +292,7 @@ def _features_pass(
         logits = forward.logits(signal_images, transform)
         rec.enabled = False
         forward.run(n, transform, signal_images)
-        moments = rec.moments()
-    return _response(spec, logits, moments)
+    return _response(spec, logits, rec)
 
 
 def _native_signals(
@@ -303,16 +302,16 @@ def _native_signals(
     native = eval_transform(spec, spec.input_size)
     with BatchNormRecorder(forward.net) as rec:
         logits = forward.logits(signal_images, native)
-        moments = rec.moments()
-    return _response(spec, logits, moments)
+    return _response(spec, logits, rec)
 
 
 def _response(
-    spec: PretrainedSpec, logits: list[torch.Tensor], moments: list[BatchNormMoments]
+    spec: PretrainedSpec, logits: list[torch.Tensor], recorded: BatchNormRecorder
 ) -> ImageNetResponse:
     return ImageNetResponse(
         backbone=spec.name,
         image_size=spec.input_size,
         logits=torch.cat(logits),
-        batchnorm=moments,
+        batchnorm=recorded.moments(),
+        per_image=recorded.per_image(),
     )

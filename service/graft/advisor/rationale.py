@@ -84,12 +84,26 @@ def _position_sentences(advice: Advice, counts: list[int], total_images: int) ->
         f"{response_size} px on {min(SIGNAL_MAX_IMAGES, advice.sample_images)} sampled images: "
         f"{signal_text}; combined {advice.similarity:.2f} "
         f"({'>=' if advice.similar else '<'} {SIMILARITY_THRESHOLD}: "
-        f"{'similar' if advice.similar else 'different'}).",
+        f"{'similar' if advice.similar else 'different'}" + _interval_text(advice) + ").",
         f"That is {QUADRANT_WORDS[q]}, for which the matrix gives "
         f"{STRATEGY_WORDS[MATRIX[q]]}"
         + (" plus data augmentation" if q == Quadrant.SMALL_DIFFERENT else "")
         + ".",
     ]
+
+
+def _interval_text(advice: Advice) -> str:
+    low, high = advice.similarity_interval
+    if low == high:
+        return ""
+    text = f"; 90% bootstrap interval {low:.2f}-{high:.2f}"
+    if advice.similarity_borderline:
+        text += (
+            f", which straddles {SIMILARITY_THRESHOLD}: borderline, another sample of the "
+            "same data could fall in the other column, so the measured pilot weighs more "
+            "than the column"
+        )
+    return text
 
 
 def _ranking_sentence(advice: Advice, ranking_note: str) -> str:

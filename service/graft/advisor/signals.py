@@ -43,6 +43,16 @@ class BatchNormMoments:
     eps: float
 
 
+@dataclass(frozen=True)
+class ImageMoments:
+    """One BatchNorm layer's input summed per image (over the positions read): what the
+    layer's moments over any resample of the images are made from (advisor/bootstrap.py)."""
+
+    sums: torch.Tensor  # (n, C) float64
+    sumsq: torch.Tensor  # (n, C) float64
+    positions: int  # positions summed per image
+
+
 @dataclass
 class ImageNetResponse:
     """What the similarity signals read: one forward pass of the pretrained network."""
@@ -51,6 +61,7 @@ class ImageNetResponse:
     image_size: int
     logits: torch.Tensor  # (n, 1000), float32 on the CPU
     batchnorm: list[BatchNormMoments] = field(default_factory=list)
+    per_image: list[ImageMoments] = field(default_factory=list)  # aligned with `batchnorm`
 
     @property
     def num_images(self) -> int:
@@ -73,6 +84,9 @@ class BatchNormRecorder:
         self._count = [0] * len(self.layers)
         self._sum: list[torch.Tensor | None] = [None] * len(self.layers)
         self._sumsq: list[torch.Tensor | None] = [None] * len(self.layers)
+        self._image_sums: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        self._image_sumsq: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        self._positions = [0] * len(self.layers)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> BatchNormRecorder:
@@ -106,6 +120,10 @@ class BatchNormRecorder:
             var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
             s = (mean.double() * n).cpu()
             sq = ((var.double() + mean.double() ** 2) * n).cpu()
+            # Per image too, for the bootstrap: sums over its positions, in float64.
+            self._image_sums[i].append(x.sum(dim=(2, 3)).double().cpu())
+            self._image_sumsq[i].append((x * x).sum(dim=(2, 3)).double().cpu())
+            self._positions[i] = x.shape[2] * x.shape[3]
             prev_s, prev_sq = self._sum[i], self._sumsq[i]
             self._sum[i] = s if prev_s is None else prev_s + s
             self._sumsq[i] = sq if prev_sq is None else prev_sq + sq
@@ -113,12 +131,28 @@ class BatchNormRecorder:
 
         return hook
 
+    def _recorded(self) -> list[int]:
+        return [
+            i
+            for i, (_, m) in enumerate(self.layers)
+            if self._sum[i] is not None and self._count[i] and m.running_mean is not None
+        ]
+
+    def per_image(self) -> list[ImageMoments]:
+        """Each recorded layer's input summed per image, aligned with `moments()`."""
+        return [
+            ImageMoments(
+                torch.cat(self._image_sums[i]), torch.cat(self._image_sumsq[i]), self._positions[i]
+            )
+            for i in self._recorded()
+        ]
+
     def moments(self) -> list[BatchNormMoments]:
         out = []
-        for i, (name, m) in enumerate(self.layers):
+        for i in self._recorded():
+            name, m = self.layers[i]
             s, sq, n = self._sum[i], self._sumsq[i], self._count[i]
-            if s is None or sq is None or n == 0 or m.running_mean is None:
-                continue
+            assert s is not None and sq is not None and m.running_mean is not None
             assert m.running_var is not None
             mean = s / n
             out.append(
@@ -137,12 +171,34 @@ class BatchNormRecorder:
 # --------------------------------------------------------------------------- raw values
 
 
+def _max_probability(response: ImageNetResponse) -> torch.Tensor:
+    return torch.softmax(response.logits.double(), dim=1).max(dim=1).values
+
+
 def imagenet_confidence(response: ImageNetResponse) -> float | None:
     """Mean over the sample of the largest softmax probability of the 1000-class head."""
     if response.num_images == 0:
         return None
-    p = torch.softmax(response.logits.double(), dim=1)
-    return float(p.max(dim=1).values.mean())
+    return float(_max_probability(response).mean())
+
+
+def imagenet_confidence_resampled(
+    response: ImageNetResponse, weights: torch.Tensor
+) -> torch.Tensor | None:
+    """`imagenet_confidence` of each resample: `weights` (R, n) counts each image's draws."""
+    if response.num_images == 0:
+        return None
+    return weights @ _max_probability(response) / weights.sum(dim=1)
+
+
+def _log_shift(bn: BatchNormMoments, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """log(1 + the mean over channels (the last dimension) of the symmetric KL divergence
+    between N(mean, var) and the layer's N(running mean, running var))."""
+    vs = var + bn.eps
+    vr = bn.running_var + bn.eps
+    d2 = (mean - bn.running_mean) ** 2
+    sym_kl = 0.5 * (vs / vr + vr / vs - 2.0) + 0.5 * d2 * (1.0 / vs + 1.0 / vr)
+    return torch.log1p(sym_kl.mean(dim=-1))
 
 
 def batchnorm_shift(response: ImageNetResponse) -> float | None:
@@ -152,14 +208,25 @@ def batchnorm_shift(response: ImageNetResponse) -> float | None:
     over layers of log(1 + that). None for a network without BatchNorm."""
     if not response.batchnorm:
         return None
-    per_layer = []
-    for bn in response.batchnorm:
-        vs = bn.var + bn.eps
-        vr = bn.running_var + bn.eps
-        d2 = (bn.mean - bn.running_mean) ** 2
-        sym_kl = 0.5 * (vs / vr + vr / vs - 2.0) + 0.5 * d2 * (1.0 / vs + 1.0 / vr)
-        per_layer.append(math.log1p(float(sym_kl.mean())))
+    per_layer = [float(_log_shift(bn, bn.mean, bn.var)) for bn in response.batchnorm]
     return sum(per_layer) / len(per_layer)
+
+
+def batchnorm_shift_resampled(
+    response: ImageNetResponse, weights: torch.Tensor
+) -> torch.Tensor | None:
+    """`batchnorm_shift` of each resample (`weights` (R, n)), its moments rebuilt from the
+    per-image sums; None without them."""
+    if not response.batchnorm or len(response.per_image) != len(response.batchnorm):
+        return None
+    draws = weights.sum(dim=1, keepdim=True)
+    per_layer = []
+    for bn, image in zip(response.batchnorm, response.per_image, strict=True):
+        n = draws * image.positions
+        mean = weights @ image.sums / n
+        var = (weights @ image.sumsq / n - mean**2).clamp_min(0.0)
+        per_layer.append(_log_shift(bn, mean, var))
+    return torch.stack(per_layer, dim=1).mean(dim=1)
 
 
 # --------------------------------------------------------------------------- scores
@@ -177,6 +244,11 @@ class Calibration:
         span = self.like_imagenet - self.unlike_imagenet
         return min(1.0, max(0.0, (value - self.unlike_imagenet) / span))
 
+    def scores(self, values: torch.Tensor) -> torch.Tensor:
+        """`score` of each value."""
+        span = self.like_imagenet - self.unlike_imagenet
+        return ((values - self.unlike_imagenet) / span).clamp(0.0, 1.0)
+
 
 @dataclass(frozen=True)
 class SignalDefinition:
@@ -184,6 +256,9 @@ class SignalDefinition:
     description: str
     compute: Callable[[ImageNetResponse], float | None]
     calibration: Calibration
+    # The raw value of R resamples of the images at once, from draw counts (R, n): what
+    # the bootstrap interval (advisor/bootstrap.py) reads.
+    resampled: Callable[[ImageNetResponse, torch.Tensor], torch.Tensor | None]
 
 
 # Anchors measured with efficientnet_lite0 at its 224 px pretraining resolution; the
@@ -197,6 +272,7 @@ SIGNALS: tuple[SignalDefinition, ...] = (
         ),
         compute=imagenet_confidence,
         calibration=Calibration(like_imagenet=0.40, unlike_imagenet=0.08),
+        resampled=imagenet_confidence_resampled,
     ),
     SignalDefinition(
         name="batchnorm_shift",
@@ -207,6 +283,7 @@ SIGNALS: tuple[SignalDefinition, ...] = (
         ),
         compute=batchnorm_shift,
         calibration=Calibration(like_imagenet=0.15, unlike_imagenet=1.70),
+        resampled=batchnorm_shift_resampled,
     ),
 )
 

@@ -208,6 +208,9 @@ def advice_to_pb(advice: Advice) -> pb.AdviseResponse:
         estimated_training_seconds=advice.estimated_training_seconds,
         matrix_strategy=int(advice.matrix_strategy),  # type: ignore[arg-type]
         from_cache=advice.from_cache,
+        similarity_low=advice.similarity_interval[0],
+        similarity_high=advice.similarity_interval[1],
+        similarity_borderline=advice.similarity_borderline,
     )
 
 

@@ -60,6 +60,15 @@ def _duplicates_text(report: pb.DatasetReport) -> str:
     return text + (": " + ", ".join(worse) if worse else "")
 
 
+def _similarity_text(advice: pb.AdviseResponse) -> str:
+    text = f"{advice.similarity:.2f} (1 = like ImageNet"
+    if advice.similarity_high > advice.similarity_low:
+        text += f"; 90% interval {advice.similarity_low:.2f}-{advice.similarity_high:.2f}"
+        if advice.similarity_borderline:
+            text += ", borderline"
+    return text + ")"
+
+
 def cmd_advise(ctx: Context) -> int:
     a = ctx.args
     with ctx.client() as client:
@@ -77,7 +86,7 @@ def cmd_advise(ctx: Context) -> int:
     fields = [
         ("quadrant", QUADRANT_TEXT.get(advice.quadrant, "?")),
         ("strategy", strategy),
-        ("similarity", f"{advice.similarity:.2f} (1 = like ImageNet)"),
+        ("similarity", _similarity_text(advice)),
     ]
     report = advice.report
     if report.total_images:
