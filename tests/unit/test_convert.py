@@ -368,7 +368,32 @@ def _measured_advice() -> Advice:
         similarity_method="bn+logme",
         pilot=PilotResult(0.7, 4.0, 1, 60, 18),
         holdout_probe_accuracy=0.78,
+        from_cache=True,
+        similarity_interval=(0.7, 0.9),
+        similarity_borderline=True,
     )
+
+
+def _unset_fields(message: Any) -> list[str]:
+    """The fields of `message` left at their default (empty for repeated ones)."""
+    unset = []
+    for f in message.DESCRIPTOR.fields:
+        value = getattr(message, f.name)
+        if f.is_repeated:
+            if not len(value):
+                unset.append(f.name)
+        elif f.message_type is not None:
+            if not message.HasField(f.name):
+                unset.append(f.name)
+        elif value == f.default_value:
+            unset.append(f.name)
+    return unset
+
+
+def test_advice_to_pb_fills_every_response_field() -> None:
+    """A field added to AdviseResponse without its conversion fails here: every field of
+    the answer to a measured Advice (every part set) is set."""
+    assert _unset_fields(convert.advice_to_pb(_measured_advice())) == []
 
 
 def test_advice_codec_round_trips_a_measured_advice() -> None:
