@@ -732,10 +732,11 @@ class AdviseResponse(_message.Message):
     its measured figures (speed, time estimates) are from that run.
     """
     similarity_low: _builtins.float
-    """The similarity's central 90% bootstrap interval over the images the signals read
-    (equal to `similarity` at both ends for declared statistics).
+    """Low end of the similarity's central 90% bootstrap interval over the images the
+    signals read (equal to `similarity` for declared statistics).
     """
     similarity_high: _builtins.float
+    """High end of that interval."""
     similarity_borderline: _builtins.bool
     """The interval straddles 0.5, the matrix's threshold: another sample of the same data
     could fall in the other column.
