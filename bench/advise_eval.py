@@ -9,7 +9,12 @@ Per dataset it prints the quadrant, the recommended strategy, Advise's own time,
 strategy's held-out accuracy and wall time, the plan's accuracy as a fraction of the best
 strategy's and its wall time as a fraction of the slowest one's and of the best one's, and
 whether the plan's held-out accuracy fell
-in Advise's estimated range. Then the rank agreement (Kendall tau) between the backbones'
+in Advise's estimated range and the time estimate against the training's real time. Against
+the two best hand-written strategies, measured in the same run (issue 13): frozen final
+features + logistic regression (bench/baselines.py) and partial fine-tuning for 4 epochs
+(the partial row): Graft's held-out accuracy minus the best baseline's, and Graft's whole
+wall time (Advise + training + testing) over the fastest baseline's (training + testing).
+Then the rank agreement (Kendall tau) between the backbones'
 LogME scores and the held-out accuracy each reaches with feature extraction, over the
 backbones with real weights. docs/ADVISOR.md has the table as measured.
 
@@ -41,6 +46,7 @@ from graft_devtools.datasets import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
+from baselines import logistic_on_final_features
 from demo_strategies import held_out_accuracy, serving, train_timed
 
 EPOCHS = 4  # the same budget for the three strategies (the issue's reference runs)
@@ -90,8 +96,11 @@ DATASETS: dict[str, Callable[[Path], tuple[Path, Path]]] = {
 def _train(
     client: Client, name: str, train: Path, test: Path, plan: pb.TrainingPlan
 ) -> tuple[float, float, pb.Job]:
+    """Held-out accuracy, wall seconds of training and testing, the job."""
     job, wall = train_timed(client, name, train, plan)
-    return held_out_accuracy(client, name, test), wall, job
+    t0 = time.perf_counter()
+    accuracy = held_out_accuracy(client, name, test)
+    return accuracy, wall + time.perf_counter() - t0, job
 
 
 def evaluate(client: Client, key: str, train: Path, test: Path) -> dict[str, object]:
@@ -125,6 +134,10 @@ def evaluate(client: Client, key: str, train: Path, test: Path) -> dict[str, obj
         results[pb.Strategy.Name(strategy)] = (acc, wall)
         print(f"{pb.Strategy.Name(strategy)}: held-out {acc:.3f}, {wall:.0f} s", flush=True)
 
+    lr_acc, lr_wall = logistic_on_final_features(train, test, image_size=64)
+    print(f"baseline frozen features + logistic regression: {lr_acc:.3f}, {lr_wall:.0f} s")
+    baselines = {"logistic": (lr_acc, lr_wall), "partial": results["STRATEGY_PARTIAL_FINE_TUNE"]}
+
     # LogME against reality: feature extraction with every backbone Advise measured.
     logme_acc: list[tuple[str, float, float]] = []
     for b in advice.backbones:
@@ -144,7 +157,16 @@ def evaluate(client: Client, key: str, train: Path, test: Path) -> dict[str, obj
     best_name = max(strategies, key=lambda k: strategies[k][0])
     plan_acc, plan_wall = results["plan"]
     low, high = advice.estimated_accuracy_low, advice.estimated_accuracy_high
+    card = json.loads(client.get_model(f"{key}-plan").card_json)
+    best_baseline = max(a for a, _ in baselines.values())
+    fastest_baseline = min(w for _, w in baselines.values())
     return {
+        "baselines": baselines,
+        "vs_baseline_points": 100 * (plan_acc - best_baseline),
+        "wall_vs_fastest_baseline": (advise_s + plan_wall) / fastest_baseline,
+        "plan_minus_best_points": 100 * (plan_acc - best_acc),
+        "time_estimate_vs_real": advice.estimated_training_seconds
+        / max(1e-9, float(card["training"]["train_seconds"])),
         "dataset": key,
         "quadrant": pb.Quadrant.Name(advice.quadrant).removeprefix("QUADRANT_").lower(),
         "similarity": advice.similarity,
@@ -162,9 +184,7 @@ def evaluate(client: Client, key: str, train: Path, test: Path) -> dict[str, obj
         "in_range": low <= plan_acc <= high,
         "logme": logme_acc,
         "tau": tau,
-        "epochs_run": json.loads(client.get_model(f"{key}-plan").card_json)["training"][
-            "epochs_run"
-        ],
+        "epochs_run": card["training"]["epochs_run"],
     }
 
 
@@ -218,6 +238,23 @@ def main() -> int:
             f"{100 * low:.0f}-{100 * high:.0f}% | {'yes' if r['in_range'] else 'no'} | "
             f"{r['tau']:+.2f} |"
         )
+    print(
+        "\n| dataset | logistic on final features (s) | partial 4 ep (s) | Graft acc - best "
+        "baseline (points) | Graft wall / fastest baseline | plan - best strategy (points) | "
+        "time estimate / real |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        b = r["baselines"]
+        assert isinstance(b, dict)
+        print(
+            f"| {r['dataset']} | {100 * b['logistic'][0]:.1f}% ({b['logistic'][1]:.0f}) | "
+            f"{100 * b['partial'][0]:.1f}% ({b['partial'][1]:.0f}) | "
+            f"{r['vs_baseline_points']:+.1f} | {r['wall_vs_fastest_baseline']:.1f} | "
+            f"{r['plan_minus_best_points']:+.1f} | {r['time_estimate_vs_real']:.2f} |"
+        )
+    hits = sum(bool(r["in_range"]) for r in rows)
+    print(f"\nestimates in range: {hits} of {len(rows)}")
     taus = [float(r["tau"]) for r in rows]  # type: ignore[arg-type]
     print(
         f"\nmean Kendall tau (LogME vs feature-extraction accuracy): {sum(taus) / len(taus):+.2f}"
