@@ -3,10 +3,8 @@ stage features whose informativeness is known."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from graft.advisor import depth as depth_module
 from graft.advisor.depth import (
     CUT_GRID,
     GRID_CANDIDATES,
@@ -15,7 +13,6 @@ from graft.advisor.depth import (
     candidate_cuts,
     choose_depth,
 )
-from graft.advisor.probe import ridge_screen
 
 
 def _stages(
@@ -50,32 +47,8 @@ def test_an_informative_middle_stage_is_the_cut_and_sets_the_depth() -> None:
     tried = dict(depth.cut.candidates)
     second = sorted(depth.stages, key=lambda s: s.probe.accuracy)[-2].stage
     singles = {(s,) for s in range(1, 10)}
-    considered = singles | set(candidate_cuts(9, [4, second], 4))
-    # Every single stage is probed; a run is probed unless its ridge screen was far behind.
-    assert singles <= set(tried) <= considered
-    assert len(tried) + depth.cut.screened_out == len(considered)
+    assert set(tried) == singles | set(candidate_cuts(9, [4, second], 4))
     assert depth.cut.probe.accuracy >= max(tried.values()) - MIN_CUT_GAIN
-
-
-def test_the_ridge_screen_tells_signal_from_noise() -> None:
-    feats, labels = _stages({4: 3.0, 6: 1.0})
-    screens = [ridge_screen(f, labels, num_classes=4) for f in feats]
-    assert screens[3] > 0.9 and screens[3] > screens[5] > max(screens[i] for i in (0, 1, 8))
-    assert max(screens[i] for i in (0, 1, 8)) < 0.45  # chance is 0.25
-
-
-def test_screening_runs_keeps_the_cut_every_probe_would_choose(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    for informative in ({4: 3.0, 5: 2.5, 9: 0.3}, {2: 1.0, 6: 1.5, 7: 1.5}, {9: 2.0, 8: 1.9}):
-        feats, labels = _stages(informative)
-        screened = choose_depth(feats, labels, 4)
-        monkeypatch.setattr(depth_module, "SCREEN_MARGIN", None)
-        every = choose_depth(feats, labels, 4)
-        monkeypatch.undo()
-        assert every.cut.screened_out == 0
-        assert screened.cut.stages == every.cut.stages, informative
-        assert screened.trainable_stages == every.trainable_stages
 
 
 def test_candidate_cuts_are_runs_around_the_best_stages_and_the_tail_from_the_best() -> None:

@@ -68,7 +68,6 @@ class CutChoice:
     # (stages, probe accuracy) tried again pooled over a CUT_GRID x CUT_GRID grid
     grid_candidates: tuple[tuple[tuple[int, ...], float], ...] = ()
     global_probe: ProbeResult | None = None  # the best globally pooled cut, when grid > 1
-    screened_out: int = 0  # runs of stages not probed: their ridge screen was far behind
 
 
 @dataclass(frozen=True)

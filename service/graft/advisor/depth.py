@@ -37,7 +37,7 @@ import torch
 
 from graft.advisor.advice import CutChoice, Depth, ProbeResult, StageScore
 from graft.advisor.logme import logme
-from graft.advisor.probe import linear_probe, ridge_screen
+from graft.advisor.probe import linear_probe
 
 # A cut other than the last stage must probe at least this much better (accuracy).
 MIN_CUT_GAIN = 0.005
@@ -48,10 +48,6 @@ AROUND_BEST = 2
 # The pooling grid tried besides global pooling, and on how many of the best cuts.
 CUT_GRID = 2
 GRID_CANDIDATES = 3
-# Runs of stages are screened first with a ridge classifier (probe.ridge_screen, closed
-# form); only those within SCREEN_MARGIN of the best screened cut (single stages included)
-# get the k-fold linear probe. None: probe every run (docs/ADVISOR.md has both measured).
-SCREEN_MARGIN: float | None = 0.03
 
 
 def score_stages(
@@ -118,31 +114,6 @@ def _try_grid(
     )
 
 
-def _screen(
-    runs: Sequence[tuple[int, ...]],
-    stage_features: Sequence[torch.Tensor],
-    labels: Sequence[int],
-    num_classes: int,
-    seed: int,
-) -> set[tuple[int, ...]]:
-    """The runs whose ridge screen is more than SCREEN_MARGIN behind the best screened cut
-    (the single stages and the runs): not worth a k-fold probe."""
-    if SCREEN_MARGIN is None or not runs:
-        return set()
-    singles = [(s,) for s in range(1, len(stage_features) + 1)]
-    screen = {
-        cut: ridge_screen(
-            torch.cat([stage_features[s - 1] for s in cut], dim=1),
-            labels,
-            num_classes=num_classes,
-            seed=seed,
-        )
-        for cut in [*singles, *runs]
-    }
-    top = max(screen.values())
-    return {run for run in runs if screen[run] < top - SCREEN_MARGIN}
-
-
 def choose_depth(
     stage_features: Sequence[torch.Tensor],
     labels: Sequence[int],
@@ -164,10 +135,8 @@ def choose_depth(
     tried: dict[tuple[int, ...], ProbeResult] = {(s.stage,): s.probe for s in scores}
     ranked = sorted(scores, key=lambda s: (s.probe.accuracy, s.stage), reverse=True)
     around = [s.stage for s in ranked[:AROUND_BEST]]
-    runs = [r for r in candidate_cuts(last, around, best.stage) if r not in tried]
-    screened_out = _screen(runs, stage_features, labels, num_classes, seed)
-    for run in runs:
-        if run not in screened_out:
+    for run in candidate_cuts(last, around, best.stage):
+        if run not in tried:
             concat = torch.cat([stage_features[s - 1] for s in run], dim=1)
             tried[run] = linear_probe(concat, labels, num_classes=num_classes, seed=seed)
 
@@ -191,7 +160,6 @@ def choose_depth(
         probe=tried[chosen],
         features=features,
         candidates=tuple((s, p.accuracy) for s, p in tried.items()),
-        screened_out=len(screened_out),
     )
     if grid_features:
         cut = _try_grid(cut, tried, grid_features, labels, num_classes, seed, width)

@@ -137,35 +137,6 @@ def linear_probe(
     )
 
 
-def ridge_screen(
-    features: torch.Tensor, labels: Sequence[int], *, num_classes: int, seed: int = 0
-) -> float:
-    """k-fold accuracy (the probe's folds) of a ridge classifier on standardised features:
-    least squares to centred one-hot targets with a penalty of the mean squared norm,
-    solved in closed form in the n x n dual. A cheap stand-in that ranks cuts roughly as
-    `linear_probe` does, in a fraction of its time (depth.py screens the runs of stages
-    with it and probes only those near the best)."""
-    x_all = features.detach().to("cpu", torch.float64)
-    y_all = torch.as_tensor(list(labels), dtype=torch.long)
-    fold = torch.as_tensor(stratified_folds(labels, num_folds(labels), seed))
-    correct = 0
-    for f in range(int(fold.max()) + 1):
-        checkpoint()
-        test = fold == f
-        train = ~test
-        if not bool(test.any()) or not bool(train.any()):
-            continue
-        mean, std = feature_statistics(x_all[train])
-        x_tr, x_te = (x_all[train] - mean) / std, (x_all[test] - mean) / std
-        targets = F.one_hot(y_all[train], num_classes).double()
-        targets -= targets.mean(dim=0)
-        gram = x_tr @ x_tr.T
-        penalty = float(gram.diagonal().mean())  # scale-free: the features' squared norm
-        alpha = torch.linalg.solve(gram + penalty * torch.eye(len(gram), dtype=gram.dtype), targets)
-        correct += int(((x_te @ x_tr.T @ alpha).argmax(1) == y_all[test]).sum())
-    return correct / len(labels)
-
-
 def paired_sign_test(a: ProbeResult, b: ProbeResult) -> tuple[int, int, float]:
     """Exact one-sided sign (McNemar) test that probe `a` beats probe `b` on the same images
     and folds (same labels and seed): (images only `a` gets right, images only `b` gets

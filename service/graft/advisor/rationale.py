@@ -150,17 +150,7 @@ def _depth_sentence(depth: Depth, backbone: str) -> str:
         f"by stage, {stage_text}): the best single stage is {depth.best_stage}, so "
         f"partial fine-tuning unfreezes the {depth.trainable_stages} stage(s) above it; "
         f"of {len(cut.candidates)} cuts probed (single stages and runs of consecutive "
-        f"stages around the best ones{grid_words}{_screened_words(cut.screened_out)}), "
-        f"feature extraction reads {cut_words}."
-    )
-
-
-def _screened_words(screened_out: int) -> str:
-    if not screened_out:
-        return ""
-    return (
-        f"; {screened_out} more run(s) not probed, their ridge-classifier screen "
-        "being far behind the best"
+        f"stages around the best ones{grid_words}), feature extraction reads {cut_words}."
     )
 
 
