@@ -176,6 +176,17 @@ def test_estimate_formula() -> None:
     assert estimate_training_seconds(full, speed, num_train=800, num_val=200) == (
         pytest.approx(288.0 + 8.0 + 20.0)
     )
+    # The once-per-run and per-epoch terms: the model's build, a checkpoint every epoch,
+    # and for feature extraction the head's epochs on cached features.
+    slow = dataclasses.replace(
+        speed, build_seconds=0.8, checkpoint_seconds=0.03, head_seconds_per_image=1e-4
+    )
+    assert estimate_training_seconds(fe, slow, num_train=800, num_val=200) == pytest.approx(
+        10.0 + 0.8 + 10 * 0.03 + 10 * 1000 * 1e-4
+    )
+    assert estimate_training_seconds(partial, slow, num_train=800, num_val=200) == (
+        pytest.approx(180.0 + 0.8 + 10 * 0.03)
+    )
 
 
 # --------------------------------------------------------------------------- the probe

@@ -46,7 +46,7 @@ from graft.errors import GraftError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # bump when the advisor answers differently within a release
 CACHE_DIR = "advice-cache"
 # Config fields besides the advise_* ones that change an answer.
 _CONFIG_FIELDS = ("small_dataset_threshold", "max_image_pixels")

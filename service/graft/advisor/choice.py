@@ -14,6 +14,7 @@ from graft.advisor.estimates import FE_MARGIN
 from graft.advisor.measure import BackboneMeasurement, DecodedSample
 from graft.advisor.pilot import pilot_fine_tune, time_training_step
 from graft.advisor.probe import holdout_probe, stratified_folds
+from graft.advisor.timing import time_head_epoch
 from graft.domain import Quadrant, Strategy, TrainingPlan
 from graft.plans.advised import Speed, build_plan, estimate_training_seconds
 
@@ -76,6 +77,25 @@ class Planner:
             else 0.0,
             eval_transform_seconds=self.eval_seconds,
             augment_transform_seconds=self.augment_seconds,
+            build_seconds=self.m.build_seconds,
+            checkpoint_seconds=self._checkpoint_seconds(draft),
+            head_seconds_per_image=self._head_seconds(draft),
+        )
+
+    def _checkpoint_seconds(self, draft: TrainingPlan) -> float:
+        """One epoch's checkpoint: the model's weights, plus for fine-tuning the best
+        weights and AdamW's two moments of what trains (counted as the whole model: an
+        upper bound, like the rest of the estimate)."""
+        if self.m.save_bytes_per_second <= 0:
+            return 0.0
+        copies = 1 if draft.strategy == Strategy.FEATURE_EXTRACTION else 4
+        return copies * self.m.weight_bytes / self.m.save_bytes_per_second
+
+    def _head_seconds(self, draft: TrainingPlan) -> float:
+        if draft.strategy != Strategy.FEATURE_EXTRACTION:
+            return 0.0
+        return time_head_epoch(
+            self.depth.cut.features, self.sample.labels, self.num_classes, draft.batch_size
         )
 
     def seconds(self, plan: TrainingPlan, speed: Speed) -> float:

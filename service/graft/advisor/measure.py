@@ -20,7 +20,7 @@ from torch import nn
 from graft.advisor.cancel import checkpoint
 from graft.advisor.depth import CUT_GRID
 from graft.advisor.signals import BatchNormRecorder, ImageNetResponse
-from graft.advisor.timing import time_inference
+from graft.advisor.timing import time_inference, time_weights_save
 from graft.backbones import create_imagenet_model, stage_output_modules
 from graft.backbones.spec import PretrainedSpec, global_average_pool, grid_average_pool
 from graft.data import ImageDecodeError, Sample, eval_transform, load_image, train_transform
@@ -153,6 +153,9 @@ class BackboneMeasurement:
     stage_fractions_measured: bool  # False: estimated from parameter counts instead
     response: ImageNetResponse | None
     seconds: float
+    build_seconds: float = 0.0  # building the network and loading its pretrained weights
+    save_bytes_per_second: float = 0.0  # writing its weights as safetensors, measured once
+    weight_bytes: int = 0  # the float32 weights' size
 
 
 def _batches(n: int, size: int, start: int = 0) -> list[tuple[int, int]]:
@@ -180,6 +183,8 @@ def measure_backbone(
     started = time.perf_counter()
     device = torch.device(device)
     net = create_imagenet_model(spec.name, weights_dir)
+    build_seconds = time.perf_counter() - started
+    save_speed, weight_bytes = time_weights_save(net)
     net = net.to(device).to(memory_format=torch.channels_last).eval()
     forward = _Forward(net, sample, device, batch_size)
     signal_images = min(signal_images, len(sample))
@@ -204,6 +209,9 @@ def measure_backbone(
         stage_fractions_measured=measured,
         response=response,
         seconds=time.perf_counter() - started,
+        build_seconds=build_seconds,
+        save_bytes_per_second=save_speed,
+        weight_bytes=weight_bytes,
     )
 
 

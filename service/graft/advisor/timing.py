@@ -5,8 +5,10 @@ measure_backbone, docs/ADVISOR.md)."""
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -105,3 +107,48 @@ def _parameter_fractions(net: nn.Module, spec: PretrainedSpec) -> tuple[float, .
         counts.append(c)
     total = sum(counts) or 1
     return tuple(c / total for c in counts)
+
+
+def time_weights_save(net: nn.Module) -> tuple[float, int]:
+    """(bytes/s, bytes) of writing `net`'s weights as safetensors to a temporary file, as
+    the trainer's checkpoint does every epoch: what the time estimate charges per epoch."""
+    from safetensors.torch import save_file  # the checkpoint format (training.checkpoint)
+
+    tensors = {k: v.detach().float().contiguous() for k, v in net.state_dict().items()}
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    with tempfile.TemporaryDirectory(prefix="graft-save-timing-") as name:
+        path = Path(name) / "weights.safetensors"
+        t0 = time.perf_counter()
+        save_file(tensors, str(path))
+        seconds = time.perf_counter() - t0
+    return size / max(seconds, 1e-6), size
+
+
+def time_head_epoch(
+    features: torch.Tensor, labels: Sequence[int], num_classes: int, batch_size: int
+) -> float:
+    """Seconds per image of one epoch of a feature-extraction head on cached features, the
+    way the trainer runs it (a TensorDataset through a shuffling DataLoader, a linear head,
+    AdamW, cross-entropy) followed by an evaluation pass: measured on the sample's
+    features of the chosen cut, for the time estimate."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = features.detach().float()
+    y = torch.as_tensor(list(labels), dtype=torch.long)
+    if len(x) == 0:
+        return 0.0
+    head = nn.Linear(x.shape[1], num_classes)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(x, y), batch_size=max(1, batch_size), shuffle=True)
+    with torch.enable_grad(), torch.inference_mode(False):
+        t0 = time.perf_counter()
+        for xb, yb in loader:
+            loss = nn.functional.cross_entropy(head(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            for xb, _ in DataLoader(TensorDataset(x, y), batch_size=max(1, batch_size)):
+                head(xb)
+        seconds = time.perf_counter() - t0
+    return seconds / (2 * len(x))

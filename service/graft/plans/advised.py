@@ -64,6 +64,12 @@ class Speed:
     # The worker keeps decoded images in memory up to a pixel budget; above it, every epoch
     # decodes them again.
     decode_every_epoch: bool = False
+    # Measured once per run, not per image: building the model with its pretrained
+    # weights, and writing one epoch's checkpoint.
+    build_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
+    # Feature extraction: one epoch of the head on cached features, per image.
+    head_seconds_per_image: float = 0.0
 
     def trainable_fraction(self, trainable_stages: int) -> float:
         if trainable_stages <= 0:
@@ -86,7 +92,10 @@ def estimate_training_seconds(
       validation; full fine-tune's head-warm-up epochs train at about c per image. Without
       a measured s, c · (1 + 3f) with f = the trainable stages' share of forward time;
     - plus decoding: n · d (d = decode time per image measured on the sample), once, or
-      once per epoch when the dataset is too big for the worker's decoded-image cache.
+      once per epoch when the dataset is too big for the worker's decoded-image cache;
+    - plus building the model (b) once and a checkpoint (k) every epoch, and for feature
+      extraction the head's epochs on cached features (h per image per epoch). Without
+      them the estimate was half the real time (docs/ADVISOR.md).
     """
     if speed.images_per_second <= 0:
         return 0.0
@@ -94,8 +103,10 @@ def estimate_training_seconds(
     p = speed.eval_transform_seconds
     a = speed.augment_transform_seconds if plan.augmentation else p
     decode = (num_train + num_val) * speed.decode_seconds_per_image
+    fixed = speed.build_seconds + max(1, plan.epochs) * speed.checkpoint_seconds
     if plan.strategy == Strategy.FEATURE_EXTRACTION:
-        return (num_train + num_val) * (c + p) + decode
+        head = plan.epochs * (num_train + num_val) * speed.head_seconds_per_image
+        return (num_train + num_val) * (c + p) + decode + fixed + head
     if speed.decode_every_epoch:
         decode *= max(1, plan.epochs)
     step = speed.train_seconds_per_image or c * (
@@ -104,7 +115,7 @@ def estimate_training_seconds(
     warm = min(plan.head_warmup_epochs, plan.epochs)
     train = (plan.epochs - warm) * num_train * (step + a)
     train += warm * num_train * (c + a)
-    return train + plan.epochs * num_val * (c + p) + decode
+    return train + plan.epochs * num_val * (c + p) + decode + fixed
 
 
 def _epochs(
