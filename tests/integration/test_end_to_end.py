@@ -86,6 +86,16 @@ def test_advise_train_follow_predict(server: RunningServer, fashion: dict[str, P
     names = {m.name: m for m in client.list_models()}
     assert "fashion" in names and names["fashion"].versions[0].job_id == job.job_id
 
+    # StartFineTune without a plan advises through the same cache: nothing measured again.
+    unplanned = client.start_fine_tune("fashion-advised", uri)
+    messages: list[str] = []
+    for event in client.stream_progress(unplanned.job_id):
+        if event.kind == pb.EVENT_KIND_MESSAGE:
+            messages.append(event.message)
+            if "advice cache" in event.message:
+                client.cancel_job(unplanned.job_id)  # the rest is the training tested above
+    assert any("read from the advice cache" in m for m in messages), messages
+
 
 def test_worker_killed_mid_job_resumes_from_checkpoint(
     server: RunningServer, fashion: dict[str, Path]

@@ -257,14 +257,25 @@ class Worker:
                 ProgressEvent(
                     kind=EventKind.MESSAGE,
                     state=JobState.RUNNING,
-                    message="no plan given: measuring the dataset to advise one",
+                    message="no plan given: advising one (measuring the dataset unless it "
+                    "was advised before)",
                 )
             )
             try:
                 with cancellable(should_stop):
-                    plan = advise_cached(dataset, config=self.config, device=self.device).plan
+                    advice = advise_cached(dataset, config=self.config, device=self.device)
             except AdviceCancelled as exc:
                 raise TrainingCancelled() from exc
+            plan = advice.plan
+            if advice.from_cache:
+                emit(
+                    ProgressEvent(
+                        kind=EventKind.MESSAGE,
+                        state=JobState.RUNNING,
+                        message="the plan was read from the advice cache: this dataset was "
+                        "advised before",
+                    )
+                )
         else:
             spec = get_spec(job.plan.backbone or DEFAULT_BACKBONE)
             plan = resolve_plan(
