@@ -4,10 +4,12 @@ seeded and contains the estimate, and borderline means straddling the threshold.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
-from graft.advisor.bootstrap import is_borderline, resample, similarity_interval
+from graft.advisor.bootstrap import is_borderline, similarity_interval
 from graft.advisor.signals import (
     SIGNALS,
     BatchNormRecorder,
@@ -15,6 +17,19 @@ from graft.advisor.signals import (
     combine,
     measure_signals,
 )
+
+
+def resample(response: ImageNetResponse, index: torch.Tensor) -> ImageNetResponse:
+    """The response the images `index` (with repeats) would have given: their logits, and
+    every BatchNorm layer's moments over their positions."""
+    weights = torch.bincount(index, minlength=response.num_images).double()
+    moments = []
+    for bn, per_image in zip(response.batchnorm, response.per_image, strict=True):
+        n = float(weights.sum()) * per_image.positions
+        mean = weights @ per_image.sums / n
+        var = (weights @ per_image.sumsq / n - mean**2).clamp_min(0.0)
+        moments.append(replace(bn, mean=mean, var=var))
+    return replace(response, logits=response.logits[index], batchnorm=moments, per_image=[])
 
 
 def _net() -> nn.Module:

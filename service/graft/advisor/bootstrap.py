@@ -15,7 +15,6 @@ instead; the rationale says so).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 import torch
 
@@ -31,19 +30,6 @@ RESAMPLES = 200
 INTERVAL = 0.9
 
 
-def resample(response: ImageNetResponse, index: torch.Tensor) -> ImageNetResponse:
-    """The response the images `index` (with repeats) would have given: their logits, and
-    every BatchNorm layer's moments over their positions."""
-    weights = torch.bincount(index, minlength=response.num_images).double()
-    moments = []
-    for bn, per_image in zip(response.batchnorm, response.per_image, strict=True):
-        n = float(weights.sum()) * per_image.positions
-        mean = weights @ per_image.sums / n
-        var = (weights @ per_image.sumsq / n - mean**2).clamp_min(0.0)
-        moments.append(replace(bn, mean=mean, var=var))
-    return replace(response, logits=response.logits[index], batchnorm=moments, per_image=[])
-
-
 def similarity_interval(
     response: ImageNetResponse,
     definitions: Sequence[SignalDefinition] = SIGNALS,
@@ -52,9 +38,10 @@ def similarity_interval(
     seed: int = 0,
 ) -> tuple[float, float] | None:
     """The central INTERVAL of the similarity over `resamples` bootstrap resamples of the
-    response's images, all measured at once (each signal's `resampled`, equal to measuring
-    `resample(...)` one by one); the signals are those the sample itself gave. None with
-    fewer than two images or without per-image moments for its BatchNorm layers."""
+    response's images, all measured at once by each signal's `resampled` (a test checks it
+    equals measuring the resamples one by one); the signals are those the sample itself
+    gave. None with fewer than two images or without per-image moments for its BatchNorm
+    layers."""
     n = response.num_images
     if n < 2 or len(response.per_image) != len(response.batchnorm):
         return None

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from graft.backbones.spec import PretrainedSpec
 
@@ -112,8 +114,6 @@ def _parameter_fractions(net: nn.Module, spec: PretrainedSpec) -> tuple[float, .
 def time_weights_save(net: nn.Module) -> tuple[float, int]:
     """(bytes/s, bytes) of writing `net`'s weights as safetensors to a temporary file, as
     the trainer's checkpoint does every epoch: what the time estimate charges per epoch."""
-    from safetensors.torch import save_file  # the checkpoint format (training.checkpoint)
-
     tensors = {k: v.detach().float().contiguous() for k, v in net.state_dict().items()}
     size = sum(t.numel() * t.element_size() for t in tensors.values())
     with tempfile.TemporaryDirectory(prefix="graft-save-timing-") as name:
@@ -131,8 +131,6 @@ def time_head_epoch(
     way the trainer runs it (a TensorDataset through a shuffling DataLoader, a linear head,
     AdamW, cross-entropy) followed by an evaluation pass: measured on the sample's
     features of the chosen cut, for the time estimate."""
-    from torch.utils.data import DataLoader, TensorDataset
-
     x = features.detach().float()
     y = torch.as_tensor(list(labels), dtype=torch.long)
     if len(x) == 0:
