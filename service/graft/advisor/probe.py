@@ -1,9 +1,10 @@
 """A cross-validated linear probe on frozen features, in torch (no scikit-learn at run time).
 
 Multinomial logistic regression on standardised features with an L2 penalty, fitted
-full-batch with L-BFGS. The penalty is `l2 / 2 · ‖W‖²` added to the mean cross-entropy,
-with l2 = 1 / n_train by default: the same objective as scikit-learn's
-LogisticRegression(C=1) (which minimises ½‖W‖² + C·Σ loss), its documented default.
+full-batch with L-BFGS (graft.advisor.solver: the k folds of a probe at once). The penalty
+is `l2 / 2 · ‖W‖²` added to the mean cross-entropy, with l2 = 1 / n_train by default: the
+same objective as scikit-learn's LogisticRegression(C=1) (which minimises
+½‖W‖² + C·Σ loss), its documented default.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
 from graft.advisor.advice import ProbeResult
 from graft.advisor.cancel import checkpoint
+from graft.advisor.solver import Problems, fit_batched
 from graft.training.loop import feature_statistics
 
 MAX_FOLDS = 5
@@ -60,31 +62,47 @@ def fit_logistic(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights (d, C) and bias (C,) of an L2-penalised multinomial logistic regression.
 
-    `x` should be standardised. Runs with gradients enabled whatever the caller's mode."""
-    n, d = x.shape
-    lam = 1.0 / n if l2 is None else l2
-    with torch.enable_grad(), torch.inference_mode(False):
-        x = x.detach().clone()
-        w = torch.zeros(d, num_classes, dtype=x.dtype, requires_grad=True)
-        b = torch.zeros(num_classes, dtype=x.dtype, requires_grad=True)
-        opt = torch.optim.LBFGS(
-            [w, b],
-            lr=1.0,
-            max_iter=max_iter,
-            history_size=20,
-            tolerance_grad=1e-6,
-            tolerance_change=1e-9,
-            line_search_fn="strong_wolfe",
-        )
+    `x` should be standardised."""
+    n = x.shape[0]
+    problems = Problems(
+        x=x.detach().unsqueeze(0),
+        y=y.unsqueeze(0),
+        rows=torch.ones(1, n, dtype=x.dtype),
+        l2=torch.tensor([1.0 / n if l2 is None else l2], dtype=x.dtype),
+        num_classes=num_classes,
+    )
+    w, b = fit_batched(problems, max_iter=max_iter)
+    return w[0], b[0]
 
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = F.cross_entropy(x @ w + b, y) + 0.5 * lam * (w * w).sum()
-            loss.backward()
-            return loss
 
-        opt.step(closure)
-    return w.detach(), b.detach()
+@dataclass(frozen=True)
+class _Folds:
+    """The k folds of a probe as one batched problem: fold f's training part standardised
+    with its own mean and deviation, padded to the largest part."""
+
+    problems: Problems
+    fold: torch.Tensor  # (n,) the fold of every image
+    standardization: list[tuple[torch.Tensor, torch.Tensor]]  # (mean, std) per fold
+
+
+def _folds(
+    x: torch.Tensor, y: torch.Tensor, fold: torch.Tensor, k: int, c: int, l2: float | None
+) -> _Folds:
+    parts = [torch.nonzero(fold != f).squeeze(1) for f in range(k)]
+    rows = max(len(p) for p in parts)
+    xs = torch.zeros(k, rows, x.shape[1], dtype=x.dtype)
+    ys = torch.zeros(k, rows, dtype=torch.long)
+    used = torch.zeros(k, rows, dtype=x.dtype)
+    standardization = []
+    for f, part in enumerate(parts):
+        mean, std = feature_statistics(x[part])
+        standardization.append((mean, std))
+        xs[f, : len(part)] = (x[part] - mean) / std
+        ys[f, : len(part)] = y[part]
+        used[f, : len(part)] = 1.0
+    counts = used.sum(1).clamp(min=1.0)
+    strength = 1.0 / counts if l2 is None else torch.full_like(counts, l2)
+    return _Folds(Problems(xs, ys, used, strength, c), fold, standardization)
 
 
 def linear_probe(
@@ -100,11 +118,13 @@ def linear_probe(
     """k-fold (stratified, seeded) accuracy of a linear classifier on `features` (n, d).
 
     k defaults to min(5, smallest class count), at least 2. Each fold standardises with its
-    training part's mean and standard deviation only. A class with fewer than k images is
-    missing from some folds' training parts; those folds count its images as errors, which
-    is what a model trained on so few would do too."""
+    training part's mean and standard deviation only; the k fits run as one batched
+    problem (graft.advisor.solver). A class with fewer than k images is missing from some
+    folds' training parts; those folds count its images as errors, which is what a model
+    trained on so few would do too."""
     if features.ndim != 2 or features.shape[0] != len(labels):
         raise ValueError(f"features {tuple(features.shape)} do not match {len(labels)} labels")
+    checkpoint()
     x_all = features.detach().to("cpu", torch.float32)
     y_all = torch.as_tensor(list(labels), dtype=torch.long)
     c = num_classes if num_classes is not None else int(y_all.max()) + 1
@@ -112,19 +132,16 @@ def linear_probe(
     if k < 2:
         raise ValueError(f"need at least 2 folds, got {k}")
     fold = torch.as_tensor(stratified_folds(labels, k, seed))
+    # A fold with no test images (or no training images) is left out, as before batching.
+    k_used = [f for f in range(k) if bool((fold == f).any()) and bool((fold != f).any())]
+    batch = _folds(x_all, y_all, fold, k, c, l2)
+    w, b = fit_batched(batch.problems, max_iter=max_iter)
     accuracies = []
     correct = torch.zeros(len(labels), dtype=torch.bool)
-    for f in range(k):
-        checkpoint()
+    for f in k_used:
         test = fold == f
-        train = ~test
-        if not bool(test.any()) or not bool(train.any()):
-            continue
-        x_tr, x_te = x_all[train], x_all[test]
-        mean, std = feature_statistics(x_tr)
-        w, b = fit_logistic((x_tr - mean) / std, y_all[train], c, l2=l2, max_iter=max_iter)
-        pred = (((x_te - mean) / std) @ w + b).argmax(1)
-        hit = pred == y_all[test]
+        mean, std = batch.standardization[f]
+        hit = (((x_all[test] - mean) / std) @ w[f] + b[f]).argmax(1) == y_all[test]
         correct[test] = hit
         accuracies.append(float(hit.float().mean()))
     acc = torch.tensor(accuracies, dtype=torch.float64)
