@@ -149,6 +149,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--estimate", action="store_true", help="check the time estimate instead")
     ap.add_argument("--epochs", type=int, default=5, help="with --estimate: epochs at most")
+    ap.add_argument(
+        "--signal-size",
+        type=int,
+        default=0,
+        help="measure the signals at this size instead of the backbone's pretraining size "
+        "(scored with the anchors the service uses at that size)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.estimate:
@@ -156,9 +163,10 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     spec = get_spec(args.backbone)
+    signal_size = args.signal_size or spec.input_size
     net = create_imagenet_model(spec.name).to(memory_format=torch.channels_last)
     names = [d.name for d in SIGNALS]
-    print(f"backbone {spec.name}; signals at its {spec.input_size} px and (in brackets) at the")
+    print(f"backbone {spec.name}; signals at {signal_size} px and (in brackets) at the")
     print("plan's image size when that differs; score = calibrated [0, 1]; sim = mean score")
     header = f"{'set':22s} {'seed':>4s} {'n':>4s} {'plan px':>7s} "
     header += " ".join(f"{n:>30s}" for n in names) + f" {'sim':>5s}"
@@ -171,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
                 picked = select_sample(ds.samples, max_per_class=args.per_class, max_images=2000)
                 sample = decode_sample(picked, max_short_side=512)
                 plan_size = default_image_size(spec, ds.median_size)
-                native = measure_signals(response(net, spec, sample.images, spec.input_size))
+                native = measure_signals(response(net, spec, sample.images, signal_size))
                 at_plan = None
                 if plan_size != spec.input_size:
                     at_plan = measure_signals(response(net, spec, sample.images, plan_size))

@@ -18,10 +18,16 @@ from torch import nn
 from graft.advisor import MATRIX, DeclaredStats, advise_declared, quadrant_for, size_axis
 from graft.advisor import measure as measure_module
 from graft.advisor.advise import FE_MARGIN, advise_dataset, fine_tune_range
-from graft.advisor.measure import decode_sample, measure_backbone, select_sample
+from graft.advisor.bootstrap import similarity_interval
+from graft.advisor.measure import (
+    SIGNAL_MIN_IMAGES,
+    decode_sample,
+    measure_backbone,
+    select_sample,
+)
 from graft.advisor.probe import linear_probe, stratified_folds
 from graft.advisor.ranking import resolve_candidates
-from graft.advisor.signals import BatchNormRecorder, combine, measure_signals
+from graft.advisor.signals import BatchNormRecorder, ImageNetResponse, combine, measure_signals
 from graft.backbones import DEFAULT_BACKBONE, backbone_statuses, get_spec
 from graft.config import Config
 from graft.data import scan_dataset
@@ -300,12 +306,12 @@ def test_batchnorm_recorder_combines_batches_exactly() -> None:
 
 
 @pytest.fixture(scope="module")
-def reference_signals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
-    """Signals of real image sets through the real pretrained default backbone."""
+def reference_responses(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ImageNetResponse]:
+    """What real image sets give through the real pretrained default backbone."""
     root = tmp_path_factory.mktemp("reference")
     sets = {
         "photos": write_photos_folder(root / "photos", per_class=4, size=256),
-        "digits": write_digits_folder(root / "digits", per_class=3),
+        "digits": write_digits_folder(root / "digits", per_class=7),
         "fashion": write_fashion_mnist_folder(root / "fashion", per_class=3),
     }
     spec = get_spec(DEFAULT_BACKBONE)
@@ -316,9 +322,29 @@ def reference_signals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, lis
             select_sample(ds.samples, max_per_class=50, max_images=2000), max_short_side=256
         )
         m = measure_backbone(spec, sample, image_size=64, batch_size=8, signal_images=len(sample))
-        assert m.response is not None and m.response.num_images == len(sample)
-        out[name] = measure_signals(m.response)
+        assert m.response is not None and m.features.shape[0] == len(sample)
+        out[name] = m.response
     return out
+
+
+@pytest.fixture(scope="module")
+def reference_signals(reference_responses: dict[str, ImageNetResponse]) -> dict[str, list]:
+    return {name: measure_signals(r) for name, r in reference_responses.items()}
+
+
+@pytest.mark.pretrained
+def test_the_signals_stop_reading_once_the_interval_is_clear_of_the_threshold(
+    reference_responses: dict[str, ImageNetResponse],
+) -> None:
+    """Digit glyphs (70 images) are far from ImageNet: after SIGNAL_MIN_IMAGES the interval
+    lies below 0.5 and the signals read no more. The photos (24) and Fashion-MNIST (30)
+    are fewer than that: read in full."""
+    digits = reference_responses["digits"]
+    interval = similarity_interval(digits)
+    assert digits.num_images == SIGNAL_MIN_IMAGES < 70
+    assert interval is not None and interval[1] < 0.5
+    assert reference_responses["photos"].num_images == 24
+    assert reference_responses["fashion"].num_images == 30
 
 
 @pytest.mark.pretrained
@@ -384,6 +410,8 @@ def test_advise_dataset_on_fashion_mnist(
     assert low <= advice.similarity <= high and low < high
     assert advice.similarity_borderline == (low < 0.5 <= high)
     assert f"90% bootstrap interval {low:.2f}-{high:.2f}" in advice.rationale
+    # 60 sampled images, fewer than the signals' minimum: they read them all.
+    assert advice.similarity_images == 60 and "on 60 sampled images" in advice.rationale
     # The strategy is the matrix's unless the measurement says feature extraction does as
     # well: the pilot fine-tune against the probe on the same split.
     assert advice.pilot is not None and 0 <= advice.pilot.accuracy <= 1

@@ -371,6 +371,7 @@ def _measured_advice() -> Advice:
         from_cache=True,
         similarity_interval=(0.7, 0.9),
         similarity_borderline=True,
+        similarity_images=128,
     )
 
 

@@ -708,6 +708,7 @@ class AdviseResponse(_message.Message):
     SIMILARITY_LOW_FIELD_NUMBER: _builtins.int
     SIMILARITY_HIGH_FIELD_NUMBER: _builtins.int
     SIMILARITY_BORDERLINE_FIELD_NUMBER: _builtins.int
+    SIMILARITY_IMAGES_FIELD_NUMBER: _builtins.int
     quadrant: Global___Quadrant.ValueType
     """The matrix's quadrant."""
     similarity: _builtins.float
@@ -740,6 +741,10 @@ class AdviseResponse(_message.Message):
     similarity_borderline: _builtins.bool
     """The interval straddles 0.5, the matrix's threshold: another sample of the same data
     could fall in the other column.
+    """
+    similarity_images: _builtins.int
+    """How many of the sampled images the similarity signals read: they stop once the
+    bootstrap interval lies on one side of 0.5 (0 for declared statistics).
     """
     @_builtins.property
     def plan(self) -> Global___TrainingPlan:
@@ -782,10 +787,11 @@ class AdviseResponse(_message.Message):
         similarity_low: _builtins.float = ...,
         similarity_high: _builtins.float = ...,
         similarity_borderline: _builtins.bool = ...,
+        similarity_images: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "report", b"report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backbones", b"backbones", "estimated_accuracy_high", b"estimated_accuracy_high", "estimated_accuracy_low", b"estimated_accuracy_low", "estimated_training_seconds", b"estimated_training_seconds", "from_cache", b"from_cache", "matrix_strategy", b"matrix_strategy", "plan", b"plan", "quadrant", b"quadrant", "rationale", b"rationale", "report", b"report", "similarity", b"similarity", "similarity_borderline", b"similarity_borderline", "similarity_high", b"similarity_high", "similarity_low", b"similarity_low", "similarity_method", b"similarity_method", "similarity_signals", b"similarity_signals", "small_dataset_threshold", b"small_dataset_threshold", "strategy_estimates", b"strategy_estimates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backbones", b"backbones", "estimated_accuracy_high", b"estimated_accuracy_high", "estimated_accuracy_low", b"estimated_accuracy_low", "estimated_training_seconds", b"estimated_training_seconds", "from_cache", b"from_cache", "matrix_strategy", b"matrix_strategy", "plan", b"plan", "quadrant", b"quadrant", "rationale", b"rationale", "report", b"report", "similarity", b"similarity", "similarity_borderline", b"similarity_borderline", "similarity_high", b"similarity_high", "similarity_images", b"similarity_images", "similarity_low", b"similarity_low", "similarity_method", b"similarity_method", "similarity_signals", b"similarity_signals", "small_dataset_threshold", b"small_dataset_threshold", "strategy_estimates", b"strategy_estimates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -150,3 +150,4 @@ class Advice:
     # (bootstrap.py), and whether it straddles the matrix's threshold.
     similarity_interval: tuple[float, float] = (0.0, 0.0)
     similarity_borderline: bool = False
+    similarity_images: int = 0  # how many sampled images the signals read (measure.py)

@@ -107,6 +107,7 @@ class _Position:
     similar: bool
     quadrant: Quadrant
     interval: tuple[float, float] | None  # the similarity's bootstrap interval
+    images: int  # how many sampled images the signals read
 
 
 def advise_dataset(
@@ -251,7 +252,9 @@ def _position(survey: _Survey, measured: _Measured) -> _Position:
     similarity = combine(signals)
     similar = is_similar(similarity)
     quadrant = quadrant_for(survey.per_class, similar, survey.threshold)
-    return _Position(signals, similarity, similar, quadrant, similarity_interval(response))
+    return _Position(
+        signals, similarity, similar, quadrant, similarity_interval(response), response.num_images
+    )
 
 
 def _planner(
@@ -342,6 +345,7 @@ def _compose(
         similarity_method=SIMILARITY_METHOD,
         similarity_interval=position.interval or (position.similarity, position.similarity),
         similarity_borderline=is_borderline(position.interval),
+        similarity_images=position.images,
         pilot=choice.pilot,
         holdout_probe_accuracy=choice.probe_holdout,
     )

@@ -17,10 +17,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from graft.advisor.bootstrap import is_borderline, similarity_interval
 from graft.advisor.cancel import checkpoint
 from graft.advisor.depth import CUT_GRID
 from graft.advisor.signals import BatchNormRecorder, ImageNetResponse
-from graft.advisor.timing import time_inference, time_weights_save
+from graft.advisor.timing import StageTimer, time_inference, time_weights_save
 from graft.backbones import create_imagenet_model, stage_output_modules
 from graft.backbones.spec import PretrainedSpec, global_average_pool, grid_average_pool
 from graft.data import ImageDecodeError, Sample, eval_transform, load_image, train_transform
@@ -28,9 +29,15 @@ from graft.data.transforms import resize_size
 
 log = logging.getLogger(__name__)
 
-# The similarity signals read at most this many images (a stratified prefix of the sample):
-# they are means over images and channels, and the pass at the pretraining resolution they
-# need costs about 20 ms per image on two CPU cores.
+# The similarity signals read a stratified prefix of the sample, batch by batch, and stop
+# as soon as the similarity's bootstrap interval lies on one side of the matrix's threshold
+# (at least SIGNAL_MIN_IMAGES, at most SIGNAL_MAX_IMAGES): they are means over images and
+# channels, and the pass at the pretraining resolution they need costs about 20-35 ms per
+# image on two CPU cores. Lower resolutions do not keep the answer: at 160 and 128 px the
+# ImageNet head grows confident on everything (digits 0.08 -> 0.18 -> 0.32) and Fashion-
+# MNIST would cross the threshold even with anchors measured at that size (docs/ADVISOR.md
+# § Advise in seconds).
+SIGNAL_MIN_IMAGES = 64
 SIGNAL_MAX_IMAGES = 256
 
 
@@ -189,13 +196,15 @@ def measure_backbone(
     forward = _Forward(net, sample, device, batch_size)
     signal_images = min(signal_images, len(sample))
     transform = eval_transform(spec, image_size)
+    # The features pass's own batches time the network; more only if it had too few.
+    timer = StageTimer(net, spec, device, batch_size)
     with torch.no_grad():
         with _capturing(net, spec) as captured:
-            response = _features_pass(forward, spec, transform, image_size, signal_images)
+            response = _features_pass(forward, spec, transform, image_size, signal_images, timer)
         if signal_images and image_size != spec.input_size:
             response = _native_signals(forward, spec, signal_images)
         ips, fractions, measured = time_inference(
-            net, spec, sample.images, transform, batch_size, device
+            net, spec, sample.images, transform, batch_size, device, timer=timer
         )
     return BackboneMeasurement(
         spec=spec,
@@ -224,21 +233,37 @@ class _Forward:
     device: torch.device
     batch_size: int
 
-    def __call__(self, lo: int, hi: int, tf: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
-        """The outputs (logits) of images [lo, hi), float32 on the CPU."""
+    def __call__(
+        self,
+        lo: int,
+        hi: int,
+        tf: Callable[[Image.Image], torch.Tensor],
+        timer: StageTimer | None = None,
+    ) -> torch.Tensor:
+        """The outputs (logits) of images [lo, hi), float32 on the CPU; the network's
+        forward (not the transform) timed by `timer` when given."""
         checkpoint()
         x = torch.stack([tf(im) for im in self.sample.images[lo:hi]]).to(self.device)
-        out: torch.Tensor = self.net(x.contiguous(memory_format=torch.channels_last))
+        x = x.contiguous(memory_format=torch.channels_last)
+        with timer.batch(hi - lo) if timer else contextlib.nullcontext():
+            out: torch.Tensor = self.net(x)
         return out.float().cpu()
 
-    def run(self, stop: int, tf: Callable[[Image.Image], torch.Tensor], start: int = 0) -> None:
-        """Images [start, stop), their outputs left to the hooks."""
-        for lo, hi in _batches(stop, self.batch_size, start):
-            self(lo, hi, tf)
-
-    def logits(self, stop: int, tf: Callable[[Image.Image], torch.Tensor]) -> list[torch.Tensor]:
-        """The outputs of images [0, stop), batch by batch."""
-        return [self(lo, hi, tf) for lo, hi in _batches(stop, self.batch_size)]
+    def run(
+        self,
+        stop: int,
+        tf: Callable[[Image.Image], torch.Tensor],
+        start: int = 0,
+        timer: StageTimer | None = None,
+    ) -> None:
+        """Images [start, stop), their outputs left to the hooks (and timed by `timer`)."""
+        if timer is None:
+            for lo, hi in _batches(stop, self.batch_size, start):
+                self(lo, hi, tf)
+            return
+        with timer:
+            for lo, hi in _batches(stop, self.batch_size, start):
+                self(lo, hi, tf, timer)
 
 
 @dataclass
@@ -289,28 +314,51 @@ def _features_pass(
     transform: Callable[[Image.Image], torch.Tensor],
     image_size: int,
     signal_images: int,
+    timer: StageTimer,
 ) -> ImageNetResponse | None:
     """The pass over the whole sample at `image_size`; at the pretraining resolution it also
-    records the signals of the first `signal_images` images (None when it does not)."""
+    records the signals of (up to) the first `signal_images` images (None when it does
+    not). `timer` times the batches that run without the signals' hooks."""
     n = len(forward.sample)
     if not (signal_images and image_size == spec.input_size):
-        forward.run(n, transform)
+        forward.run(n, transform, timer=timer)
         return None
     with BatchNormRecorder(forward.net) as rec:
-        logits = forward.logits(signal_images, transform)
+        logits = _signal_batches(forward, spec, transform, signal_images, rec)
         rec.enabled = False
-        forward.run(n, transform, signal_images)
+        forward.run(n, transform, sum(len(x) for x in logits), timer=timer)
     return _response(spec, logits, rec)
 
 
 def _native_signals(
     forward: _Forward, spec: PretrainedSpec, signal_images: int
 ) -> ImageNetResponse:
-    """A second pass, at the pretraining resolution, over the first `signal_images`."""
+    """A second pass, at the pretraining resolution, over (up to) the first
+    `signal_images`."""
     native = eval_transform(spec, spec.input_size)
     with BatchNormRecorder(forward.net) as rec:
-        logits = forward.logits(signal_images, native)
+        logits = _signal_batches(forward, spec, native, signal_images, rec)
     return _response(spec, logits, rec)
+
+
+def _signal_batches(
+    forward: _Forward,
+    spec: PretrainedSpec,
+    transform: Callable[[Image.Image], torch.Tensor],
+    signal_images: int,
+    recorder: BatchNormRecorder,
+) -> list[torch.Tensor]:
+    """The logits of the first images, batch by batch, while `recorder` records; it stops
+    after a batch once SIGNAL_MIN_IMAGES are read and the similarity's bootstrap interval
+    no longer straddles the threshold, or at `signal_images`."""
+    logits = []
+    for lo, hi in _batches(signal_images, forward.batch_size):
+        logits.append(forward(lo, hi, transform))
+        if SIGNAL_MIN_IMAGES <= hi < signal_images:
+            interval = similarity_interval(_response(spec, logits, recorder))
+            if interval is not None and not is_borderline(interval):
+                break
+    return logits
 
 
 def _response(

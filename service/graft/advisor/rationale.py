@@ -8,7 +8,6 @@ from graft.advisor.advice import Advice, Depth, PilotResult
 from graft.advisor.declared import plan_sentence
 from graft.advisor.depth import CUT_GRID
 from graft.advisor.estimates import FE_MARGIN
-from graft.advisor.measure import SIGNAL_MAX_IMAGES
 from graft.backbones import get_spec
 from graft.backbones.spec import PretrainedSpec
 from graft.domain import Quadrant, Strategy
@@ -81,7 +80,7 @@ def _position_sentences(advice: Advice, counts: list[int], total_images: int) ->
         f"{'below' if small else 'at or above'} the small-dataset threshold of {threshold}: "
         f"{'small' if small else 'large'}.",
         f"Similarity to ImageNet, measured with {advice.similarity_backbone} at "
-        f"{response_size} px on {min(SIGNAL_MAX_IMAGES, advice.sample_images)} sampled images: "
+        f"{response_size} px on {advice.similarity_images} sampled images: "
         f"{signal_text}; combined {advice.similarity:.2f} "
         f"({'>=' if advice.similar else '<'} {SIMILARITY_THRESHOLD}: "
         f"{'similar' if advice.similar else 'different'}" + _interval_text(advice) + ").",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -31,6 +31,77 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class StageTimer:
+    """Times forward passes of `net`, whole and stage by stage (hooks on every module of
+    `spec.stages`), while its `with` block runs: `batch(n)` wraps one forward of n
+    images. Only batches of `batch_size` images after the first (the warm-up at that
+    shape) count; the fastest counts, as timeit does."""
+
+    def __init__(
+        self, net: nn.Module, spec: PretrainedSpec, device: torch.device, batch_size: int
+    ) -> None:
+        self.net, self.device, self.batch_size = net, device, batch_size
+        try:
+            self.stages = [[net.get_submodule(name) for name in stage] for stage in spec.stages]
+        except AttributeError:
+            self.stages = []
+        self.best = float("inf")
+        self.best_stage = [float("inf")] * len(self.stages)
+        self.timed = 0  # full batches timed after the warm-up
+        self._warm = False
+        self._spent = [0.0] * len(self.stages)
+        self._starts: dict[int, float] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> StageTimer:
+        for i, modules in enumerate(self.stages):
+            for m in modules:
+                self._handles.append(m.register_forward_pre_hook(self._pre))
+                self._handles.append(m.register_forward_hook(self._post_for(i)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _pre(self, module: nn.Module, inputs: object) -> None:
+        _sync(self.device)
+        self._starts[id(module)] = time.perf_counter()
+
+    def _post_for(self, i: int) -> Callable[[nn.Module, object, object], None]:
+        def post(module: nn.Module, inputs: object, output: object) -> None:
+            _sync(self.device)
+            self._spent[i] += time.perf_counter() - self._starts.pop(id(module))
+
+        return post
+
+    @contextlib.contextmanager
+    def batch(self, images: int) -> Iterator[None]:
+        self._spent[:] = [0.0] * len(self.stages)
+        _sync(self.device)
+        t0 = time.perf_counter()
+        yield
+        _sync(self.device)
+        seconds = time.perf_counter() - t0
+        if images != self.batch_size:
+            return
+        if not self._warm:
+            self._warm = True
+            return
+        self.timed += 1
+        self.best = min(self.best, seconds)
+        self.best_stage = [min(a, b) for a, b in zip(self.best_stage, self._spent, strict=True)]
+
+    def result(self, spec: PretrainedSpec) -> tuple[float, tuple[float, ...], bool]:
+        """(images/s, forward-time share of each stage, whether that share was measured)."""
+        ips = self.batch_size / max(self.best, 1e-9) if self.timed else 0.0
+        total = sum(self.best_stage)
+        if not self.stages or not self.timed or total <= 0:
+            return ips, _parameter_fractions(self.net, spec), False
+        return ips, tuple(t / total for t in self.best_stage), True
+
+
 def time_inference(
     net: nn.Module,
     spec: PretrainedSpec,
@@ -38,64 +109,32 @@ def time_inference(
     transform: Callable[[Image.Image], torch.Tensor],
     batch_size: int,
     device: torch.device,
+    *,
+    timer: StageTimer | None = None,
 ) -> tuple[float, tuple[float, ...], bool]:
     """(images/s, forward-time share of each stage, whether that share was measured).
 
-    Batches of `batch_size` (images repeated to fill one; see TIMING_BATCHES) run with
-    timing hooks on every stage module; the fastest batch gives images/s, and each stage's
-    fastest time over the batches gives its share."""
+    `timer`, when given, has already timed batches (the features pass); batches of
+    `batch_size` (images repeated to fill one) run only until TIMING_BATCHES are timed and
+    TIMING_MIN_SECONDS have passed (up to TIMING_MAX_BATCHES)."""
     n = len(images)
     if n == 0:
         return 0.0, _parameter_fractions(net, spec), False
+    timer = timer or StageTimer(net, spec, device, batch_size)
+    if timer.timed >= TIMING_BATCHES:
+        return timer.result(spec)
     idx = [i % n for i in range(batch_size)]
     x = torch.stack([transform(images[i]) for i in idx]).to(device)
     x = x.contiguous(memory_format=torch.channels_last)
-    net(x)  # warm-up at exactly this shape (allocator, kernel selection)
-    try:
-        stages = [[net.get_submodule(name) for name in stage] for stage in spec.stages]
-    except AttributeError:
-        stages = []
-    spent = [0.0] * len(stages)
-    starts: dict[int, float] = {}
-
-    def pre(module: nn.Module, inputs: object) -> None:
-        _sync(device)
-        starts[id(module)] = time.perf_counter()
-
-    def post_for(i: int) -> Callable[[nn.Module, object, object], None]:
-        def post(module: nn.Module, inputs: object, output: object) -> None:
-            _sync(device)
-            spent[i] += time.perf_counter() - starts.pop(id(module))
-
-        return post
-
-    handles = []
-    for i, modules in enumerate(stages):
-        for m in modules:
-            handles.append(m.register_forward_pre_hook(pre))
-            handles.append(m.register_forward_hook(post_for(i)))
-    best = float("inf")
-    best_stage = [float("inf")] * len(stages)
     timed_from = time.perf_counter()
-    try:
-        for i in range(TIMING_MAX_BATCHES):
-            if i >= TIMING_BATCHES and time.perf_counter() - timed_from >= TIMING_MIN_SECONDS:
+    with timer:
+        for _ in range(TIMING_MAX_BATCHES + 1):
+            enough = timer.timed >= TIMING_BATCHES
+            if enough and time.perf_counter() - timed_from >= TIMING_MIN_SECONDS:
                 break
-            spent[:] = [0.0] * len(stages)
-            _sync(device)
-            t0 = time.perf_counter()
-            net(x)
-            _sync(device)
-            best = min(best, time.perf_counter() - t0)
-            best_stage = [min(a, b) for a, b in zip(best_stage, spent, strict=True)]
-    finally:
-        for h in handles:
-            h.remove()
-    ips = batch_size / max(best, 1e-9)
-    total = sum(best_stage)
-    if not stages or total <= 0:
-        return ips, _parameter_fractions(net, spec), False
-    return ips, tuple(t / total for t in best_stage), True
+            with timer.batch(batch_size):
+                net(x)
+    return timer.result(spec)
 
 
 def _parameter_fractions(net: nn.Module, spec: PretrainedSpec) -> tuple[float, ...]:

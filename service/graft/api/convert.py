@@ -211,6 +211,7 @@ def advice_to_pb(advice: Advice) -> pb.AdviseResponse:
         similarity_low=advice.similarity_interval[0],
         similarity_high=advice.similarity_interval[1],
         similarity_borderline=advice.similarity_borderline,
+        similarity_images=advice.similarity_images,
     )
 
 
