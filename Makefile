@@ -19,10 +19,13 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml devtools/pyproject.toml
 	touch $@
 
 # Debian packages the tests use: real image data for the tests and the walk-through
-# (dataset-fashion-mnist, MIT) and a real Prometheus server + promtool (prometheus).
-SYSTEM_PACKAGES := dataset-fashion-mnist prometheus
+# (dataset-fashion-mnist, MIT), a real Prometheus server + promtool (prometheus) and a
+# real PostgreSQL server for the PostgreSQL store's tests (postgresql; Debian keeps its
+# initdb off PATH, under /usr/lib/postgresql/<version>/bin; tests/postgres.py finds it).
+SYSTEM_PACKAGES := dataset-fashion-mnist prometheus postgresql
+HAVE_INITDB := { ls /usr/lib/postgresql/*/bin/initdb || command -v initdb; } >/dev/null 2>&1
 system-deps:
-	@if [ ! -d $(FASHION_MNIST) ] || ! command -v promtool >/dev/null; then \
+	@if [ ! -d $(FASHION_MNIST) ] || ! command -v promtool >/dev/null || ! $(HAVE_INITDB); then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES); \
@@ -43,8 +46,9 @@ check: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# GRAFT_TEST_POSTGRES: a missing PostgreSQL fails its tests here instead of skipping them.
 test: setup system-deps check
-	$(PY) -m pytest
+	GRAFT_TEST_POSTGRES=1 $(PY) -m pytest
 
 format: setup
 	$(VENV)/bin/ruff format .

@@ -7,14 +7,24 @@ import dataclasses
 import ipaddress
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+# URL schemes of a PostgreSQL job store (libpq's).
+POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
 @dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("graft-data")
+    # The job store (docs/SCALING.md): "" is the embedded SQLite file in data_dir
+    # (`store_path`); a postgresql://user@host:port/db URL is a PostgreSQL database that
+    # the server and every worker share. Its password is best left to libpq's PGPASSWORD
+    # or PGPASSFILE; one in the URL is masked where the config is printed or stored.
+    store_url: str = ""
     data_roots: tuple[Path, ...] = ()
     host: str = "127.0.0.1"
     port: int = 50051
@@ -132,6 +142,11 @@ class Config:
             )
         if self.upload_sweep_seconds <= 0:
             raise ValueError("upload_sweep_seconds must be positive")
+        if self.store_url and not is_postgres_url(self.store_url):
+            raise ValueError(
+                f"store_url (--store) must be empty (SQLite in the data directory) or a"
+                f" postgresql:// URL, not {redact_url(self.store_url)!r}"
+            )
 
     @property
     def auth_enabled(self) -> bool:
@@ -142,7 +157,13 @@ class Config:
 
     @property
     def store_path(self) -> Path:
+        """The SQLite store's file (used when `store_url` is empty)."""
         return self.data_dir / "graft.sqlite3"
+
+    @property
+    def store_name(self) -> str:
+        """The store, for logs and messages: its file, or its URL with no password."""
+        return redact_url(self.store_url) if self.store_url else str(self.store_path)
 
     @property
     def worker_ready_seconds(self) -> float:
@@ -177,7 +198,14 @@ class Config:
         return d
 
     def to_json(self) -> str:
+        """Everything, secrets included: what the worker processes are started with."""
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    def public_json(self) -> str:
+        """`to_json` with the store URL's password masked: what is logged at start and
+        stored with every job."""
+        public = {**self.to_dict(), "store_url": redact_url(self.store_url)}
+        return json.dumps(public, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
@@ -217,6 +245,8 @@ def env_defaults(environ: dict[str, str] | None = None) -> dict[str, Any]:
         out["lease_seconds"] = float(env["GRAFT_LEASE_SECONDS"])
     if "GRAFT_AUTH" in env:
         out["auth"] = env["GRAFT_AUTH"]
+    if "GRAFT_STORE_URL" in env:
+        out["store_url"] = env["GRAFT_STORE_URL"]
     return out
 
 
@@ -229,3 +259,18 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:  # a host name other than localhost may resolve to any interface
         return False
+
+
+def is_postgres_url(url: str) -> bool:
+    """Whether `url` names a PostgreSQL database (postgresql:// or postgres://)."""
+    return urlsplit(url).scheme in POSTGRES_SCHEMES and "://" in url
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password (in the user part or a `password=` parameter) replaced by
+    ***, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        user, _, host = parts.netloc.rpartition("@")
+        url = url.replace(parts.netloc, f"{user.partition(':')[0]}:***@{host}", 1)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)

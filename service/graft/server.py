@@ -38,6 +38,7 @@ from graft.api.servicer import AdaptationServicer
 from graft.api.services import Services
 from graft.api.watcher import StoreWatcher
 from graft.config import Config, is_loopback
+from graft.errors import GraftError
 from graft.observability.logs import setup_logging
 from graft.observability.metrics import ServerMetrics, serve_metrics
 from graft.observability.store_metrics import StoreCollector
@@ -212,7 +213,11 @@ async def serve(config: Config) -> int:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = ServerMetrics()
     metrics.set_build_info()
-    built = build_server(config, metrics)
+    try:
+        built = build_server(config, metrics)
+    except GraftError as exc:  # the store is unreachable, or its schema newer than this code
+        log.error("cannot open the job store %s: %s", config.store_name, exc.message)
+        return 1
     try:
         port = await start(built, f"{config.host}:{config.port}")
     except ValueError as exc:
@@ -275,7 +280,7 @@ def _on_signal(signum: int, stop: asyncio.Event) -> None:
 
 def run_server(config: Config) -> int:
     setup_logging(config.log_format, config.log_level, process="server")
-    log.info("config: %s", config.to_json())
+    log.info("config: %s", config.public_json())
     return asyncio.run(serve(config))
 
 

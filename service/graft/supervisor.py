@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 from graft.config import Config
 
@@ -29,9 +31,18 @@ class WorkerSupervisor:
         self._config_file = config.data_dir / f"worker-config-{lane}.json"
 
     def start(self) -> None:
-        self._config_file.parent.mkdir(parents=True, exist_ok=True)
-        self._config_file.write_text(self.config.to_json())
+        self.write_config()
         self._thread.start()
+
+    def write_config(self) -> Path:
+        """The file the worker reads its config from: the whole config, the store URL's
+        password too, so readable by this user alone."""
+        self._config_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)  # also when the file was there already
+            f.write(self.config.to_json())
+        return self._config_file
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         cmd = [

@@ -38,6 +38,8 @@ TRAINING_USERS = (
 )
 # The advisor's modules the API imports.
 ADVISOR_ANSWER = ("graft.advisor.advice", "graft.advisor.declared", "graft.advisor.codec")
+# The PostgreSQL driver: the store's one third-party dependency, in graft.store.postgres.
+POSTGRES_DRIVER = ("psycopg", "psycopg_pool")
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ class Rule:
     forbidden: tuple[str, ...] = ()  # prefixes they may never import
     only: tuple[str, ...] | None = None  # else: the graft modules they may import, alone
     stdlib_only: bool = False  # and no third-party package at all
+    third_party: tuple[str, ...] = ()  # ... but these (with stdlib_only)
+    exempt: tuple[str, ...] = ()  # modules of `layer` the rule does not bind
     transitive: bool = False  # also what importing them loads
 
 
@@ -186,6 +190,14 @@ RULES = (
         ("graft.store",),
         only=("graft.store", "graft.domain", "graft.errors", "graft.config"),
         stdlib_only=True,
+        third_party=POSTGRES_DRIVER,
+    ),
+    # ... and only the PostgreSQL store uses it: everything else talks to the protocol.
+    Rule(
+        "postgres-driver-in-its-store",
+        ("graft",),
+        forbidden=POSTGRES_DRIVER,
+        exempt=("graft.store.postgres",),
     ),
     Rule("sdk-no-server", ("graft_client",), forbidden=("graft",)),
     # The development fixtures (devtools/) and the dev extras' datasets: tests, bench/ and
@@ -212,7 +224,7 @@ def violations(rule: Rule) -> Iterator[tuple[str, str, str]]:
     """(module, imported name, where) for each import of a module of `rule.layer` that
     breaks it."""
     for module in MODULES:
-        if not within(module, rule.layer):
+        if not within(module, rule.layer) or within(module, rule.exempt):
             continue
         if rule.transitive:
             # One entry per forbidden package loaded, with the chain that loads it.
@@ -256,7 +268,12 @@ def _breaks(rule: Rule, name: str) -> bool:
         return True
     if rule.only is not None and within(name, ("graft",)) and not within(name, rule.only):
         return True
-    return rule.stdlib_only and not within(name, ("graft",)) and not _stdlib(name)
+    return (
+        rule.stdlib_only
+        and not within(name, ("graft",))
+        and not _stdlib(name)
+        and not within(name, rule.third_party)
+    )
 
 
 # --------------------------------------------------------------------------- the tests
@@ -335,6 +352,15 @@ def test_checker_store_and_sdk_rules() -> None:
     assert not _breaks(store, "sqlite3")
     assert _breaks(store, "graft.registry")
     assert _breaks(store, "torch")
+    assert not _breaks(store, "psycopg.rows") and not _breaks(store, "psycopg_pool")
+    assert _breaks(store, "psycopg2")  # a prefix of names, not of strings
+    driver = next(r for r in RULES if r.name == "postgres-driver-in-its-store")
+    assert _breaks(driver, "psycopg.conninfo")
+    lazy = "def f():\n    import psycopg\n"
+    assert [i for i in imports_of(lazy, "graft.store.sqlite.base") if _breaks(driver, i.name)]
+    # The PostgreSQL store is exempt, and is read: its imports are the ones allowed.
+    assert any(within(i.name, POSTGRES_DRIVER) for i in IMPORTS["graft.store.postgres.base"])
+    assert not [v for v in violations(driver) if within(v[0], driver.exempt)]
     sdk = next(r for r in RULES if r.name == "sdk-no-server")
     assert _breaks(sdk, "graft.api")
     assert not _breaks(sdk, "graft_client.v1")  # a prefix match, not a string one

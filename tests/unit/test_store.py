@@ -1,9 +1,11 @@
 """The JobStore contract: every implementation must pass every test here.
 
 To add an implementation, add one `pytest.param` to IMPLEMENTATIONS: a function of the
-test's tmp_path returning a picklable opener, `opener(clock=...) -> JobStore`, where each
-call opens a new store object (its own connections) on the same, initially empty database.
-Openers must be picklable because the multi-process test sends them to spawned children.
+test's request and tmp_path returning a picklable opener, `opener(clock=...) -> JobStore`,
+where each call opens a new store object (its own connections) on the same, initially
+empty database. Openers must be picklable because the multi-process test sends them to
+spawned children. PostgreSQL runs on a real server that the tests start themselves
+(tests/postgres.py), a fresh database per test.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from graft.errors import (
     Unavailable,
 )
 from graft.store import ApiKey, JobStore, SqliteJobStore, open_store
+from graft.store.postgres import PostgresJobStore
 from graft.store.sqlite import _MIGRATIONS, _SCHEMA, SCHEMA_VERSION
 
 Opener = Callable[..., JobStore]
@@ -63,19 +66,24 @@ class FakeClock:
         self.t += seconds
 
 
-def _sqlite(tmp_path: Path) -> Opener:
+def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     return functools.partial(SqliteJobStore, tmp_path / "graft.sqlite3")
+
+
+def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    return functools.partial(PostgresJobStore, request.getfixturevalue("postgres_url"))
 
 
 IMPLEMENTATIONS = [
     pytest.param(_sqlite, id="sqlite"),
+    pytest.param(_postgres, id="postgres", marks=pytest.mark.postgres),
 ]
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    factory: Callable[[Path], Opener] = request.param
-    return factory(tmp_path)
+    factory: Callable[[pytest.FixtureRequest, Path], Opener] = request.param
+    return factory(request, tmp_path)
 
 
 @pytest.fixture
@@ -569,6 +577,54 @@ def test_list_models_by_prefix(store: JobStore) -> None:
     assert [(v.version, v.aliases) for v in flowers["flowers"]] == [(1, []), (2, ["production"])]
     assert list(store.list_models("flo_")) == ["flo_wers"]  # '_' is not a wildcard
     assert store.list_models("zebra") == {}
+
+
+def test_model_versions_page_in_byte_order_of_names(store: JobStore) -> None:
+    """Names sort by their bytes ('Z' < '_' < 'a'), whatever the database's collation
+    (the PostgreSQL tests' default is ICU English, which would say '_x', 'alpha', 'Zeta');
+    pages follow that order and cover every version once."""
+    for name in ("alpha", "Zeta", "_x", "alpha", "Zeta"):
+        add_version(store, name)
+    store.add_model_version(
+        name="alpha", job_id="j", backbone="b", labels=["x"], sha256="s", card={},
+        artifact_dir="", metrics=None, tenant="acme",
+    )  # fmt: skip
+    store.set_alias("Zeta", "production", 2)
+    assert list(store.list_models()) == ["Zeta", "_x", "alpha"]
+    expected = [
+        ("Zeta", DEFAULT_TENANT, 1),
+        ("Zeta", DEFAULT_TENANT, 2),
+        ("_x", DEFAULT_TENANT, 1),
+        ("alpha", "acme", 1),
+        ("alpha", DEFAULT_TENANT, 1),
+        ("alpha", DEFAULT_TENANT, 2),
+    ]
+    seen, after = [], None
+    while True:
+        page, after = store.list_model_versions_page(limit=4, after=after)
+        seen += [(v.name, v.tenant, v.version) for v in page]
+        assert len(page) <= 4
+        if after is None:
+            break
+    assert seen == expected
+    first, _ = store.list_model_versions_page(limit=2)
+    assert first[1].aliases == ["production"]
+    mine, cursor = store.list_model_versions_page("al", tenant=DEFAULT_TENANT, limit=5)
+    assert [(v.name, v.version) for v in mine] == [("alpha", 1), ("alpha", 2)] and cursor is None
+
+
+def test_jobs_page_newest_first_by_cursor(store: JobStore) -> None:
+    ids = [new_job(store) for _ in range(5)]
+    store.request_cancel(ids[1])
+    pages, before = [], 0
+    while True:
+        page, before = store.list_jobs_page(limit=2, before=before)
+        pages.append([j.job_id for j in page])
+        if not before:
+            break
+    assert pages == [ids[:2:-1], ids[2:0:-1], ids[:1]]
+    queued, _ = store.list_jobs_page(JobState.QUEUED, limit=10)
+    assert [j.job_id for j in queued] == [i for i in ids[::-1] if i != ids[1]]
 
 
 def test_publish_runs_inside_the_transaction(store: JobStore) -> None:

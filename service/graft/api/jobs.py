@@ -61,7 +61,7 @@ class JobRPCs:
                 dataset=ref,
                 plan=plan,
                 request_id=request.request_id.strip(),
-                config_json=services.config.to_json(),
+                config_json=services.config.public_json(),
                 advise_first=not request.HasField("plan"),
                 plan_resolved=False,
                 max_active=services.config.max_active_jobs_per_model,

@@ -1,5 +1,6 @@
 """`graft keys`: API keys, straight on the server's store (run it where the data directory
-is: `kubectl exec deploy/graft-server -- graft keys ...`). Tokens are shown once, at
+is: `kubectl exec deploy/graft-server -- graft keys ...`, or anywhere that reaches the
+PostgreSQL store: `--store URL`). Tokens are shown once, at
 creation; the store keeps only their sha256. The store modules are imported only when a
 `keys` command runs, so the client commands start fast."""
 
@@ -75,21 +76,29 @@ def cmd_revoke(ctx: Context) -> int:
 
 
 def _on_store(ctx: Context, action: Callable[[JobStore], None]) -> int:
-    """Runs `action` on the store of --data-dir, which must exist already (a typo'd
-    directory creates nothing); store errors print as `error: NotFound: ...`, status 2."""
+    """Runs `action` on the server's store: --store's database, or the SQLite file of
+    --data-dir, which must exist already (a typo'd directory creates nothing); store errors
+    print as `error: NotFound: ...`, status 2."""
     from graft import errors
     from graft.store import open_store
 
     a = ctx.args
-    config = config_from(data_dir=a.data_dir.expanduser().resolve() if a.data_dir else None)
-    if not config.store_path.is_file():
+    config = config_from(
+        data_dir=a.data_dir.expanduser().resolve() if a.data_dir else None,
+        store_url=a.store_url,
+    )
+    if not config.store_url and not config.store_path.is_file():
         print(
             f"error: no Graft store at {config.store_path}: give the server's --data-dir"
             " (or $GRAFT_DATA_DIR), where `graft serve` has run",
             file=ctx.err,
         )
         return EXIT_ERROR
-    store = open_store(config)
+    try:
+        store = open_store(config)
+    except errors.GraftError as exc:  # the database is unreachable, or newer than we are
+        print(f"error: {type(exc).__name__}: {exc.message}", file=ctx.err)
+        return EXIT_ERROR
     try:
         action(store)
     except errors.GraftError as exc:

@@ -228,6 +228,13 @@ def _keys_options(suppress: bool) -> list[argparse.ArgumentParser]:
         default=suppressible(None, suppress),
         help="the server's data directory",
     )
+    opts.add_argument(
+        "--store",
+        dest="store_url",
+        metavar="URL",
+        default=suppressible(None, suppress),
+        help="the server's job store, if it is not SQLite in --data-dir: its postgresql:// URL",
+    )
     return [json_option(suppress), opts]
 
 

@@ -23,6 +23,7 @@ def add_serve(commands: Commands) -> None:
     p.add_argument("--port", type=int, help="gRPC port (default 50051)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off (default 9464)")
     p.add_argument("--data-dir", type=Path, help="store, registry, uploads (default graft-data)")
+    _add_store(p)
     p.add_argument(
         "--data-root",
         type=Path,
@@ -39,6 +40,16 @@ def add_serve(commands: Commands) -> None:
     )
     _add_serve_limits(p)
     _add_serve_security(p)
+
+
+def _add_store(p: argparse.ArgumentParser, what: str = "the job store") -> None:
+    p.add_argument(
+        "--store",
+        dest="store_url",
+        metavar="URL",
+        help=f"{what}: a postgresql:// URL (server and workers on several hosts), or none"
+        " for SQLite in the data directory (the default; $GRAFT_STORE_URL; docs/SCALING.md)",
+    )
 
 
 def _add_serve_limits(p: argparse.ArgumentParser) -> None:
@@ -138,6 +149,7 @@ def add_worker(commands: Commands) -> None:
         "--host", help="address of the /metrics endpoint (default 127.0.0.1; 0.0.0.0 in containers)"
     )
     p.add_argument("--data-dir", type=Path, help="the server's data directory")
+    _add_store(p, "the server's job store (same --store as the server's)")
     p.add_argument("--worker-id", help="name in leases and logs (default: host-pid)")
     p.add_argument(
         "--data-root",

@@ -104,7 +104,7 @@ class Worker:
             self.worker_id,
             "+".join(sorted(lanes)),
             self.device,
-            self.config.store_path,
+            self.config.store_name,
         )
         self.heartbeat()
         self._heartbeats.start()
@@ -318,7 +318,11 @@ class Worker:
 
 def run_worker(config: Config, worker_id: str | None = None) -> int:
     setup_logging(config.log_format, config.log_level, process="worker")
-    worker = Worker(config, worker_id)
+    try:
+        worker = Worker(config, worker_id)
+    except errors.GraftError as exc:  # the store is unreachable, or newer than this code
+        log.error("cannot open the job store %s: %s", config.store_name, exc.message)
+        return 1
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("worker received signal %d: stopping at the next checkpoint", signum)

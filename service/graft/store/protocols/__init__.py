@@ -1,8 +1,9 @@
 """The job store's interface: the only channel between the API server and the workers.
 
-Every implementation (SQLite now, PostgreSQL later) passes the one contract suite in
+Every implementation (SQLite, PostgreSQL) passes the one contract suite in
 `tests/unit/test_store.py`. Times are epoch seconds (`time.time()` floats) from the
-store's injected clock. Errors are the typed ones of `graft.errors`: `NotFound` for an
+store's clock: the host's (SQLite) or the database server's (PostgreSQL), or one the tests
+inject. Errors are the typed ones of `graft.errors`: `NotFound` for an
 unknown job/model/version/alias/upload, `FailedPrecondition` for a transition the job's
 state does not allow, `Unavailable` when the database cannot be reached or stays locked.
 
@@ -15,7 +16,8 @@ every tenant (workers, admins); the API passes the caller's scope (graft.api.aut
 The interface comes in parts, one protocol and module each, so that a second backend can
 implement them one at a time: `JobQueueStore` (`jobs`: jobs, leases, progress events),
 `TaskStore` (`tasks`), `ModelStore` (`models`: versions and aliases), `UploadStore`
-(`uploads`), `WorkerStore` (`workers`), `KeyStore` (`keys`) and `StoreLifecycle`
+(`uploads`), `WorkerStore` (`workers`), `KeyStore` (`keys`), `ChangeFeed` (`changes`:
+notifications of changes, so that pollers poll sooner) and `StoreLifecycle`
 (`lifecycle`); the records a part returns live beside it. `JobStore` is all of them
 together: what a backend provides and what the server and the workers hold.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from graft.store.protocols.changes import ChangeFeed
 from graft.store.protocols.jobs import JobQueueStore
 from graft.store.protocols.keys import KeyStore
 from graft.store.protocols.lifecycle import StoreLifecycle
@@ -41,6 +44,7 @@ class JobStore(
     UploadStore,
     WorkerStore,
     KeyStore,
+    ChangeFeed,
     StoreLifecycle,
     Protocol,
 ):

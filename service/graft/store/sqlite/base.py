@@ -165,6 +165,11 @@ class SqliteBase:
                     f"Graft understands ({SCHEMA_VERSION}); upgrade Graft"
                 )
 
+    def subscribe_changes(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """SQLite has no notifications between processes: `callback` is never called, and
+        the store's pollers (the API's watcher) find changes at their interval."""
+        return lambda: None
+
     def ping(self) -> None:
         try:
             with self._tx(write=False) as c:
