@@ -6,6 +6,11 @@ its own: the watcher reads the store once per interval for all of them (one quer
 followed jobs' last sequences and states, one for the awaited tasks' states) and wakes only
 those whose job or task changed. 10,000 open streams on quiet jobs cost one indexed read of
 10,000 rows per interval, and nothing else.
+
+A store that notifies changes (PostgreSQL's LISTEN/NOTIFY, `JobStore.subscribe_changes`)
+makes the watcher poll at once when a job or task it watches changed, instead of at the
+end of the interval; the interval stays as the safety net (a notification can be lost).
+SQLite notifies nothing: there the interval is all there is.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -38,13 +43,29 @@ class StoreWatcher:
         self._tasks: dict[str, _Watched] = {}
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._nudge: asyncio.Event | None = None  # set when the store says something changed
+        self._unsubscribe: Callable[[], None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="store-watcher")
+        loop = asyncio.get_running_loop()
+        nudge = self._nudge = asyncio.Event()
+
+        def changed(key: str) -> None:  # on the store's listener thread
+            loop.call_soon_threadsafe(self._changed, key, nudge)
+
+        self._unsubscribe = self.store.subscribe_changes(changed)
+        self._task = loop.create_task(self._loop(), name="store-watcher")
+
+    def _changed(self, key: str, nudge: asyncio.Event) -> None:
+        """Poll now if the change is one somebody waits for ("" : it may be)."""
+        if not key or key in self._jobs or key in self._tasks:
+            nudge.set()
 
     async def stop(self) -> None:
         """Stop polling and wake everyone (they see the server draining and end)."""
         self._closed = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         self.wake_all()
         if self._task is not None:
             self._task.cancel()
@@ -96,7 +117,18 @@ class StoreWatcher:
                 await self.poll()
             except Exception:  # the store hiccups: keep watching; health reports the store
                 log.exception("store watcher: poll failed")
+            await self._pause()
+
+    async def _pause(self) -> None:
+        """Until the interval is over or the store tells of a change someone waits for.
+        A change told while the poll ran ends the pause at once: nothing is missed."""
+        nudge = self._nudge
+        if nudge is None:
             await asyncio.sleep(self.interval)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(nudge.wait(), self.interval)
+        nudge.clear()
 
     async def poll(self) -> None:
         if self._jobs:
