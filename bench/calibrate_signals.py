@@ -1,6 +1,8 @@
 """Measure the similarity signals on reference image sets (a developer tool, not used by the
 service): natural photo crops, the same in grayscale and at 64 px, Fashion-MNIST and
-scikit-learn's digits. docs/ADVISOR.md quotes its output; the anchors in
+scikit-learn's digits, and five domains far from photos made from scikit-image's samples
+(documents, microscopy, medical, astronomy, line drawings). docs/ADVISOR.md quotes its
+output; the anchors in
 graft.advisor.signals.SIGNALS come from it.
 
     .venv/bin/python bench/calibrate_signals.py --per-class 16 --seeds 0 1
@@ -48,12 +50,18 @@ def _grayscale_copy(src: Path, dst: Path) -> Path:
 
 def reference_sets(root: Path, per_class: int, seed: int) -> dict[str, Path]:
     from graft_devtools.datasets import (
+        DOMAINS,
         write_digits_folder,
+        write_domain_folder,
         write_fashion_mnist_folder,
         write_photos_folder,
     )
 
     photos = write_photos_folder(root / "photos-256", per_class, size=256, seed=seed)
+    domains = {
+        f"{name} 128 px": write_domain_folder(root / name, name, per_class, seed=seed)
+        for name in DOMAINS
+    }
     return {
         "photos 256 px": photos,
         "photos 256 px gray": _grayscale_copy(photos, root / "photos-gray"),
@@ -62,6 +70,7 @@ def reference_sets(root: Path, per_class: int, seed: int) -> dict[str, Path]:
             root / "fashion", per_class, seed=seed, offset=0
         ),
         "digits 32 px": write_digits_folder(root / "digits", per_class, size=32),
+        **domains,
     }
 
 

@@ -167,3 +167,62 @@ def write_photos_folder(
             im = im.resize((size, size), Image.Resampling.BICUBIC)
             im.save(d / f"{name}-{k:03d}.jpg", quality=quality)
     return out
+
+
+def _gray_or_rgb(a: np.ndarray) -> np.ndarray:
+    """uint8 pixels of a scikit-image sample: bool and float images scaled to 0-255."""
+    if a.dtype == bool:
+        return (a * 255).astype(np.uint8)
+    if a.dtype != np.uint8:
+        lo, hi = float(a.min()), float(a.max())
+        return ((a - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8)
+    return a[..., :3] if a.ndim == 3 else a
+
+
+def _domain_sources(domain: str) -> dict[str, np.ndarray]:
+    """The scikit-image sample images (shipped with the package, no download) of a domain
+    far from ImageNet's photos, for the similarity's calibration."""
+    import skimage.data as d
+
+    loaders = {
+        "documents": {"page": d.page, "text": d.text},
+        "microscopy": {"immunohistochemistry": d.immunohistochemistry, "cell": d.cell},
+        "medical": {"retina": d.retina, "microaneurysms": d.microaneurysms},
+        "astronomy": {"hubble": d.hubble_deep_field, "moon": d.moon},
+        "line-drawings": {
+            "horse": d.horse,
+            "phantom": d.shepp_logan_phantom,
+            "blobs": d.binary_blobs,
+        },
+    }
+    if domain not in loaders:
+        raise ValueError(f"unknown domain {domain!r}; known: {', '.join(sorted(loaders))}")
+    return {name: _gray_or_rgb(load()) for name, load in loaders[domain].items()}
+
+
+DOMAINS = ("documents", "microscopy", "medical", "astronomy", "line-drawings")
+
+
+def write_domain_folder(
+    out: Path, domain: str, per_class: int = 8, *, size: int = 128, seed: int = 0
+) -> Path:
+    """A small image set from a domain far from natural photos (`DOMAINS`: scanned pages
+    and text; stained tissue and a cell under the microscope; a retinal fundus and
+    microaneurysms; the Hubble deep field and the Moon; a silhouette, a CT phantom and
+    binary blobs): `per_class` seeded random crops (30-80% of the shorter side, some
+    mirrored) of each source image, resized to `size` px, as PNGs in `out/<source>/`."""
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    for name, pixels in sorted(_domain_sources(domain).items()):
+        h, w = pixels.shape[:2]
+        d = out / name
+        d.mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            side = int(min(h, w) * rng.uniform(0.3, 0.8))
+            y = int(rng.integers(0, h - side + 1))
+            x = int(rng.integers(0, w - side + 1))
+            im = Image.fromarray(np.ascontiguousarray(pixels[y : y + side, x : x + side]))
+            if rng.random() < 0.5:
+                im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            im.resize((size, size), Image.Resampling.BICUBIC).save(d / f"{name}-{k:03d}.png")
+    return out

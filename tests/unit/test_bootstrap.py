@@ -15,6 +15,7 @@ from graft.advisor.signals import (
     BatchNormRecorder,
     ImageNetResponse,
     combine,
+    combine_scores,
     measure_signals,
 )
 
@@ -119,7 +120,9 @@ def test_all_resamples_at_once_measure_like_one_by_one() -> None:
         1, index, torch.ones(20, 15, dtype=torch.float64)
     )
     one_by_one = torch.tensor([combine(measure_signals(resample(response, i))) for i in index])
-    at_once = torch.stack(
-        [d.calibration.scores(d.resampled(response, weights)) for d in SIGNALS]  # type: ignore[arg-type]
-    ).mean(dim=0)
+    at_once = combine_scores(
+        torch.stack(
+            [d.calibration.scores(d.resampled(response, weights)) for d in SIGNALS]  # type: ignore[arg-type]
+        )
+    )
     torch.testing.assert_close(at_once, one_by_one.double(), rtol=1e-6, atol=1e-6)

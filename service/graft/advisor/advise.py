@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 SKIPPED_EXAMPLES = 5
 SIMILARITY_METHOD = (
-    "mean of two calibrated scores measured with the default backbone at its pretraining "
+    "the lower of two calibrated scores measured with the default backbone at its pretraining "
     "resolution: imagenet_confidence (mean top-1 softmax probability of the ImageNet "
     "classifier) and batchnorm_shift (distance of the sample's BatchNorm input moments from "
     "the running statistics, which encode ImageNet); 0.5 = halfway between natural photos "

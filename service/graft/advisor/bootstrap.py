@@ -1,6 +1,6 @@
 """How sure the similarity is: a bootstrap over the images the signals read.
 
-The similarity is a statistic of the sampled images (the mean of calibrated signal scores,
+The similarity is a statistic of the sampled images (the lowest of calibrated signal scores,
 graft.advisor.signals). Resampling those images with replacement and measuring again gives
 its sampling spread without another forward pass: the logits are kept per image, and each
 BatchNorm layer's input is kept summed per image (`ImageMoments`), from which a resample's
@@ -22,6 +22,7 @@ from graft.advisor.signals import (
     SIGNALS,
     ImageNetResponse,
     SignalDefinition,
+    combine_scores,
     measure_signals,
 )
 from graft.plans.matrix import SIMILARITY_THRESHOLD
@@ -57,7 +58,7 @@ def similarity_interval(
             scores.append(d.calibration.scores(values))
     if not scores:
         return None
-    similarity = torch.stack(scores).mean(dim=0)  # combine(): the mean of the scores
+    similarity = combine_scores(torch.stack(scores))
     tail = (1.0 - INTERVAL) / 2
     low, high = torch.quantile(similarity, torch.tensor([tail, 1.0 - tail], dtype=torch.float64))
     return float(low), float(high)

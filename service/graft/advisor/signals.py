@@ -4,7 +4,7 @@ Each signal reads what one forward pass of the pretrained ImageNet network (with
 1000-class head) over the sample recorded — its logits and the moments of every BatchNorm
 layer's input — and maps its raw value to a score in [0, 1] (1 = like ImageNet) with two
 calibration anchors measured on real images (`bench/calibrate_signals.py`). The
-similarity is the mean of the scores. New signals are one more entry in `SIGNALS`.
+similarity is the lowest of the scores (`combine`). New signals are one more entry in `SIGNALS`.
 """
 
 from __future__ import annotations
@@ -312,7 +312,17 @@ def measure_signals(
 
 
 def combine(signals: Sequence[Signal]) -> float:
-    """The similarity: the mean of the signals' scores (0.0 when there is none)."""
+    """The similarity: the lowest of the signals' scores (0.0 when there is none)."""
     if not signals:
         return 0.0
-    return sum(s.score for s in signals) / len(signals)
+    return float(combine_scores(torch.tensor([[s.score] for s in signals])))
+
+
+def combine_scores(scores: torch.Tensor) -> torch.Tensor:
+    """`combine` over the first dimension of (signals, ...) scores: their minimum. Each
+    signal can be fooled in one direction only — the ImageNet head is confidently wrong on
+    retinas and the Moon (confidence scores 1.0 and 0.85), stained tissue has ImageNet-like
+    BatchNorm statistics (0.68) — so a dataset is like ImageNet only as far as *both* say
+    so; their mean called the retina and astronomy sets similar (0.70, 0.64).
+    docs/ADVISOR.md § Domains far from photos has the measurements."""
+    return scores.amin(dim=0)
