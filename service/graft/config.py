@@ -25,6 +25,12 @@ class Config:
     # the server and every worker share. Its password is best left to libpq's PGPASSWORD
     # or PGPASSFILE; one in the URL is masked where the config is printed or stored.
     store_url: str = ""
+    # Where the files several processes or hosts read live (docs/SCALING.md § Shared
+    # artifacts): the registry's weights and cards, uploads, checkpoints and feature caches,
+    # extracted archives, imported backbone weights. None: the data directory itself (one
+    # host, nothing moves). Several hosts: the same shared volume (ReadWriteMany) for the
+    # server replicas and every worker, while each keeps its own data_dir.
+    artifacts_dir: Path | None = None
     data_roots: tuple[Path, ...] = ()
     host: str = "127.0.0.1"
     port: int = 50051
@@ -85,7 +91,9 @@ class Config:
     small_dataset_threshold: int = 1000
     advise_max_per_class: int = 50
     advise_max_images: int = 2000
-    device: str = ""  # "" = cuda when available, else cpu
+    # "" = cuda when available, else cpu; a comma list (cuda:0,cuda:1) trains each
+    # fine-tune job on all of them (graft.training.launch)
+    device: str = ""
     log_format: str = "json"  # or "text"
     log_level: str = "info"
     heartbeat_seconds: float = 5.0  # how often a worker reports itself alive
@@ -171,29 +179,35 @@ class Config:
         return 3 * self.heartbeat_seconds
 
     @property
+    def artifacts_root(self) -> Path:
+        """The shared artifacts' root: `artifacts_dir`, or the data directory."""
+        return self.data_dir if self.artifacts_dir is None else self.artifacts_dir
+
+    @property
     def registry_dir(self) -> Path:
-        return self.data_dir / "registry"
+        return self.artifacts_root / "registry"
 
     @property
     def uploads_dir(self) -> Path:
-        return self.data_dir / "uploads"
+        return self.artifacts_root / "uploads"
 
     @property
     def cache_dir(self) -> Path:
-        return self.data_dir / "cache"
+        return self.artifacts_root / "cache"
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.data_dir / "checkpoints"
+        return self.artifacts_root / "checkpoints"
 
     @property
     def weights_dir(self) -> Path:
         """Where `graft backbones import` puts weight files."""
-        return self.data_dir / "weights"
+        return self.artifacts_root / "weights"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["data_dir"] = str(self.data_dir)
+        d["artifacts_dir"] = None if self.artifacts_dir is None else str(self.artifacts_dir)
         d["data_roots"] = [str(p) for p in self.data_roots]
         return d
 
@@ -213,6 +227,8 @@ class Config:
         kw = {k: v for k, v in d.items() if k in known}
         if "data_dir" in kw:
             kw["data_dir"] = Path(kw["data_dir"])
+        if kw.get("artifacts_dir") is not None:
+            kw["artifacts_dir"] = Path(kw["artifacts_dir"])
         if "data_roots" in kw:
             kw["data_roots"] = tuple(Path(p) for p in kw["data_roots"])
         for name in (
@@ -233,6 +249,8 @@ def env_defaults(environ: dict[str, str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "GRAFT_DATA_DIR" in env:
         out["data_dir"] = Path(env["GRAFT_DATA_DIR"])
+    if env.get("GRAFT_ARTIFACTS_DIR"):
+        out["artifacts_dir"] = Path(env["GRAFT_ARTIFACTS_DIR"])
     if "GRAFT_DATA_ROOTS" in env:
         out["data_roots"] = tuple(Path(p) for p in env["GRAFT_DATA_ROOTS"].split(os.pathsep) if p)
     if "GRAFT_DEVICE" in env:

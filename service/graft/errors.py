@@ -107,7 +107,9 @@ _KINDS: dict[str, type[GraftError]] = {
 def error_to_dict(exc: GraftError) -> dict[str, object]:
     """A typed error as JSON-able data, so a worker can hand it to the API through the store
     with its kind and field violations intact (`error_from_dict` rebuilds it)."""
-    out: dict[str, object] = {"kind": type(exc).__name__, "message": exc.message}
+    # A subclass (e.g. graft.artifacts.CorruptArtifact) travels as the kind it refines.
+    kind = next((c.__name__ for c in type(exc).__mro__ if c.__name__ in _KINDS), "GraftError")
+    out: dict[str, object] = {"kind": kind, "message": exc.message}
     if isinstance(exc, InvalidArgument):
         out["violations"] = [[v.field, v.description] for v in exc.violations]
     return out

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import graft.backbones as bb
+from graft.artifacts import verify_file
 from graft.backbones import lookup
 from graft.backbones.convert import lukemelas_to_timm
 from graft.backbones.sanity import top_k
@@ -278,6 +279,7 @@ def test_import_weights(tmp_path: Path, empty_hub: Path, monkeypatch: pytest.Mon
     dest = bb.import_weights("resnet18", fake, empty_hub)
     assert dest == empty_hub / "resnet18-f37072fd.pth"
     assert dest.read_bytes() == fake.read_bytes()
+    assert verify_file(dest) == digest  # recorded beside it, checked on every read
     status = {s.name: s for s in bb.backbone_statuses(empty_hub)}["resnet18"]
     assert status.ready and status.weights == f"imported: {dest}"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -261,3 +262,30 @@ def test_registry_survives_a_moved_data_dir(store: SqliteJobStore, tmp_path: Pat
     (tmp_path / "registry").rename(tmp_path / "moved")
     _, tensors, _ = ModelRegistry(store, tmp_path / "moved").load(ModelRef("flowers"))
     assert_same(tensors, weights(0))
+
+
+def test_a_card_edited_on_disk_is_refused(registry: ModelRegistry) -> None:
+    mv = register(registry)
+    path = Path(mv.artifact_dir) / CARD_FILE
+    card = json.loads(path.read_text())
+    card["labels"] = ["rose", "daisy"]  # same version and sha256: only the store can tell
+    path.write_text(json.dumps(card))
+    with pytest.raises(FailedPrecondition, match="differs from the card model 'flowers'"):
+        registry.load(ModelRef("flowers"))
+
+
+def test_each_host_reads_the_artifacts_where_it_mounts_them(
+    store: SqliteJobStore, tmp_path: Path
+) -> None:
+    """The shared artifacts mounted at /a on the registering worker's host and at /b on a
+    server's: the server reads its own mount, not the path the worker recorded."""
+    register(ModelRegistry(store, tmp_path / "a" / "registry"))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    weights_at_a = tmp_path / "a" / "registry" / "flowers" / "1" / WEIGHTS_FILE
+    data = bytearray(weights_at_a.read_bytes())
+    data[-1] ^= 0xFF  # stale or broken there
+    weights_at_a.write_bytes(bytes(data))
+    _, tensors, _ = ModelRegistry(store, tmp_path / "b" / "registry").load(ModelRef("flowers"))
+    assert_same(tensors, weights(0))
+    with pytest.raises(FailedPrecondition, match="was registered with"):
+        ModelRegistry(store, tmp_path / "a" / "registry").load(ModelRef("flowers"))

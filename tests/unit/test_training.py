@@ -419,7 +419,8 @@ def test_checkpoint_round_trip_with_optimizer_scheduler_and_rng(tmp_path: Path) 
         extra={"k": "v"},
     )
     path = save_checkpoint(tmp_path, ckpt)
-    assert [p.name for p in tmp_path.iterdir()] == [FILENAME]  # no temporary file left
+    # No temporary file left; the sha256 beside it (graft.artifacts).
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FILENAME, f"{FILENAME}.sha256"]
     expected_next = torch.rand(3)
     ckpt.rng.restore()  # type: ignore[union-attr]
 

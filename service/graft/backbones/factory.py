@@ -14,9 +14,7 @@ outputs of chosen stages instead; its width is the sum of their channel counts
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from graft.artifacts import write_artifact
 from graft.backbones.convert import is_lukemelas_layout, lukemelas_to_timm
 from graft.backbones.lookup import get_spec
 from graft.backbones.spec import (
@@ -350,13 +349,8 @@ def import_weights(name: str, file: Path, weights_dir: Path) -> Path:
     dest = weights_dir / target_name
     if dest.exists() and dest.resolve() == file.resolve():
         return dest
-    fd, tmp = tempfile.mkstemp(dir=weights_dir, prefix=f".{target_name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(file, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Durably, with its sha256 beside it: workers on other hosts read it from the shared
+    # artifacts and check it (load_weights_file).
+    write_artifact(dest, lambda tmp: shutil.copyfile(file, tmp))
     log.info("imported %s weights %s (sha256 %s) to %s", spec.name, file, digest, dest)
     return dest

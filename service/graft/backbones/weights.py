@@ -6,8 +6,9 @@ Weights are never downloaded at run time. A backbone's file is looked for, in or
    `importlib.util.find_spec`, which does not import the package;
 2. in the local torch hub cache, `torch.hub.get_dir()/checkpoints/<hub_filename>`, where
    `torch.hub.load_state_dict_from_url` (and torchvision's `weights=`) would have put it;
-3. in Graft's weights directory (`Config.weights_dir`), put there by
-   `graft backbones import NAME FILE` (`graft.backbones.import_weights`).
+3. in Graft's weights directory (`Config.weights_dir`, under the shared artifacts), put
+   there by `graft backbones import NAME FILE` (`graft.backbones.import_weights`) with its
+   sha256 recorded beside it, which every read checks.
 
 Weight files are `.pth` pickles. They are read only with
 `torch.load(path, map_location="cpu", weights_only=True)`: PyTorch's restricted unpickler,
@@ -29,6 +30,7 @@ from typing import Any
 
 import torch
 
+from graft.artifacts import recorded_digests, verify_file
 from graft.backbones.catalog import DEFAULT_BACKBONE
 from graft.backbones.lookup import list_backbones
 from graft.backbones.spec import PretrainedSpec
@@ -214,14 +216,23 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 @functools.lru_cache(maxsize=4)
 def _read_cached(path: str, size: int, mtime_ns: int) -> dict[str, torch.Tensor]:
-    return read_state_dict(Path(path))
+    return _read_checked(Path(path))
+
+
+def _read_checked(path: Path) -> dict[str, torch.Tensor]:
+    # An imported file has its sha256 recorded beside it (graft.artifacts): it may sit on a
+    # volume other hosts share, so it is checked before use. Package and hub files have none.
+    if recorded_digests(path, missing_ok=True):
+        verify_file(path)
+    return read_state_dict(path)
 
 
 def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """`read_state_dict`, cached for small files by (path, size, mtime).
+    """`read_state_dict` (after the sha256 check of an imported file), cached for small
+    files by (path, size, mtime).
 
     Callers must not modify the returned tensors in place (load_state_dict copies them)."""
     st = path.stat()
     if st.st_size > _CACHE_MAX_FILE_BYTES:
-        return read_state_dict(path)
+        return _read_checked(path)
     return dict(_read_cached(str(path.resolve()), st.st_size, st.st_mtime_ns))

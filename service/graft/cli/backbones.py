@@ -34,11 +34,16 @@ def cmd_backbones(ctx: Context) -> int:
 
 
 def cmd_import(ctx: Context) -> int:
-    """`graft backbones import NAME FILE`: straight into the data directory, no server."""
+    """`graft backbones import NAME FILE`: straight into the weights folder of the shared
+    artifacts (the data directory's by default), no server."""
     name, file = ctx.args.name, Path(ctx.args.file)
     from graft import errors as domain_errors
 
-    config = config_from(data_dir=ctx.args.data_dir.expanduser() if ctx.args.data_dir else None)
+    a = ctx.args
+    config = config_from(
+        data_dir=a.data_dir.expanduser() if a.data_dir else None,
+        artifacts_dir=a.artifacts_dir.expanduser() if a.artifacts_dir else None,
+    )
     try:
         from graft.backbones import import_weights
 

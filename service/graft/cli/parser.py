@@ -163,6 +163,12 @@ def _backbones_options(suppress: bool) -> list[argparse.ArgumentParser]:
         default=suppressible(None, suppress),
         help="for import: the server's data directory",
     )
+    opts.add_argument(
+        "--artifacts-dir",
+        type=Path,
+        default=suppressible(None, suppress),
+        help="for import: the servers' and workers' shared artifacts (default: the data directory)",
+    )
     return [*_client(suppress), opts]
 
 

@@ -23,6 +23,7 @@ def add_serve(commands: Commands) -> None:
     p.add_argument("--port", type=int, help="gRPC port (default 50051)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off (default 9464)")
     p.add_argument("--data-dir", type=Path, help="store, registry, uploads (default graft-data)")
+    _add_artifacts(p)
     _add_store(p)
     p.add_argument(
         "--data-root",
@@ -40,6 +41,16 @@ def add_serve(commands: Commands) -> None:
     )
     _add_serve_limits(p)
     _add_serve_security(p)
+
+
+def _add_artifacts(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--artifacts-dir",
+        type=Path,
+        metavar="DIR",
+        help="registry, uploads, checkpoints, caches: the same shared folder for every server"
+        " and worker (default: the data directory; $GRAFT_ARTIFACTS_DIR; docs/SCALING.md)",
+    )
 
 
 def _add_store(p: argparse.ArgumentParser, what: str = "the job store") -> None:
@@ -149,6 +160,7 @@ def add_worker(commands: Commands) -> None:
         "--host", help="address of the /metrics endpoint (default 127.0.0.1; 0.0.0.0 in containers)"
     )
     p.add_argument("--data-dir", type=Path, help="the server's data directory")
+    _add_artifacts(p)
     _add_store(p, "the server's job store (same --store as the server's)")
     p.add_argument("--worker-id", help="name in leases and logs (default: host-pid)")
     p.add_argument(
@@ -161,7 +173,11 @@ def add_worker(commands: Commands) -> None:
     )
     p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off (default 9465)")
     p.add_argument("--lease-seconds", type=float, help="job lease length (default 30)")
-    p.add_argument("--device", help="torch device, e.g. cuda:1 (default: auto)")
+    p.add_argument(
+        "--device",
+        help="torch device, e.g. cuda:1, or a comma list (cuda:0,cuda:1) to train each "
+        "fine-tune job on all of them with DDP (default: auto)",
+    )
     p.add_argument(
         "--stop-timeout",
         type=float,

@@ -12,6 +12,7 @@ def cmd_serve(ctx: Context) -> int:
         port=a.port,
         metrics_port=a.metrics_port,
         data_dir=a.data_dir.expanduser().resolve() if a.data_dir else None,
+        artifacts_dir=a.artifacts_dir.expanduser().resolve() if a.artifacts_dir else None,
         data_roots=tuple(p.expanduser().resolve() for p in a.data_roots) if a.data_roots else None,
         store_url=a.store_url,
         embedded_worker=False if a.no_worker else None,
@@ -55,6 +56,7 @@ def cmd_worker(ctx: Context) -> int:
     config = config_from(
         host=a.host,
         data_dir=a.data_dir.expanduser().resolve() if a.data_dir else None,
+        artifacts_dir=a.artifacts_dir.expanduser().resolve() if a.artifacts_dir else None,
         data_roots=tuple(p.expanduser().resolve() for p in a.data_roots) if a.data_roots else None,
         store_url=a.store_url,
         worker_metrics_port=a.metrics_port,

@@ -19,6 +19,7 @@ import stat
 import uuid
 from pathlib import Path
 
+from graft.artifacts import verify_file
 from graft.config import Config
 from graft.data.archive_writer import ExtractLimits, UnsafeArchive
 from graft.data.archives import extract_tar as _extract_tar
@@ -83,7 +84,7 @@ def resolve_dataset(ref: DatasetRef, config: Config) -> Path:
     if archive_suffix(path.name) and path.is_file():
         try:
             if ref.dataset_id:
-                return upload_root(path, config)
+                return upload_root(path, config, known_sha)
             return extracted_root(path, config, known_sha)
         except UnsafeArchive as e:
             raise InvalidArgument.of(field, str(e)) from None
@@ -220,11 +221,14 @@ def extracted_root(archive: Path, config: Config, sha256: str = "") -> Path:
     return dataset_folder(target).resolve()
 
 
-def upload_root(archive: Path, config: Config) -> Path:
+def upload_root(archive: Path, config: Config, sha256: str = "") -> Path:
     """The dataset folder of the upload whose archive is `archive`: its own extracted copy
-    (made by `check_upload`; an upload older than that is extracted now)."""
+    (made by `check_upload`; an upload older than that is extracted now, once its bytes
+    match `sha256`, the digest recorded when it was received, when one was)."""
     target = archive.parent / UPLOAD_EXTRACTED
     if not target.is_dir():
+        if sha256:
+            verify_file(archive, sha256, "its upload record says")
         extract_archive(archive, target, ExtractLimits.for_archive(archive.stat().st_size, config))
     return dataset_folder(target).resolve()
 

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from graft.artifacts import fsync_dir, verify_file, write_text_durably
 from graft.config import Config
 from graft.data.archive_writer import ExtractLimits, UnsafeArchive
 from graft.data.resolve import (
@@ -118,7 +119,10 @@ class UploadReceiver:
             raise
 
     def finish(self) -> dict[str, object]:
-        """Close and check the archive; the request of its CHECK_UPLOAD task."""
+        """Close and check the archive, durably in place (a worker on another host reads
+        it next); the request of its CHECK_UPLOAD task, which carries its sha256."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._file.close()
         digest = self._hash.hexdigest()
         if self.size == 0:
@@ -129,6 +133,7 @@ class UploadReceiver:
                 f"the received {self.size} bytes hash to {digest}, not {self.expected_sha}",
             )
         os.replace(self._part, self.dir / self.name)
+        fsync_dir(self.dir)
         return {
             "dataset_id": self.dataset_id,
             "filename": self.name,
@@ -156,6 +161,9 @@ def check_upload(config: Config, received: dict[str, object]) -> UploadInfo:
     quota_left = received.get("quota_left_bytes")
     try:
         archive = d / name
+        # The API (maybe another replica, on another host) hashed what it received: what
+        # is read here from the shared volume must be those bytes.
+        verify_file(archive, digest, "the server received")
         limits = ExtractLimits.for_archive(archive.stat().st_size, config)
         if quota_left is not None:
             limits = dataclasses.replace(limits, quota_bytes=int(str(quota_left)))
@@ -177,8 +185,7 @@ def check_upload(config: Config, received: dict[str, object]) -> UploadInfo:
         }
         if "tenant" in received:  # an upload the store records (graft.advisor.housekeeping)
             meta["tenant"] = received["tenant"]
-        (d / (UPLOAD_META + ".tmp")).write_text(json.dumps(meta, indent=1))
-        os.replace(d / (UPLOAD_META + ".tmp"), d / UPLOAD_META)
+        write_text_durably(d / UPLOAD_META, json.dumps(meta, indent=1))
     except FileNotFoundError:
         if d.exists():
             shutil.rmtree(d, ignore_errors=True)

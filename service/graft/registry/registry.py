@@ -15,12 +15,15 @@ Crash ordering of `register` (docs/STORE.md has the full argument):
 So a committed row always points at a complete artifact. A crash between 2 and 3 leaves a
 folder no row points at; the write lock guarantees that the next registration of that
 name allocates the same version, finds the folder and discards it before its own rename.
+
+Reading (`load`, on any host that mounts the root): the weights' bytes are checked against
+the sha256 the store recorded, and the card file against the card the store recorded; a
+difference is `FailedPrecondition: artifact corrupted`, never served.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -35,6 +38,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
+from graft.artifacts import fsync_dir, fsync_file, read_verified, sha256_file
 from graft.domain import DEFAULT_TENANT, ModelRef, ModelVersion
 from graft.errors import FailedPrecondition, InvalidArgument
 from graft.registry.card import ModelCard
@@ -66,29 +70,6 @@ def validate_model_name(name: str) -> None:
     validate_name(name, "model_name")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        _fsync_file(path)
-    except OSError:  # some filesystems cannot fsync a directory; the rename still happened
-        log.debug("could not fsync directory %s", path)
-
-
 def _plain_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Detached, contiguous CPU tensors, none sharing storage with another (safetensors
     refuses shared storage, e.g. tied weights; each copy is saved on its own)."""
@@ -102,6 +83,10 @@ def _plain_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
         seen.add(ptr)
         out[key] = t
     return out
+
+
+def _canonical(card: object) -> str:
+    return json.dumps(card, sort_keys=True)  # NaN compares equal as text, not as a float
 
 
 class ModelRegistry:
@@ -131,14 +116,15 @@ class ModelRegistry:
         try:
             weights = staging / WEIGHTS_FILE
             save_file(_plain_tensors(state_dict), str(weights), metadata={"format": "pt"})
-            _fsync_file(weights)
+            fsync_file(weights)
             digest = sha256_file(weights)
 
             def publish(mv: ModelVersion) -> str:
                 # Runs under the store's write lock with mv.version allocated.
                 card_path = staging / CARD_FILE
                 card_path.write_text(json.dumps(mv.card, indent=2, sort_keys=True) + "\n")
-                _fsync_file(card_path)
+                fsync_file(card_path)
+                fsync_dir(staging)  # the entries of both files, before the folder moves
                 target = self.model_root(tenant) / name / str(mv.version)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if target.exists() or target.is_symlink():
@@ -147,7 +133,7 @@ class ModelRegistry:
                     )
                     self._discard(target)
                 os.rename(staging, target)
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
                 return str(target.resolve())
 
             return self.store.add_model_version(
@@ -202,13 +188,12 @@ class ModelRegistry:
     # --- reading ----------------------------------------------------------------------
 
     def artifact_dir(self, mv: ModelVersion) -> Path:
-        """Where `mv`'s files are: the recorded folder, or `root/<name>/<version>` if the
-        data directory has moved since."""
-        recorded = Path(mv.artifact_dir)
-        if recorded.is_dir():
-            return recorded
-        relocated = self.model_root(mv.tenant) / mv.name / str(mv.version)
-        return relocated if relocated.is_dir() else recorded
+        """Where `mv`'s files are: `root/<name>/<version>` under this process's root, else
+        the folder recorded at registration. The root first: another host may mount the
+        shared artifacts elsewhere than the registering worker did, and a data directory
+        may have moved (the sha256 check on load holds either way)."""
+        local = self.model_root(mv.tenant) / mv.name / str(mv.version)
+        return local if local.is_dir() else Path(mv.artifact_dir)
 
     def load(self, ref: ModelRef) -> tuple[ModelVersion, dict[str, torch.Tensor], ModelCard]:
         """The version `ref` names, its weights (checked against the recorded sha256) and
@@ -217,18 +202,16 @@ class ModelRegistry:
         directory = self.artifact_dir(mv)
         weights_path = directory / WEIGHTS_FILE
         try:
-            data = weights_path.read_bytes()
+            # The very bytes hashed are deserialised: nothing changes between check and use.
+            data = read_verified(
+                weights_path,
+                mv.sha256,
+                f"model {mv.name!r} version {mv.version} was registered with",
+            )
         except FileNotFoundError:
             raise FailedPrecondition(
                 f"artifact missing: model {mv.name!r} version {mv.version} has no {weights_path}"
             ) from None
-        # Hash the very bytes we deserialise, so nothing can change between check and use.
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != mv.sha256:
-            raise FailedPrecondition(
-                f"artifact corrupted: {weights_path} has sha256 {digest}, but model "
-                f"{mv.name!r} version {mv.version} was registered with {mv.sha256}"
-            )
         try:
             tensors = load_safetensors(data)
         except Exception as e:  # a matching hash makes this very unlikely
@@ -253,7 +236,15 @@ class ModelRegistry:
                 f"artifact corrupted: {path} does not describe model {mv.name!r} "
                 f"version {mv.version}"
             )
-        return ModelCard.from_dict(data, str(path))
+        card = ModelCard.from_dict(data, str(path))
+        # The store keeps the card it was published with: the file must say the same, or a
+        # replica would serve with labels or preprocessing nobody registered.
+        if _canonical(data) != _canonical(mv.card):
+            raise FailedPrecondition(
+                f"artifact corrupted: {path} differs from the card model {mv.name!r} "
+                f"version {mv.version} was registered with"
+            )
+        return card
 
     # --- pass-throughs ----------------------------------------------------------------
 

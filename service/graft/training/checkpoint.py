@@ -12,18 +12,17 @@ One file, `checkpoint.safetensors`, in the job's checkpoint directory:
   param groups and non-tensor state, the scheduler's state dict, Python's RNG state.
 
 The safetensors header is plain JSON, so `python -c "from safetensors import safe_open; ..."`
-or any hex viewer shows what a checkpoint is. Writes go to a temporary file in the same
-directory and `os.replace` it over the old one, so a crash mid-write leaves the previous
-checkpoint intact.
+or any hex viewer shows what a checkpoint is. Writes are graft.artifacts' (a temporary
+file in the same directory, fsynced, renamed over the old one), so a crash mid-write leaves
+the previous checkpoint intact; its sha256 is recorded beside it and checked before a
+resume (on whichever host) reads it: a mismatch is a CheckpointError, never resumed from.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from graft.artifacts import CorruptArtifact, verify_file, write_artifact
 from graft.domain import EvaluationMetrics, TrainingPlan
 
 log = logging.getLogger(__name__)
@@ -242,14 +242,7 @@ def save_checkpoint(directory: Path, ckpt: Checkpoint) -> Path:
     }
     meta = {_META_KEY: json.dumps(header, default=_json_default)}
     final = directory / FILENAME
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        save_file(_unshare(tensors), tmp, metadata=meta)
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_artifact(final, lambda tmp: save_file(_unshare(tensors), str(tmp), metadata=meta))
     return final
 
 
@@ -262,6 +255,10 @@ def load_checkpoint(directory: Path) -> Checkpoint | None:
     path = directory / FILENAME
     if not path.is_file():
         return None
+    try:
+        verify_file(path)
+    except CorruptArtifact as e:
+        raise CheckpointError(e.message) from None
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

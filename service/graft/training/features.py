@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,12 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
+from graft.artifacts import CorruptArtifact, verify_file, write_artifact
 from graft.backbones.spec import GraftModel
 from graft.data import ImageDataset, Sample
 from graft.training.errors import TrainingCancelled
+
+log = logging.getLogger(__name__)
 
 FEATURES_FILE = "features.safetensors"
 _META_KEY = "graft.features"
@@ -116,27 +118,24 @@ def compute_features(
 
 
 def save_features(path: Path, features: FeatureSet, key: str) -> None:
-    """Write the cache atomically (temporary file, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the cache atomically, its sha256 beside it (graft.artifacts)."""
     tensors = {
         "train_x": features.train_x.contiguous(),
         "train_y": features.train_y.contiguous(),
         "val_x": features.val_x.contiguous(),
         "val_y": features.val_y.contiguous(),
     }
-    fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={_META_KEY: key})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_artifact(path, lambda tmp: save_file(tensors, str(tmp), metadata={_META_KEY: key}))
 
 
 def load_features(path: Path, key: str) -> FeatureSet | None:
     """The cached features when `path` holds them for `key`; None otherwise."""
     if not path.is_file():
+        return None
+    try:
+        verify_file(path)
+    except CorruptArtifact as e:
+        log.warning("recomputing the features: %s", e.message)
         return None
     try:
         with safe_open(str(path), framework="pt") as f:
