@@ -14,7 +14,7 @@ decoded sample in memory) and in how long they run.
 | schedule | `Schedule` (`for_plan`), `make_scheduler`, `lr_factor` |
 | loss | `make_loss`: cross-entropy with label smoothing and class weights |
 | an epoch | `begin_epoch` (what trains, head warm-up, modes), `train_epoch` over `train_step` |
-| evaluation | `evaluate` |
+| evaluation | `evaluate` (over `predict`: the logits and targets) |
 """
 
 from __future__ import annotations
@@ -249,15 +249,16 @@ def train_epoch(
 
 
 @torch.inference_mode()
-def evaluate(
+def predict(
     model: nn.Module,
     batches: Batches,
     *,
-    labels: Sequence[str],
+    num_classes: int,
     device: torch.device,
     should_stop: Callable[[], bool] = lambda: False,
-) -> EvaluationMetrics:
-    """Metrics of `model` (put in eval mode here) on `batches`."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fp32 logits (N x num_classes, on the CPU) of `model` (put in eval mode here) on
+    `batches`, and their targets, in the batches' order."""
     model.eval()
     all_logits: list[torch.Tensor] = []
     all_targets: list[torch.Tensor] = []
@@ -269,5 +270,21 @@ def evaluate(
         all_logits.append(logits.float().cpu())  # syncs per batch; evaluation is short
         all_targets.append(targets)
     if not all_logits:
-        return evaluate_predictions(torch.zeros(0, len(labels)), torch.zeros(0), labels)
-    return evaluate_predictions(torch.cat(all_logits), torch.cat(all_targets), labels)
+        return torch.zeros(0, num_classes), torch.zeros(0)
+    return torch.cat(all_logits), torch.cat(all_targets)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    batches: Batches,
+    *,
+    labels: Sequence[str],
+    device: torch.device,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> EvaluationMetrics:
+    """Metrics of `model` (put in eval mode here) on `batches`."""
+    logits, targets = predict(
+        model, batches, num_classes=len(labels), device=device, should_stop=should_stop
+    )
+    return evaluate_predictions(logits, targets, labels)

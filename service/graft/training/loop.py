@@ -6,7 +6,9 @@ model and the data, `_start` restores a checkpoint when one fits, then for each 
 the `TrainState` (state.py); `_finish` returns the best epoch's model. Full and partial
 fine-tuning train the whole model on images; feature extraction trains only the head, on
 body features computed once (features.py). Both go through the same engine (engine.py:
-model, optimiser, schedule, loss, step, evaluate), which the advisor's pilot uses too.
+model, optimiser, schedule, loss, step, evaluate), which the advisor's pilot uses too. On
+several devices every rank runs `train` with a `DistributedRank` (distributed.py): it wraps
+the model in DDP and shards batches and validation; rank 0 alone writes checkpoints.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from graft.backbones import get_spec
 from graft.data import Sample
 from graft.domain import EvaluationMetrics, EventKind, TrainingPlan
-from graft.training.checkpoint import Checkpoint, RngState, save_checkpoint
+from graft.training.checkpoint import save_checkpoint
+from graft.training.distributed import DistributedRank, GlobalMeanLoss
 from graft.training.engine import (
     Schedule,
     begin_epoch,
@@ -38,7 +41,7 @@ from graft.training.errors import TrainingCancelled, TrainingPreempted
 from graft.training.features import feature_statistics, fold_standardization
 from graft.training.progress import Emit, NoObserver, Progress, TrainingObserver
 from graft.training.setup import build_data, check_inputs, describe, usable_checkpoint
-from graft.training.state import Best, Run, TrainResult, TrainState, cpu_state
+from graft.training.state import Best, Run, TrainResult, TrainState, checkpoint_of, cpu_state
 
 __all__ = [
     "Progress",
@@ -66,11 +69,15 @@ def train_one_epoch(
     progress: Progress,
     should_stop: Callable[[], bool],
     observer: TrainingObserver | None = None,
+    ddp: DistributedRank | None = None,
 ) -> float:
     """One pass over `loader` (engine.train_epoch) with STEP events and observer calls;
-    returns the mean training loss. The caller has called engine.begin_epoch."""
+    returns the mean training loss. The caller has called engine.begin_epoch. With `ddp`,
+    `loader` is this rank's share and events count the images of all ranks."""
 
     def on_step(step: int, loss: torch.Tensor, images: int, lr: float) -> None:
+        if ddp is not None:
+            images = ddp.global_batch_size(step)
         progress.step(epoch, step, loss, images, lr)
         if observer is not None:
             observer.on_step(images)
@@ -106,6 +113,7 @@ def train(
     update_bn_statistics: bool | None = None,
     observer: TrainingObserver | None = None,
     stop_at_checkpoint: Callable[[], bool] = lambda: False,
+    ddp: DistributedRank | None = None,
 ) -> TrainResult:
     """Train `plan` (resolved: see plan.resolve_plan) on the samples and return the best
     epoch's model. Resumes from `checkpoint_dir` when it holds a checkpoint of this same
@@ -118,9 +126,16 @@ def train(
 
     `observer` gets step, epoch and checkpoint timings. When `stop_at_checkpoint()` is True
     after an epoch's checkpoint is written, TrainingPreempted is raised (worker shutdown).
+
+    `ddp`: this process is one rank of several training the job (distributed.py; launch.py
+    starts them). Rank 0's `should_stop` and `stop_at_checkpoint` decide for all, and only
+    rank 0 writes checkpoints; the caller gives the other ranks events and observers that
+    go nowhere.
     """
     started = time.monotonic()
     check_inputs(plan, classes, train_samples, val_samples)
+    if ddp is not None:  # asked on every rank at the same points; rank 0 answers
+        should_stop, stop_at_checkpoint = ddp.agreed(should_stop), ddp.agreed(stop_at_checkpoint)
     run = _set_up(
         job_id=job_id,
         plan=plan,
@@ -137,6 +152,7 @@ def train(
         update_bn_statistics=update_bn_statistics,
         observer=observer or NoObserver(),
         stop_at_checkpoint=stop_at_checkpoint,
+        ddp=ddp,
     )
     state = _start(run, started)
     while state.epoch < plan.epochs:
@@ -146,7 +162,8 @@ def train(
         run.observer.on_epoch_start()
         train_loss, metrics = _run_epoch(run, state)
         _record(run, state, train_loss, metrics, epoch_start)
-        _checkpoint(run, state)
+        if ddp is None or ddp.is_main:
+            _checkpoint(run, state)
         if run.stop_at_checkpoint() and state.epoch < plan.epochs:
             raise TrainingPreempted(f"stopped after the checkpoint of epoch {state.epoch}")
     return _finish(run, state)
@@ -169,6 +186,7 @@ def _set_up(
     update_bn_statistics: bool | None,
     observer: TrainingObserver,
     stop_at_checkpoint: Callable[[], bool],
+    ddp: DistributedRank | None,
 ) -> Run:
     """The model (pretrained body + fresh head, initialised from the seed), the data and
     the loss: everything but the optimiser, which belongs to the TrainState."""
@@ -201,6 +219,8 @@ def _set_up(
         progress=progress,
     )
     loss_fn = make_loss(plan, [s.label for s in train_samples], len(classes), device)
+    if ddp is not None:  # the steps of a sharded epoch, BatchNorm
+        ddp.prepare(model, data, update_bn=update_bn_statistics)
     return Run(
         job_id=job_id,
         plan=plan,
@@ -213,13 +233,14 @@ def _set_up(
         spec=spec,
         model=model,
         data=data,
-        loss_fn=loss_fn,
+        loss_fn=loss_fn if ddp is None else GlobalMeanLoss(loss_fn, ddp.world_size),
         progress=progress,
         observer=observer,
         should_stop=should_stop,
         stop_at_checkpoint=stop_at_checkpoint,
         n_train=len(train_samples),
         n_val=len(val_samples),
+        ddp=ddp,
     )
 
 
@@ -297,9 +318,15 @@ def _run_epoch(run: Run, state: TrainState) -> tuple[float, EvaluationMetrics]:
     # the head warm-up) stay in eval mode, so their BatchNorm statistics are not touched;
     # trained stages update theirs only with update_bn_statistics (strategies.set_train_mode).
     begin_epoch(run.model, plan, epoch, update_bn_statistics=run.update_bn_statistics)
+    module = run.trained_module
+    if run.ddp is None:
+        batches = run.data.train_loader(epoch)
+    else:  # the module wrapped in DDP; this rank's share of each batch
+        module = run.ddp.begin_epoch(module, plan.seed, epoch)
+        batches = run.ddp.train_batches(run.data, epoch)
     train_loss = train_one_epoch(
-        run.trained_module,
-        run.data.train_loader(epoch),
+        module,
+        batches,
         optimizer=state.optimizer,
         scheduler=state.scheduler,
         loss_fn=run.loss_fn,
@@ -308,8 +335,10 @@ def _run_epoch(run: Run, state: TrainState) -> tuple[float, EvaluationMetrics]:
         progress=run.progress,
         should_stop=run.should_stop,
         observer=run.observer,
+        ddp=run.ddp,
     )
-    metrics = evaluate(
+    # With several ranks each predicts a shard of the validation set; all get the metrics.
+    metrics = (evaluate if run.ddp is None else run.ddp.evaluate)(
         run.trained_module,
         run.data.val_loader,
         labels=run.classes,
@@ -349,36 +378,9 @@ def _record(
 
 
 def _checkpoint(run: Run, state: TrainState) -> None:
-    """Save everything a resume needs; the best weights only when they are not the last."""
+    """Save everything a resume needs (state.checkpoint_of)."""
     t0 = time.monotonic()
-    best = state.best
-    save_checkpoint(
-        run.checkpoint_dir,
-        Checkpoint(
-            job_id=run.job_id,
-            backbone=run.plan.backbone,
-            classes=list(run.classes),
-            dataset_fingerprint=run.dataset_fingerprint,
-            plan=run.plan,
-            epoch=state.epoch,
-            model_state=run.model.state_dict(),
-            optimizer_state=state.optimizer.state_dict(),
-            scheduler_state=state.scheduler.state_dict(),
-            rng=RngState.capture(),
-            best_metric=best.accuracy,
-            best_loss=best.loss,
-            best_epoch=best.epoch,
-            best_metrics=best.metrics,
-            best_state=None if best.epoch == state.epoch else best.weights,
-            history=state.history,
-            train_seconds=state.train_seconds(),
-            extra={
-                "pretrained": run.pretrained,
-                "update_bn_statistics": run.update_bn_statistics,
-                "architecture": run.spec.architecture,
-            },
-        ),
-    )
+    save_checkpoint(run.checkpoint_dir, checkpoint_of(run, state))
     run.observer.on_checkpoint(time.monotonic() - t0)
 
 

@@ -16,6 +16,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from graft.backbones.pretrained import PretrainedSpec
 from graft.backbones.spec import GraftModel
 from graft.domain import EvaluationMetrics, Strategy, TrainingPlan
+from graft.training.checkpoint import Checkpoint, RngState
+from graft.training.distributed import DistributedRank
 from graft.training.progress import Progress, TrainingObserver
 from graft.training.setup import TrainingData
 
@@ -42,6 +44,7 @@ class Run:
     stop_at_checkpoint: Callable[[], bool]
     n_train: int
     n_val: int
+    ddp: DistributedRank | None = None  # this process is one rank of several (distributed.py)
 
     @property
     def feature_extraction(self) -> bool:
@@ -98,3 +101,32 @@ class TrainResult:
 
 def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def checkpoint_of(run: Run, state: TrainState) -> Checkpoint:
+    """Everything a resume needs; the best weights only when they are not the last."""
+    best = state.best
+    return Checkpoint(
+        job_id=run.job_id,
+        backbone=run.plan.backbone,
+        classes=list(run.classes),
+        dataset_fingerprint=run.dataset_fingerprint,
+        plan=run.plan,
+        epoch=state.epoch,
+        model_state=run.model.state_dict(),
+        optimizer_state=state.optimizer.state_dict(),
+        scheduler_state=state.scheduler.state_dict(),
+        rng=RngState.capture(),
+        best_metric=best.accuracy,
+        best_loss=best.loss,
+        best_epoch=best.epoch,
+        best_metrics=best.metrics,
+        best_state=None if best.epoch == state.epoch else best.weights,
+        history=state.history,
+        train_seconds=state.train_seconds(),
+        extra={
+            "pretrained": run.pretrained,
+            "update_bn_statistics": run.update_bn_statistics,
+            "architecture": run.spec.architecture,
+        },
+    )

@@ -35,15 +35,15 @@ from graft.advisor.lane import AdvisorLane
 from graft.backbones import DEFAULT_BACKBONE, get_spec
 from graft.config import Config
 from graft.data import ScannedDataset, resolve_dataset, scan_dataset, split_dataset
-from graft.domain import EventKind, Job, JobState, ProgressEvent, TrainingPlan
+from graft.domain import EventKind, Job, JobState, ModelVersion, ProgressEvent, TrainingPlan
 from graft.observability.logs import log_context, setup_logging
 from graft.observability.metrics import WorkerMetrics, serve_metrics
 from graft.plans import resolve_plan, validate_plan
 from graft.registry import ModelRegistry
 from graft.store import open_store
-from graft.training.engine import select_device
 from graft.training.errors import TrainingPreempted
-from graft.training.loop import TrainingCancelled, TrainResult, train
+from graft.training.launch import select_devices, train_on_devices
+from graft.training.loop import TrainingCancelled, TrainResult
 from graft.worker.card import model_card
 from graft.worker.lease import LeaseKeeper
 
@@ -63,7 +63,10 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.store = open_store(config)
         self.registry = ModelRegistry(self.store, config.registry_dir)
-        self.device = select_device(config.device)
+        # Several devices ("cuda:0,cuda:1"): a fine-tune job trains on all of them, one
+        # process each (graft.training.launch); the advisor lane uses the first.
+        self.devices = select_devices(config.device)
+        self.device = self.devices[0]
         self.metrics = metrics or WorkerMetrics(cuda=self.device.type == "cuda")
         self.stopping = threading.Event()
         self.stop_requested_at = 0.0
@@ -84,7 +87,7 @@ class Worker:
                 self.worker_id,
                 os.getpid(),
                 socket.gethostname(),
-                {"device": str(self.device), "job_id": self.busy_job},
+                {"device": ",".join(map(str, self.devices)), "job_id": self.busy_job},
             )
         except errors.GraftError as exc:
             log.warning("heartbeat failed: %s", exc.message)
@@ -103,7 +106,7 @@ class Worker:
             "worker %s (%s) on %s polling %s",
             self.worker_id,
             "+".join(sorted(lanes)),
-            self.device,
+            ",".join(map(str, self.devices)),
             self.config.store_name,
         )
         self.heartbeat()
@@ -223,11 +226,13 @@ class Worker:
                     f"({min(counts.values())}-{max(counts.values())} per class), "
                     f"{len(dataset.skipped)} files skipped; {len(train_samples)} train / "
                     f"{len(val_samples)} validation; {plan.strategy.name.lower()} of "
-                    f"{plan.backbone} at {plan.image_size}px on {self.device}"
+                    f"{plan.backbone} at {plan.image_size}px on "
+                    + ", ".join(map(str, self.devices))
                 ),
             )
         )
-        result = train(
+        result = train_on_devices(
+            self.devices,
             job_id=job.job_id,
             plan=plan,
             classes=dataset.classes,
@@ -236,7 +241,6 @@ class Worker:
             dataset_fingerprint=dataset.fingerprint,
             weights_dir=self.config.weights_dir,
             checkpoint_dir=checkpoint_dir,
-            device=self.device,
             emit=emit,
             should_stop=should_stop,
             observer=self.metrics,
@@ -291,7 +295,7 @@ class Worker:
     def _register(
         self, job: Job, plan: TrainingPlan, dataset: ScannedDataset, result: TrainResult, emit: Any
     ) -> None:
-        version = self.registry.register(
+        version = self._registered_before(job) or self.registry.register(
             name=job.model_name,
             state_dict=result.model.state_dict(),
             card=model_card(job, plan, dataset, result, self.device),
@@ -314,6 +318,16 @@ class Worker:
             model_version=version.version,
             metrics=result.metrics,
         )
+
+    def _registered_before(self, job: Job) -> ModelVersion | None:
+        """The version an earlier attempt of `job` registered, when its worker died (or lost
+        its lease) between registering and finishing the job: the job then ends with that
+        version instead of registering a second one."""
+        versions = self.store.list_models(job.model_name, job.tenant).get(job.model_name, [])
+        earlier = next((mv for mv in versions if mv.job_id == job.job_id), None)
+        if earlier is not None:
+            log.info("job %s registered version %d before: not again", job.job_id, earlier.version)
+        return earlier
 
 
 def run_worker(config: Config, worker_id: str | None = None) -> int:
