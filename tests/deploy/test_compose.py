@@ -10,14 +10,16 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
 
+from graft.config import Config, env_defaults
 from tests.deploy.common import DEPLOY, SERVER_JOB, WORKER_JOB, graft_args, load_yaml
 
 COMPOSE = DEPLOY / "compose"
-FILES = ["compose.yaml", "compose.gpu.yaml"]
+FILES = ["compose.yaml", "compose.gpu.yaml", "compose.postgres.yaml"]
 
 
 def compose(name: str = "compose.yaml") -> dict[str, Any]:
@@ -46,10 +48,25 @@ def graft_services(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def with_gpu_overlay() -> dict[str, Any]:
     """compose.yaml with compose.gpu.yaml merged in the way Compose does for these keys."""
-    merged = compose()
-    for name, overlay in compose("compose.gpu.yaml")["services"].items():
-        merged["services"][name].update(overlay)
-    return merged
+    return merged("compose.yaml", "compose.gpu.yaml")
+
+
+def merge(base: Any, overlay: Any) -> Any:
+    """Compose's merge for the keys these files use: mappings (services, environment,
+    depends_on, volumes, build) key by key, anything else (command, lists) replaced."""
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        out = dict(base)
+        for key, value in overlay.items():
+            out[key] = merge(base[key], value) if key in base else value
+        return out
+    return overlay
+
+
+def merged(*names: str) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for name in names:
+        doc = merge(doc, {k: v for k, v in compose(name).items() if not k.startswith("x-")})
+    return doc
 
 
 def seconds(duration: str) -> float:
@@ -160,3 +177,60 @@ def test_grafana_is_provisioned_from_the_repository() -> None:
     dashboards_dir = load_yaml(providers / "graft.yml")["providers"][0]["options"]["path"]
     assert (COMPOSE / grafana[dashboards_dir] / "graft.json").is_file()
     assert "9090:9090" in doc["services"]["prometheus"]["ports"]
+
+
+def store_config(service: dict[str, Any]) -> Config:
+    """The Config a graft container builds: its command's flags over its environment."""
+    args = graft_args(service["command"])
+    kw = env_defaults({k: interpolate(str(v)) for k, v in service.get("environment", {}).items()})
+    if args.store_url:
+        kw["store_url"] = args.store_url
+    return Config(**kw)
+
+
+def interpolate(value: str) -> str:
+    """Compose's ${VAR:-default} with nothing set: the default."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+@pytest.mark.parametrize(
+    "files",
+    [("compose.postgres.yaml",), ("compose.postgres.yaml", "compose.gpu.yaml")],
+    ids=["postgres", "postgres+gpu"],
+)
+def test_postgres_overlay_puts_server_and_worker_on_its_database(files: tuple[str, ...]) -> None:
+    doc = merged("compose.yaml", *files)
+    compose_schema_validator().validate(doc)
+    postgres = doc["services"]["postgres"]
+    env = postgres["environment"]
+    for name in ("graft-server", "graft-worker"):
+        service = doc["services"][name]
+        url = urlsplit(store_config(service).store_url)
+        assert url.scheme == "postgresql" and url.hostname == "postgres", name
+        assert url.hostname in doc["services"] and url.port == 5432
+        assert (url.username, url.path) == (env["POSTGRES_USER"], "/" + env["POSTGRES_DB"])
+        assert url.password is None  # from PGPASSWORD, the database's own password
+        assert service["environment"]["PGPASSWORD"] == env["POSTGRES_PASSWORD"]
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert mounts(service)["/data"] == "graft-data"  # artifacts stay on the shared volume
+    worker = doc["services"]["graft-worker"]
+    assert worker["depends_on"]["graft-server"]["condition"] == "service_healthy"
+    if "compose.gpu.yaml" in files:
+        assert graft_args(worker["command"]).device == "cuda"
+    assert mounts(postgres)["/var/lib/postgresql/data"] in doc["volumes"]
+
+
+def test_postgres_overlay_health_check_and_connections() -> None:
+    postgres = compose("compose.postgres.yaml")["services"]["postgres"]
+    test = postgres["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "pg_isready"]
+    assert test[test.index("-U") + 1] == postgres["environment"]["POSTGRES_USER"]
+    assert test[test.index("-d") + 1] == postgres["environment"]["POSTGRES_DB"]
+    command = postgres["command"]
+    max_connections = int(command[command.index("-c") + 1].removeprefix("max_connections="))
+    assert max_connections >= 11 + 10 * 8  # the server and eight `--scale`d workers
+
+
+def test_without_the_overlay_the_store_is_sqlite() -> None:
+    for name, service in graft_services(compose()).items():
+        assert store_config(service).store_url == "", name
