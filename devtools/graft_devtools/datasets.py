@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import gzip
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -154,19 +154,27 @@ def write_photos_folder(
     rng = np.random.default_rng(seed)
     out = Path(out)
     for name, photo in sorted(_sample_photos().items()):
-        h, w = photo.shape[:2]
         d = out / name
         d.mkdir(parents=True, exist_ok=True)
-        for k in range(per_class):
-            side = int(min(h, w) * rng.uniform(0.3, 0.8))
-            y = int(rng.integers(0, h - side + 1))
-            x = int(rng.integers(0, w - side + 1))
-            im = Image.fromarray(np.ascontiguousarray(photo[y : y + side, x : x + side]))
-            if rng.random() < 0.5:
-                im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            im = im.resize((size, size), Image.Resampling.BICUBIC)
+        for k, im in enumerate(_random_crops(photo, per_class, size, rng)):
             im.save(d / f"{name}-{k:03d}.jpg", quality=quality)
     return out
+
+
+def _random_crops(
+    pixels: np.ndarray, count: int, size: int, rng: np.random.Generator
+) -> Iterator[Image.Image]:
+    """`count` random square crops of `pixels` (30-80% of the shorter side, half of them
+    mirrored), each resized to `size` px."""
+    h, w = pixels.shape[:2]
+    for _ in range(count):
+        side = int(min(h, w) * rng.uniform(0.3, 0.8))
+        y = int(rng.integers(0, h - side + 1))
+        x = int(rng.integers(0, w - side + 1))
+        im = Image.fromarray(np.ascontiguousarray(pixels[y : y + side, x : x + side]))
+        if rng.random() < 0.5:
+            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        yield im.resize((size, size), Image.Resampling.BICUBIC)
 
 
 def _gray_or_rgb(a: np.ndarray) -> np.ndarray:
@@ -214,15 +222,8 @@ def write_domain_folder(
     rng = np.random.default_rng(seed)
     out = Path(out)
     for name, pixels in sorted(_domain_sources(domain).items()):
-        h, w = pixels.shape[:2]
         d = out / name
         d.mkdir(parents=True, exist_ok=True)
-        for k in range(per_class):
-            side = int(min(h, w) * rng.uniform(0.3, 0.8))
-            y = int(rng.integers(0, h - side + 1))
-            x = int(rng.integers(0, w - side + 1))
-            im = Image.fromarray(np.ascontiguousarray(pixels[y : y + side, x : x + side]))
-            if rng.random() < 0.5:
-                im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            im.resize((size, size), Image.Resampling.BICUBIC).save(d / f"{name}-{k:03d}.png")
+        for k, im in enumerate(_random_crops(pixels, per_class, size, rng)):
+            im.save(d / f"{name}-{k:03d}.png")
     return out

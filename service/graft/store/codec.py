@@ -184,6 +184,58 @@ def model_from_row(row: tuple[Any, ...], aliases: list[str]) -> ModelVersion:
     )
 
 
+def new_model_version(
+    *,
+    name: str,
+    version: int,
+    now: float,
+    job_id: str,
+    backbone: str,
+    labels: tuple[str, ...] | list[str],
+    sha256: str,
+    card: dict[str, Any],
+    artifact_dir: str,
+    metrics: EvaluationMetrics | None,
+    tenant: str,
+) -> ModelVersion:
+    """The version a store is about to insert. Its card goes through JSON once: the card
+    returned equals the one read back later, and a card that is not JSON fails here, before
+    anything is published."""
+    stored_card = json.loads(
+        dumps({**card, "name": name, "version": version, "sha256": sha256, "create_time": now})
+    )
+    return ModelVersion(
+        name=name,
+        version=version,
+        create_time=now,
+        job_id=job_id,
+        backbone=backbone,
+        labels=tuple(labels),
+        sha256=sha256,
+        card=stored_card,
+        artifact_dir=artifact_dir,
+        metrics=metrics,
+        tenant=tenant,
+    )
+
+
+def model_version_row(mv: ModelVersion) -> tuple[Any, ...]:
+    """`mv` as the values of MODEL_COLUMNS (what `model_from_row` reads back)."""
+    return (
+        mv.name,
+        mv.version,
+        mv.create_time,
+        mv.job_id,
+        mv.backbone,
+        dumps(list(mv.labels)),
+        mv.sha256,
+        dumps(mv.card),
+        mv.artifact_dir,
+        metrics_to_json(mv.metrics),
+        mv.tenant,
+    )
+
+
 def request_digest(
     model_name: str, dataset: DatasetRef, plan: TrainingPlan, advise_first: bool
 ) -> str:

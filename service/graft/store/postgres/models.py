@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 from graft.domain import DEFAULT_TENANT, EvaluationMetrics, ModelRef, ModelVersion
 from graft.errors import InvalidArgument, NotFound
-from graft.store.codec import MODEL_COLUMNS, dumps, metrics_to_json, model_from_row
+from graft.store.codec import (
+    MODEL_COLUMNS,
+    model_from_row,
+    model_version_row,
+    new_model_version,
+)
 from graft.store.postgres.base import Conn, PostgresBase
 from graft.store.protocols.models import PublishArtifact
+
+# One placeholder per MODEL_COLUMNS entry.
+_VALUES = ", ".join(["%s"] * len(MODEL_COLUMNS.split(",")))
 
 
 class ModelsMixin(PostgresBase):
@@ -68,22 +75,15 @@ class ModelsMixin(PostgresBase):
                 (tenant, name),
             ).fetchone()
             version = (int(row[0]) if row else 0) + 1
-            # Through JSON once: the card returned equals the one read back later, and a card
-            # that is not JSON fails here, before anything is published.
-            stored_card = json.loads(
-                dumps(
-                    {**card, "name": name, "version": version, "sha256": sha256, "create_time": now}
-                )
-            )
-            mv = ModelVersion(
+            mv = new_model_version(
                 name=name,
                 version=version,
-                create_time=now,
+                now=now,
                 job_id=job_id,
                 backbone=backbone,
-                labels=tuple(labels),
+                labels=labels,
                 sha256=sha256,
-                card=stored_card,
+                card=card,
                 artifact_dir=artifact_dir,
                 metrics=metrics,
                 tenant=tenant,
@@ -91,21 +91,8 @@ class ModelsMixin(PostgresBase):
             if publish is not None:
                 mv = dataclasses.replace(mv, artifact_dir=publish(mv))
             c.execute(
-                f"INSERT INTO model_versions ({MODEL_COLUMNS})"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    name,
-                    version,
-                    now,
-                    job_id,
-                    backbone,
-                    dumps(list(mv.labels)),
-                    sha256,
-                    dumps(mv.card),
-                    mv.artifact_dir,
-                    metrics_to_json(metrics),
-                    tenant,
-                ),
+                f"INSERT INTO model_versions ({MODEL_COLUMNS}) VALUES ({_VALUES})",
+                model_version_row(mv),
             )
             return mv
 

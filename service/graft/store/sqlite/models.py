@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sqlite3
 from typing import Any
 
 from graft.domain import DEFAULT_TENANT, EvaluationMetrics, ModelRef, ModelVersion
 from graft.errors import InvalidArgument, NotFound
-from graft.store.codec import MODEL_COLUMNS, dumps, metrics_to_json, model_from_row
+from graft.store.codec import (
+    MODEL_COLUMNS,
+    model_from_row,
+    model_version_row,
+    new_model_version,
+)
 from graft.store.protocols.models import PublishArtifact
 from graft.store.sqlite.base import SqliteBase
+
+# One placeholder per MODEL_COLUMNS entry.
+_VALUES = ", ".join(["?"] * len(MODEL_COLUMNS.split(",")))
 
 
 class ModelsMixin(SqliteBase):
@@ -68,22 +75,15 @@ class ModelsMixin(SqliteBase):
                 (tenant, name),
             ).fetchone()
             version = latest + 1
-            # Through JSON once: the card returned equals the one read back later, and a card
-            # that is not JSON fails here, before anything is published.
-            stored_card = json.loads(
-                dumps(
-                    {**card, "name": name, "version": version, "sha256": sha256, "create_time": now}
-                )
-            )
-            mv = ModelVersion(
+            mv = new_model_version(
                 name=name,
                 version=version,
-                create_time=now,
+                now=now,
                 job_id=job_id,
                 backbone=backbone,
-                labels=tuple(labels),
+                labels=labels,
                 sha256=sha256,
-                card=stored_card,
+                card=card,
                 artifact_dir=artifact_dir,
                 metrics=metrics,
                 tenant=tenant,
@@ -94,21 +94,8 @@ class ModelsMixin(SqliteBase):
                 # of a registration that crashed before its commit.
                 mv = dataclasses.replace(mv, artifact_dir=publish(mv))
             c.execute(
-                f"INSERT INTO model_versions ({MODEL_COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    name,
-                    version,
-                    now,
-                    job_id,
-                    backbone,
-                    dumps(list(mv.labels)),
-                    sha256,
-                    dumps(mv.card),
-                    mv.artifact_dir,
-                    metrics_to_json(metrics),
-                    tenant,
-                ),
+                f"INSERT INTO model_versions ({MODEL_COLUMNS}) VALUES ({_VALUES})",
+                model_version_row(mv),
             )
             return mv
 
