@@ -44,7 +44,7 @@ from graft.observability.metrics import ServerMetrics, serve_metrics
 from graft.observability.store_metrics import StoreCollector
 from graft.predict import DecodePool, Predictor, PredictSettings
 from graft.registry import ModelRegistry
-from graft.store import open_store
+from graft.store import JobStore, open_store
 from graft.supervisor import embedded_supervisors
 from graft_client.v1 import adaptation_pb2_grpc as pb_grpc
 
@@ -63,6 +63,19 @@ class Built:
     gate: DrainGate
     metrics: ServerMetrics
     health_server: grpc.aio.Server | None = None  # the plaintext health port's, if any
+
+
+# How often the stream watcher polls a store that notifies changes (PostgreSQL): only to
+# catch a lost notification. A store that does not (SQLite) is polled every 0.25 s at most.
+NOTIFIED_WATCH_SECONDS = 2.0
+
+
+def watch_interval(store: JobStore, config: Config) -> float:
+    """The stream watcher's poll interval for `store`: no polling where notification is
+    possible, beyond a safety net (docs/SCALING.md)."""
+    if store.notifies_changes:
+        return NOTIFIED_WATCH_SECONDS
+    return min(0.25, config.poll_seconds)
 
 
 def build_server(config: Config, metrics: ServerMetrics | None = None) -> Built:
@@ -86,7 +99,7 @@ def build_server(config: Config, metrics: ServerMetrics | None = None) -> Built:
             decode_pool=predict_pool,
         ),
         draining=threading.Event(),
-        watcher=StoreWatcher(store, store_pool, interval=min(0.25, config.poll_seconds)),
+        watcher=StoreWatcher(store, store_pool, interval=watch_interval(store, config)),
         store_pool=store_pool,
         predict_pool=predict_pool,
     )

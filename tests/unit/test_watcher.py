@@ -114,3 +114,20 @@ def test_only_changes_someone_waits_for_wake_the_watcher() -> None:
             assert store.callbacks == []  # unsubscribed
 
     asyncio.run(scenario())
+
+
+def test_the_watcher_polls_often_only_a_store_that_does_not_notify(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    from graft.config import Config
+    from graft.server import NOTIFIED_WATCH_SECONDS, watch_interval
+
+    config = Config(data_dir=tmp_path, poll_seconds=0.5)
+    sqlite = SqliteJobStore(tmp_path / "s.sqlite3")
+    pg = PostgresJobStore(postgres_url)
+    try:
+        assert watch_interval(sqlite, config) == 0.25
+        assert watch_interval(pg, config) == NOTIFIED_WATCH_SECONDS
+    finally:
+        sqlite.close()
+        pg.close()

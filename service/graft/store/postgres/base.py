@@ -45,6 +45,8 @@ class PostgresBase:
     """Connections, transactions, the clock, notifications and lifecycle, shared by every
     part of `PostgresJobStore` (the docstring of `graft.store.postgres` says how)."""
 
+    notifies_changes = True  # LISTEN/NOTIFY: polling is only the safety net
+
     def __init__(
         self,
         url: str,

@@ -14,6 +14,10 @@ ChangeCallback = Callable[[str], None]
 class ChangeFeed(Protocol):
     """Notifications of committed changes, from any process sharing the store."""
 
+    # Whether `subscribe_changes` ever calls back: False for SQLite, whose callers must
+    # poll often; True for PostgreSQL, whose callers poll only as a safety net.
+    notifies_changes: bool
+
     def subscribe_changes(self, callback: ChangeCallback) -> Callable[[], None]:
         """Have `callback(key)` called, from a thread of the store's own, soon after a
         change commits: `key` is the id of a job that got an event (every change of its

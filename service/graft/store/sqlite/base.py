@@ -36,6 +36,8 @@ class SqliteBase:
     """Connections, transactions, schema and lifecycle, shared by every part of
     `SqliteJobStore` (the docstring of `graft.store.sqlite` says how they interact)."""
 
+    notifies_changes = False  # no notifications between processes: poll
+
     def __init__(
         self,
         path: Path | str,
