@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def register_random_model(
             labels=tuple(labels),
             preprocessing=Preprocessing.from_spec(spec, image_size),
             plan=plan,
-            job_id="0" * 32,
+            job_id=uuid.uuid4().hex,  # a job of its own: one version per job and name
         )
         ModelRegistry(store, config.registry_dir).register(
             name=name, state_dict=model.state_dict(), card=card, tenant=tenant

@@ -6,6 +6,7 @@ model made ListModels 4 MB a version), while GetJob / GetModel keep it."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 
 import grpc
@@ -40,7 +41,7 @@ def _card() -> ModelCard:
         labels=_metrics().labels,
         preprocessing=Preprocessing.from_spec(spec, spec.input_size),
         plan=TrainingPlan(backbone=spec.name),
-        job_id="0" * 32,
+        job_id=uuid.uuid4().hex,  # a job of its own: a job registers one version of a name
         metrics=_metrics(),
     )
 

@@ -15,6 +15,7 @@ import multiprocessing
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -494,10 +495,11 @@ def test_worker_heartbeats_upsert(store: JobStore, clock: FakeClock) -> None:
 # --- registry metadata ----------------------------------------------------------------
 
 
-def add_version(store: JobStore, name: str = "flowers", job_id: str = "j") -> ModelVersion:
+def add_version(store: JobStore, name: str = "flowers", job_id: str = "") -> ModelVersion:
+    """A new version of `name`, from a job of its own unless `job_id` is given."""
     return store.add_model_version(
         name=name,
-        job_id=job_id,
+        job_id=job_id or uuid.uuid4().hex,
         backbone="tiny",
         labels=("a", "b"),
         sha256="ab" * 32,
@@ -505,6 +507,40 @@ def add_version(store: JobStore, name: str = "flowers", job_id: str = "j") -> Mo
         artifact_dir=f"/reg/{name}",
         metrics=metrics(),
     )
+
+
+def test_a_job_registers_one_version_of_a_name(store: JobStore) -> None:
+    """An attempt of a job that registered already (its worker died or lost its lease
+    before finishing it) gets the version registered before: nothing added, nothing
+    published. Another name, or an empty job id, is a new version."""
+    published: list[int] = []
+
+    def publish(mv: ModelVersion) -> str:
+        published.append(mv.version)
+        return f"/reg/flowers/{mv.version}"
+
+    def register(name: str = "flowers", job_id: str = "job-a") -> ModelVersion:
+        return store.add_model_version(
+            name=name,
+            job_id=job_id,
+            backbone="tiny",
+            labels=("a",),
+            sha256="cd" * 32,
+            card={},
+            artifact_dir="/reg",
+            metrics=None,
+            publish=publish,
+        )
+
+    first = register()
+    store.set_alias("flowers", "live", first.version)
+    again = register()
+    assert again.version == first.version == 1 and published == [1]
+    assert again.aliases == ["live"] and again.artifact_dir == "/reg/flowers/1"
+    assert [mv.version for mv in store.list_models("flowers")["flowers"]] == [1]
+    assert register(job_id="job-b").version == 2
+    assert register(name="other").version == 1
+    assert register(job_id="").version == 3 and register(job_id="").version == 4
 
 
 def test_model_versions_count_from_1(store: JobStore, clock: FakeClock) -> None:
@@ -655,7 +691,7 @@ def test_publish_runs_inside_the_transaction(store: JobStore) -> None:
     with pytest.raises(OSError):
         store.add_model_version(
             name="m",
-            job_id="j",
+            job_id="j2",
             backbone="b",
             labels=["x"],
             sha256="s",
@@ -999,7 +1035,7 @@ def test_model_names_are_per_tenant(store: JobStore) -> None:
     def add(tenant: str) -> ModelVersion:
         return store.add_model_version(
             name="flowers",
-            job_id="j",
+            job_id=uuid.uuid4().hex,
             backbone="tiny",
             labels=(tenant,),
             sha256="ab" * 32,

@@ -50,6 +50,19 @@ class ModelsMixin(PostgresBase):
             raise NotFound(f"model {name!r} not found")
         return model_from_row(row, self._aliases(c, tenant, name, version))
 
+    def _version_of_job(self, c: Conn, tenant: str, name: str, job_id: str) -> ModelVersion | None:
+        """The version of `name` that job `job_id` registered already, if any."""
+        if not job_id:
+            return None
+        row = c.execute(
+            f"SELECT {MODEL_COLUMNS} FROM model_versions"
+            " WHERE tenant = %s AND name = %s AND job_id = %s ORDER BY version LIMIT 1",
+            (tenant, name, job_id),
+        ).fetchone()
+        if row is None:
+            return None
+        return model_from_row(row, self._aliases(c, tenant, name, int(row[1])))
+
     def add_model_version(
         self,
         *,
@@ -68,6 +81,9 @@ class ModelsMixin(PostgresBase):
             # Registrations of one model take turns until commit (docs/STORE.md, "Registry
             # crash ordering"): the version is ours, and so is whatever sits at its place.
             self._lock(c, "model-version", tenant, name)
+            earlier = self._version_of_job(c, tenant, name, job_id)
+            if earlier is not None:
+                return earlier
             now = self._now(c)
             row = c.execute(
                 "SELECT COALESCE(MAX(version), 0) FROM model_versions"

@@ -38,6 +38,12 @@ class ModelStore(Protocol):
         The stored card is `card` plus name, version, sha256 and create_time. With
         `publish`, the artifact is put in place inside the transaction (see
         `PublishArtifact`) and its returned directory replaces `artifact_dir`.
+
+        A job registers one version of a name: when a version with this non-empty
+        `job_id` exists already (an earlier attempt of the job registered it, then lost
+        its worker or its lease), that version is returned and nothing is added or
+        published. Registrations of one name take turns, so two attempts of one job
+        cannot both add one.
         """
         ...
 

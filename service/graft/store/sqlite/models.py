@@ -53,6 +53,21 @@ class ModelsMixin(SqliteBase):
             raise NotFound(f"model {name!r} not found")
         return model_from_row(row, self._aliases(c, tenant, name, version))
 
+    def _version_of_job(
+        self, c: sqlite3.Connection, tenant: str, name: str, job_id: str
+    ) -> ModelVersion | None:
+        """The version of `name` that job `job_id` registered already, if any."""
+        if not job_id:
+            return None
+        row = c.execute(
+            f"SELECT {MODEL_COLUMNS} FROM model_versions"
+            " WHERE tenant = ? AND name = ? AND job_id = ? ORDER BY version LIMIT 1",
+            (tenant, name, job_id),
+        ).fetchone()
+        if row is None:
+            return None
+        return model_from_row(row, self._aliases(c, tenant, name, int(row[1])))
+
     def add_model_version(
         self,
         *,
@@ -69,6 +84,9 @@ class ModelsMixin(SqliteBase):
     ) -> ModelVersion:
         now = self._clock()
         with self._tx(write=True) as c:
+            earlier = self._version_of_job(c, tenant, name, job_id)
+            if earlier is not None:
+                return earlier
             (latest,) = c.execute(
                 "SELECT COALESCE(MAX(version), 0) FROM model_versions"
                 " WHERE tenant = ? AND name = ?",
