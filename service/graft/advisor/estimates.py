@@ -76,8 +76,9 @@ def learning_curve(
             continue
         probe = linear_probe(features[idx], sub, num_classes=num_classes, seed=SEED)
         points.append((fraction, probe.accuracy))
-    exponent, predicted = power_law(sorted(points), n, scale)
-    return LearningCurve(exponent, tuple(sorted(points)), max(full.accuracy, predicted))
+    points.sort()
+    exponent, predicted = power_law(points, n, scale)
+    return LearningCurve(exponent, tuple(points), max(full.accuracy, predicted))
 
 
 def power_law(points: Sequence[tuple[float, float]], n: int, scale: float) -> tuple[float, float]:

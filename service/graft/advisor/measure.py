@@ -265,11 +265,7 @@ class _Forward:
         timer: StageTimer | None = None,
     ) -> None:
         """Images [start, stop), their outputs left to the hooks (and timed by `timer`)."""
-        if timer is None:
-            for lo, hi in _batches(stop, self.batch_size, start):
-                self(lo, hi, tf)
-            return
-        with timer:
+        with timer or contextlib.nullcontext():
             for lo, hi in _batches(stop, self.batch_size, start):
                 self(lo, hi, tf, timer)
 

@@ -35,7 +35,7 @@ from graft.advisor.lane import AdvisorLane
 from graft.backbones import DEFAULT_BACKBONE, get_spec
 from graft.config import Config
 from graft.data import ScannedDataset, resolve_dataset, scan_dataset, split_dataset
-from graft.domain import EventKind, Job, JobState, ModelVersion, ProgressEvent, TrainingPlan
+from graft.domain import EventKind, Job, JobState, ProgressEvent, TrainingPlan
 from graft.observability.logs import log_context, setup_logging
 from graft.observability.metrics import WorkerMetrics, serve_metrics
 from graft.plans import resolve_plan, validate_plan
@@ -295,7 +295,7 @@ class Worker:
     def _register(
         self, job: Job, plan: TrainingPlan, dataset: ScannedDataset, result: TrainResult, emit: Any
     ) -> None:
-        version = self._registered_before(job) or self.registry.register(
+        version = self.registry.register(
             name=job.model_name,
             state_dict=result.model.state_dict(),
             card=model_card(job, plan, dataset, result, self.device),
@@ -318,16 +318,6 @@ class Worker:
             model_version=version.version,
             metrics=result.metrics,
         )
-
-    def _registered_before(self, job: Job) -> ModelVersion | None:
-        """The version an earlier attempt of `job` registered, when its worker died (or lost
-        its lease) between registering and finishing the job: the job then ends with that
-        version instead of registering a second one."""
-        versions = self.store.list_models(job.model_name, job.tenant).get(job.model_name, [])
-        earlier = next((mv for mv in versions if mv.job_id == job.job_id), None)
-        if earlier is not None:
-            log.info("job %s registered version %d before: not again", job.job_id, earlier.version)
-        return earlier
 
 
 def run_worker(config: Config, worker_id: str | None = None) -> int:
