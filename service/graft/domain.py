@@ -233,6 +233,8 @@ class TaskKind(enum.IntEnum):
     UNSPECIFIED = 0
     ADVISE = 1  # measure a dataset and advise (AdviseRequest -> AdviseResponse)
     CHECK_UPLOAD = 2  # extract and scan an uploaded archive (UploadDataset's answer)
+    EXPORT = 3  # export a model version to a file format (ExportModel)
+    COMPARE = 4  # evaluate two model versions on the same held-out images (CompareModels)
 
 
 @dataclass

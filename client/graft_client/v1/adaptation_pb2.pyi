@@ -155,6 +155,38 @@ EVENT_KIND_MESSAGE: EventKind.ValueType  # 4
 """Something worth telling (dataset report, checkpoint, resume)."""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
+class _ExportFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPORT_FORMAT_UNSPECIFIED: _ExportFormat.ValueType  # 0
+    """Not set; refused."""
+    EXPORT_FORMAT_ONNX: _ExportFormat.ValueType  # 1
+    """model.onnx, checked with onnx.checker and ONNX Runtime against PyTorch."""
+    EXPORT_FORMAT_TORCHSCRIPT: _ExportFormat.ValueType  # 2
+    """model.pt, a TorchScript module (torch.jit.load)."""
+    EXPORT_FORMAT_TRITON: _ExportFormat.ValueType  # 3
+    """A Triton Inference Server model repository: <name>/config.pbtxt, <name>/1/model.onnx
+    and the label file.
+    """
+
+class ExportFormat(_ExportFormat, metaclass=_ExportFormatEnumTypeWrapper):
+    """The formats a model version exports to."""
+
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat.ValueType  # 0
+"""Not set; refused."""
+EXPORT_FORMAT_ONNX: ExportFormat.ValueType  # 1
+"""model.onnx, checked with onnx.checker and ONNX Runtime against PyTorch."""
+EXPORT_FORMAT_TORCHSCRIPT: ExportFormat.ValueType  # 2
+"""model.pt, a TorchScript module (torch.jit.load)."""
+EXPORT_FORMAT_TRITON: ExportFormat.ValueType  # 3
+"""A Triton Inference Server model repository: <name>/config.pbtxt, <name>/1/model.onnx
+and the label file.
+"""
+Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
+
 @_typing.final
 class DatasetRef(_message.Message):
     """Where a dataset lives. Exactly one of the two fields is set."""
@@ -1265,6 +1297,7 @@ class ProgressEvent(_message.Message):
     ETA_SECONDS_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    TRAIN_ACCURACY_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in the job's log, from 1, without gaps."""
     job_id: _builtins.str
@@ -1291,6 +1324,10 @@ class ProgressEvent(_message.Message):
     """Estimated seconds until the job ends."""
     message: _builtins.str
     """Human-readable text."""
+    train_accuracy: _builtins.float
+    """Top-1 accuracy on the epoch's training batches as they were trained (augmented,
+    dropout on), in evaluation events; 0 where not measured.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When it was written."""
@@ -1317,10 +1354,11 @@ class ProgressEvent(_message.Message):
         eta_seconds: _builtins.float = ...,
         metrics: Global___EvaluationMetrics | None = ...,
         message: _builtins.str = ...,
+        train_accuracy: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "eta_seconds", b"eta_seconds", "images_per_second", b"images_per_second", "job_id", b"job_id", "kind", b"kind", "learning_rate", b"learning_rate", "loss", b"loss", "message", b"message", "metrics", b"metrics", "sequence", b"sequence", "state", b"state", "step", b"step", "steps_per_epoch", b"steps_per_epoch", "time", b"time", "total_epochs", b"total_epochs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "eta_seconds", b"eta_seconds", "images_per_second", b"images_per_second", "job_id", b"job_id", "kind", b"kind", "learning_rate", b"learning_rate", "loss", b"loss", "message", b"message", "metrics", b"metrics", "sequence", b"sequence", "state", b"state", "step", b"step", "steps_per_epoch", b"steps_per_epoch", "time", b"time", "total_epochs", b"total_epochs", "train_accuracy", b"train_accuracy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1725,6 +1763,7 @@ class SetModelAliasRequest(_message.Message):
     ALIAS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    GUARD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Registry name."""
     alias: _builtins.str
@@ -1735,6 +1774,11 @@ class SetModelAliasRequest(_message.Message):
     """The tenant whose model it is; empty means the caller's own (only an admin key may
     name another tenant).
     """
+    guard: _builtins.bool
+    """Refuse with FAILED_PRECONDITION (and both versions' figures) unless this version is
+    not worse than the one the alias points at now, evaluated on the same held-out images
+    as CompareModels does. No effect when the alias is new or on this version already.
+    """
     def __init__(
         self,
         *,
@@ -1742,10 +1786,11 @@ class SetModelAliasRequest(_message.Message):
         alias: _builtins.str = ...,
         version: _builtins.int = ...,
         tenant: _builtins.str = ...,
+        guard: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "name", b"name", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "guard", b"guard", "name", b"name", "tenant", b"tenant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2103,3 +2148,339 @@ class ListDatasetsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListDatasetsResponse: _TypeAlias = ListDatasetsResponse  # noqa: Y015
+
+@_typing.final
+class GetModelReportRequest(_message.Message):
+    """Which model version's report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___ModelRef:
+        """The version."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___ModelRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelReportRequest: _TypeAlias = GetModelReportRequest  # noqa: Y015
+
+@_typing.final
+class ArtifactFile(_message.Message):
+    """One file of a report or an export."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Path relative to the report's or export's folder, with '/' separators."""
+    data: _builtins.bytes
+    """The file's bytes (empty in an export manifest, which lists files without their data)."""
+    size: _builtins.int
+    """The file's size in bytes."""
+    sha256: _builtins.str
+    """sha256 of the file's bytes, hex."""
+    media_type: _builtins.str
+    """Media type, e.g. "image/png", "text/html", "application/json"."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        size: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        media_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "media_type", b"media_type", "path", b"path", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArtifactFile: _TypeAlias = ArtifactFile  # noqa: Y015
+
+@_typing.final
+class GetModelReportResponse(_message.Message):
+    """A model version's report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    REPORT_JSON_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    report_json: _builtins.str
+    """The report's data for programs (curves, per-class metrics, confusion, calibration,
+    suspects, plan), as JSON.
+    """
+    @_builtins.property
+    def model(self) -> Global___ModelRef:
+        """The version reported on (name and version resolved)."""
+
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArtifactFile]:
+        """The files: report.html (self-contained) and the PNG figures and thumbnails it shows."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___ModelRef | None = ...,
+        report_json: _builtins.str = ...,
+        files: _abc.Iterable[Global___ArtifactFile] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "model", b"model", "report_json", b"report_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelReportResponse: _TypeAlias = GetModelReportResponse  # noqa: Y015
+
+@_typing.final
+class CompareModelsRequest(_message.Message):
+    """Which two versions to compare."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASELINE_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def baseline(self) -> Global___ModelRef:
+        """The version compared against (e.g. the one in production)."""
+
+    @_builtins.property
+    def candidate(self) -> Global___ModelRef:
+        """The version compared (e.g. a new one); the held-out images are its validation split."""
+
+    def __init__(
+        self,
+        *,
+        baseline: Global___ModelRef | None = ...,
+        candidate: Global___ModelRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "candidate", b"candidate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "candidate", b"candidate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareModelsRequest: _TypeAlias = CompareModelsRequest  # noqa: Y015
+
+@_typing.final
+class MetricDelta(_message.Message):
+    """One metric of both versions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    BASELINE_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    HIGHER_IS_BETTER_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    """The metric: "accuracy", "top5_accuracy", "macro_f1", "loss", "ece", or
+    "recall/<label>" per class.
+    """
+    baseline: _builtins.float
+    """The baseline's value."""
+    candidate: _builtins.float
+    """The candidate's value."""
+    delta: _builtins.float
+    """candidate - baseline."""
+    higher_is_better: _builtins.bool
+    """Whether a higher value is better (false for loss and ece)."""
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        baseline: _builtins.float = ...,
+        candidate: _builtins.float = ...,
+        delta: _builtins.float = ...,
+        higher_is_better: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "candidate", b"candidate", "delta", b"delta", "higher_is_better", b"higher_is_better", "metric", b"metric"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricDelta: _TypeAlias = MetricDelta  # noqa: Y015
+
+@_typing.final
+class CompareModelsResponse(_message.Message):
+    """Both versions evaluated on the same held-out images."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASELINE_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FIELD_NUMBER: _builtins.int
+    BASELINE_METRICS_FIELD_NUMBER: _builtins.int
+    CANDIDATE_METRICS_FIELD_NUMBER: _builtins.int
+    DELTAS_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
+    CANDIDATE_NOT_WORSE_FIELD_NUMBER: _builtins.int
+    images: _builtins.int
+    """How many held-out images both were evaluated on."""
+    split: _builtins.str
+    """Where the held-out images come from, and any caveat (e.g. that the baseline may have
+    trained on some of them when its split differed).
+    """
+    candidate_not_worse: _builtins.bool
+    """Whether the candidate's accuracy is at least the baseline's (SetModelAlias's guard)."""
+    @_builtins.property
+    def baseline(self) -> Global___ModelRef:
+        """The baseline version (name and version resolved)."""
+
+    @_builtins.property
+    def candidate(self) -> Global___ModelRef:
+        """The candidate version (name and version resolved)."""
+
+    @_builtins.property
+    def baseline_metrics(self) -> Global___EvaluationMetrics:
+        """The baseline's metrics on the held-out images."""
+
+    @_builtins.property
+    def candidate_metrics(self) -> Global___EvaluationMetrics:
+        """The candidate's metrics on the same images."""
+
+    @_builtins.property
+    def deltas(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricDelta]:
+        """Each compared metric with both values and the difference."""
+
+    def __init__(
+        self,
+        *,
+        baseline: Global___ModelRef | None = ...,
+        candidate: Global___ModelRef | None = ...,
+        baseline_metrics: Global___EvaluationMetrics | None = ...,
+        candidate_metrics: Global___EvaluationMetrics | None = ...,
+        deltas: _abc.Iterable[Global___MetricDelta] | None = ...,
+        images: _builtins.int = ...,
+        split: _builtins.str = ...,
+        candidate_not_worse: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "baseline_metrics", b"baseline_metrics", "candidate", b"candidate", "candidate_metrics", b"candidate_metrics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "baseline_metrics", b"baseline_metrics", "candidate", b"candidate", "candidate_metrics", b"candidate_metrics", "candidate_not_worse", b"candidate_not_worse", "deltas", b"deltas", "images", b"images", "split", b"split"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareModelsResponse: _TypeAlias = CompareModelsResponse  # noqa: Y015
+
+@_typing.final
+class ExportModelRequest(_message.Message):
+    """Exports a model version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    format: Global___ExportFormat.ValueType
+    """The format."""
+    @_builtins.property
+    def model(self) -> Global___ModelRef:
+        """The version."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___ModelRef | None = ...,
+        format: Global___ExportFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportModelRequest: _TypeAlias = ExportModelRequest  # noqa: Y015
+
+@_typing.final
+class ExportManifest(_message.Message):
+    """What an export holds, sent before its files."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    VERIFICATION_FIELD_NUMBER: _builtins.int
+    format: Global___ExportFormat.ValueType
+    """The format."""
+    verification: _builtins.str
+    """How the export was checked against the PyTorch model, e.g. "ONNX Runtime on 32
+    validation images: same top-1 32/32, max probability difference 3e-07".
+    """
+    @_builtins.property
+    def model(self) -> Global___ModelRef:
+        """The version exported (name and version resolved)."""
+
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArtifactFile]:
+        """The files that follow, without data: path, size, sha256, media type."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___ModelRef | None = ...,
+        format: Global___ExportFormat.ValueType = ...,
+        files: _abc.Iterable[Global___ArtifactFile] | None = ...,
+        verification: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "format", b"format", "model", b"model", "verification", b"verification"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportManifest: _TypeAlias = ExportManifest  # noqa: Y015
+
+@_typing.final
+class ExportModelChunk(_message.Message):
+    """One message of an export's stream: the manifest first, then each file in order, in
+    chunks.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """The file this chunk belongs to (a path in the manifest)."""
+    offset: _builtins.int
+    """Where in the file the chunk starts."""
+    data: _builtins.bytes
+    """The chunk's bytes."""
+    @_builtins.property
+    def manifest(self) -> Global___ExportManifest:
+        """Set in the first message only."""
+
+    def __init__(
+        self,
+        *,
+        manifest: Global___ExportManifest | None = ...,
+        path: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "manifest", b"manifest", "offset", b"offset", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportModelChunk: _TypeAlias = ExportModelChunk  # noqa: Y015

@@ -106,6 +106,21 @@ class AdaptationServiceStub:
                 request_serializer=graft_dot_v1_dot_adaptation__pb2.ListDatasetsRequest.SerializeToString,
                 response_deserializer=graft_dot_v1_dot_adaptation__pb2.ListDatasetsResponse.FromString,
                 _registered_method=True)
+        self.GetModelReport = channel.unary_unary(
+                '/graft.v1.AdaptationService/GetModelReport',
+                request_serializer=graft_dot_v1_dot_adaptation__pb2.GetModelReportRequest.SerializeToString,
+                response_deserializer=graft_dot_v1_dot_adaptation__pb2.GetModelReportResponse.FromString,
+                _registered_method=True)
+        self.CompareModels = channel.unary_unary(
+                '/graft.v1.AdaptationService/CompareModels',
+                request_serializer=graft_dot_v1_dot_adaptation__pb2.CompareModelsRequest.SerializeToString,
+                response_deserializer=graft_dot_v1_dot_adaptation__pb2.CompareModelsResponse.FromString,
+                _registered_method=True)
+        self.ExportModel = channel.unary_stream(
+                '/graft.v1.AdaptationService/ExportModel',
+                request_serializer=graft_dot_v1_dot_adaptation__pb2.ExportModelRequest.SerializeToString,
+                response_deserializer=graft_dot_v1_dot_adaptation__pb2.ExportModelChunk.FromString,
+                _registered_method=True)
 
 
 class AdaptationServiceServicer:
@@ -210,6 +225,30 @@ class AdaptationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModelReport(self, request, context):
+        """Returns a model version's report: figures, one self-contained HTML page, and the same
+        data as JSON. The worker makes it when it registers the version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompareModels(self, request, context):
+        """Evaluates two versions of a model on the same held-out images and returns both
+        metrics and their differences.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportModel(self, request, context):
+        """Exports a model version (ONNX, TorchScript or a Triton model repository) with its
+        preprocessing: a manifest first, then the files in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdaptationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -282,6 +321,21 @@ def add_AdaptationServiceServicer_to_server(servicer, server):
                     servicer.ListDatasets,
                     request_deserializer=graft_dot_v1_dot_adaptation__pb2.ListDatasetsRequest.FromString,
                     response_serializer=graft_dot_v1_dot_adaptation__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'GetModelReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelReport,
+                    request_deserializer=graft_dot_v1_dot_adaptation__pb2.GetModelReportRequest.FromString,
+                    response_serializer=graft_dot_v1_dot_adaptation__pb2.GetModelReportResponse.SerializeToString,
+            ),
+            'CompareModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareModels,
+                    request_deserializer=graft_dot_v1_dot_adaptation__pb2.CompareModelsRequest.FromString,
+                    response_serializer=graft_dot_v1_dot_adaptation__pb2.CompareModelsResponse.SerializeToString,
+            ),
+            'ExportModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportModel,
+                    request_deserializer=graft_dot_v1_dot_adaptation__pb2.ExportModelRequest.FromString,
+                    response_serializer=graft_dot_v1_dot_adaptation__pb2.ExportModelChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -663,6 +717,87 @@ class AdaptationService:
             '/graft.v1.AdaptationService/ListDatasets',
             graft_dot_v1_dot_adaptation__pb2.ListDatasetsRequest.SerializeToString,
             graft_dot_v1_dot_adaptation__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/graft.v1.AdaptationService/GetModelReport',
+            graft_dot_v1_dot_adaptation__pb2.GetModelReportRequest.SerializeToString,
+            graft_dot_v1_dot_adaptation__pb2.GetModelReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/graft.v1.AdaptationService/CompareModels',
+            graft_dot_v1_dot_adaptation__pb2.CompareModelsRequest.SerializeToString,
+            graft_dot_v1_dot_adaptation__pb2.CompareModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/graft.v1.AdaptationService/ExportModel',
+            graft_dot_v1_dot_adaptation__pb2.ExportModelRequest.SerializeToString,
+            graft_dot_v1_dot_adaptation__pb2.ExportModelChunk.FromString,
             options,
             channel_credentials,
             insecure,

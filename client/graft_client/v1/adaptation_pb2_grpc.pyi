@@ -67,6 +67,18 @@ class AdaptationServiceStub:
     """Deletes an uploaded dataset (its archive and extracted copy), freeing its quota."""
     ListDatasets: _grpc.UnaryUnaryMultiCallable[_adaptation_pb2.ListDatasetsRequest, _adaptation_pb2.ListDatasetsResponse]
     """Lists the caller's uploaded datasets with their sizes, last use and expiry."""
+    GetModelReport: _grpc.UnaryUnaryMultiCallable[_adaptation_pb2.GetModelReportRequest, _adaptation_pb2.GetModelReportResponse]
+    """Returns a model version's report: figures, one self-contained HTML page, and the same
+    data as JSON. The worker makes it when it registers the version.
+    """
+    CompareModels: _grpc.UnaryUnaryMultiCallable[_adaptation_pb2.CompareModelsRequest, _adaptation_pb2.CompareModelsResponse]
+    """Evaluates two versions of a model on the same held-out images and returns both
+    metrics and their differences.
+    """
+    ExportModel: _grpc.UnaryStreamMultiCallable[_adaptation_pb2.ExportModelRequest, _adaptation_pb2.ExportModelChunk]
+    """Exports a model version (ONNX, TorchScript or a Triton model repository) with its
+    preprocessing: a manifest first, then the files in chunks.
+    """
 
 @_typing.type_check_only
 class AdaptationServiceAsyncStub(AdaptationServiceStub):
@@ -101,6 +113,18 @@ class AdaptationServiceAsyncStub(AdaptationServiceStub):
     """Deletes an uploaded dataset (its archive and extracted copy), freeing its quota."""
     ListDatasets: _aio.UnaryUnaryMultiCallable[_adaptation_pb2.ListDatasetsRequest, _adaptation_pb2.ListDatasetsResponse]  # type: ignore[assignment]
     """Lists the caller's uploaded datasets with their sizes, last use and expiry."""
+    GetModelReport: _aio.UnaryUnaryMultiCallable[_adaptation_pb2.GetModelReportRequest, _adaptation_pb2.GetModelReportResponse]  # type: ignore[assignment]
+    """Returns a model version's report: figures, one self-contained HTML page, and the same
+    data as JSON. The worker makes it when it registers the version.
+    """
+    CompareModels: _aio.UnaryUnaryMultiCallable[_adaptation_pb2.CompareModelsRequest, _adaptation_pb2.CompareModelsResponse]  # type: ignore[assignment]
+    """Evaluates two versions of a model on the same held-out images and returns both
+    metrics and their differences.
+    """
+    ExportModel: _aio.UnaryStreamMultiCallable[_adaptation_pb2.ExportModelRequest, _adaptation_pb2.ExportModelChunk]  # type: ignore[assignment]
+    """Exports a model version (ONNX, TorchScript or a Triton model repository) with its
+    preprocessing: a manifest first, then the files in chunks.
+    """
 
 class AdaptationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Adapts pretrained CNNs: advice, training jobs, their progress, the registry, inference."""
@@ -216,5 +240,35 @@ class AdaptationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_adaptation_pb2.ListDatasetsResponse, _abc.Awaitable[_adaptation_pb2.ListDatasetsResponse]]:
         """Lists the caller's uploaded datasets with their sizes, last use and expiry."""
+
+    @_abc_1.abstractmethod
+    def GetModelReport(
+        self,
+        request: _adaptation_pb2.GetModelReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_adaptation_pb2.GetModelReportResponse, _abc.Awaitable[_adaptation_pb2.GetModelReportResponse]]:
+        """Returns a model version's report: figures, one self-contained HTML page, and the same
+        data as JSON. The worker makes it when it registers the version.
+        """
+
+    @_abc_1.abstractmethod
+    def CompareModels(
+        self,
+        request: _adaptation_pb2.CompareModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_adaptation_pb2.CompareModelsResponse, _abc.Awaitable[_adaptation_pb2.CompareModelsResponse]]:
+        """Evaluates two versions of a model on the same held-out images and returns both
+        metrics and their differences.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportModel(
+        self,
+        request: _adaptation_pb2.ExportModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_adaptation_pb2.ExportModelChunk], _abc.AsyncIterator[_adaptation_pb2.ExportModelChunk]]:
+        """Exports a model version (ONNX, TorchScript or a Triton model repository) with its
+        preprocessing: a manifest first, then the files in chunks.
+        """
 
 def add_AdaptationServiceServicer_to_server(servicer: AdaptationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
