@@ -166,6 +166,8 @@ def _pilot_sentence(advice: Advice, pilot: PilotResult) -> str:
         "a fraction of the time"
         if advice.plan.strategy == Strategy.FEATURE_EXTRACTION
         and advice.matrix_strategy != Strategy.FEATURE_EXTRACTION
+        else _large_departure(advice)
+        if advice.plan.strategy != advice.matrix_strategy
         else "the plan follows the matrix"
         + (
             " (the dataset is large: a pilot on a sample cannot show what fine-tuning "
@@ -180,4 +182,19 @@ def _pilot_sentence(advice: Advice, pilot: PilotResult) -> str:
         f"{STRATEGY_NAMES[ft.strategy]} reached "
         f"{_pct(pilot.accuracy)} in {pilot.seconds:.0f} s; a linear head on the frozen "
         f"features of the cut reached {_pct(advice.holdout_probe_accuracy)}; {verdict}."
+    )
+
+
+def _large_departure(advice: Advice) -> str:
+    """Why a large dataset's plan is partial fine-tuning where the matrix says full
+    (graft.advisor.choice.fine_tune_strategy)."""
+    depth = advice.depth
+    assert depth is not None  # the departure is decided on the depth's best stage
+    return (
+        f"the plan departs from the matrix: stage {depth.best_stage}'s features probe best, "
+        f"so the stages up to it transfer as they are, and partial fine-tuning of the "
+        f"{depth.trainable_stages} stage(s) above it replaces full fine-tuning (on "
+        "Fashion-MNIST at 1,000 and 3,000 images per class it measured 1.1-1.6 points "
+        "better in the same epochs; the pilot is the estimate's, not the choice's: a "
+        "sample cannot show what fine-tuning gains from all of the data)"
     )
