@@ -10,6 +10,7 @@ import torch
 
 from graft.advisor import cancel
 from graft.advisor.advice import SEED, Depth, PilotResult
+from graft.advisor.depth import large_dataset_depth
 from graft.advisor.estimates import FE_MARGIN
 from graft.advisor.measure import BackboneMeasurement, DecodedSample
 from graft.advisor.pilot import pilot_fine_tune, time_training_step
@@ -38,7 +39,10 @@ class Planner:
     eval_seconds: float  # transform seconds per image, without augmentation
     augment_seconds: float  # and with it
 
-    def plan(self, strategy: Strategy, speed: Speed | None) -> TrainingPlan:
+    def plan(
+        self, strategy: Strategy, speed: Speed | None, trainable_stages: int | None = None
+    ) -> TrainingPlan:
+        """The plan for `strategy` at the measured depth (or `trainable_stages`)."""
         cut = self.depth.cut
         last = len(self.m.spec.stages)
         # The last stage pooled globally is the body's own features: a plan writes it as
@@ -54,7 +58,7 @@ class Planner:
             speed=speed,
             seed=SEED,
             strategy=strategy,
-            trainable_stages=self.depth.trainable_stages,
+            trainable_stages=trainable_stages or self.depth.trainable_stages,
             feature_stages=stages,
             feature_grid=cut.grid,
         )
@@ -132,13 +136,12 @@ def fine_tune_strategy(
     """The fine-tuning strategy Advise pilots (and plans, on a large dataset).
 
     The matrix's, except on a large dataset where the matrix says full fine-tuning and the
-    depth probes found a stage below the last the most transferable: then partial
-    fine-tuning of the stages above it. A measured prior, not a pilot (a pilot on a sample
-    cannot show what fine-tuning gains from all of the data): on Fashion-MNIST at 1,000 and
-    3,000 images per class, partial fine-tuning of the measured depth beat the matrix's full
-    fine-tune by 1.6 and 1.1 points in the same 4 epochs (docs/ADVISOR.md § A size-aware
-    departure). Retraining the stages whose features already transfer best spends the
-    low learning rate's few steps where they are not needed."""
+    depth probes found a stage below the last as transferable as any (`best_stage`, from
+    depth.large_dataset_depth): then partial fine-tuning of the stages above it. A measured
+    prior, not a pilot (a pilot on a sample cannot show what fine-tuning gains from all of
+    the data): on Fashion-MNIST at 1,000 and 3,000 images per class, partial fine-tuning of
+    the 3 stages above stage 6 beat the matrix's full fine-tune by 1.6 and 1.1 points in the
+    same 4 epochs (docs/ADVISOR.md § A size-aware departure)."""
     if matrix_strategy == Strategy.FEATURE_EXTRACTION:
         return Strategy.PARTIAL_FINE_TUNE
     if not small and matrix_strategy == Strategy.FULL_FINE_TUNE and best_stage < stages:
@@ -151,15 +154,15 @@ def pilot_and_choose(planner: Planner, matrix_strategy: Strategy, *, small: bool
     features with a linear head, probed on the same split. Feature extraction replaces
     fine-tuning on a small dataset when the probe reaches what the pilot does; on a large
     one the plan fine-tunes."""
+    stage, trainable = large_dataset_depth(planner.depth)
     fine_tune = fine_tune_strategy(
-        matrix_strategy,
-        small=small,
-        best_stage=planner.depth.best_stage,
-        stages=len(planner.m.spec.stages),
+        matrix_strategy, small=small, best_stage=stage, stages=len(planner.m.spec.stages)
     )
-    ft_draft = planner.plan(fine_tune, None)
+    departs = fine_tune != matrix_strategy and not small
+    depth = trainable if departs else None
+    ft_draft = planner.plan(fine_tune, None, depth)
     ft_speed = planner.speed(ft_draft, timed=True)
-    ft_plan = planner.plan(fine_tune, ft_speed)
+    ft_plan = planner.plan(fine_tune, ft_speed, depth)
     sample, num_classes = planner.sample, planner.num_classes
     fold = stratified_folds(sample.labels, 5, SEED)
     pilot_val = [i for i, f in enumerate(fold) if f == 0]
