@@ -174,6 +174,8 @@ def test_train_learns_and_reports_progress(colours: Any, tmp_path: Path) -> None
         assert m is not None and m.labels == ("blue", "green", "red")
         assert sum(m.confusion) == 12 and [c.support for c in m.per_class] == [4, 4, 4]
         assert 0 <= m.accuracy <= m.top5_accuracy == 1.0  # 3 classes: top-3 always right
+        assert 0 < e.train_accuracy <= 1  # top-1 of the 40 training images as trained
+    assert evals[-1].train_accuracy > 0.5  # learning shows on the training batches too
     assert result.metrics == evals[result.best_epoch - 1].metrics
     msgs = rec.messages()
     assert any("full fine-tune" in m for m in msgs)
@@ -613,3 +615,19 @@ def test_feature_statistics_do_not_blow_up_a_channel_constant_in_training() -> N
     new[0, 3] = 0.05  # it fires a little on a new image
     assert float(((new - mean) / std).abs().max()) < 10
     torch.testing.assert_close(std[[0, 1, 2]], x[:, [0, 1, 2]].std(0, unbiased=False))
+
+
+def test_feature_statistics_floor_holds_when_most_channels_are_dead() -> None:
+    # At 32 px most final channels can be zero on every training image: the floor must come
+    # from the channels that vary, not from a median of zeros.
+    from graft.training.loop import feature_statistics
+
+    x = torch.zeros(100, 10)
+    x[:, :3] = torch.randn(100, 3, generator=torch.Generator().manual_seed(1))
+    mean, std = feature_statistics(x)
+    new = torch.zeros(1, 10)
+    new[0, 5:] = 0.05  # dead channels fire a little on a new image
+    assert float(((new - mean) / std).abs().max()) < 10
+    # Nothing varies at all: no scaling blows up either.
+    mean, std = feature_statistics(torch.zeros(20, 4))
+    assert float(std.min()) == 1.0

@@ -191,11 +191,15 @@ def load_or_compute_features(
 
 def feature_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-feature mean and standard deviation of training features. The deviation is
-    floored at a tenth of the median feature's: a channel (almost) constant on the training
-    images — a ReLU that never fired there — would otherwise be scaled up by 1e6 and turn a
-    small value on a new image into a huge logit."""
+    floored at a tenth of the median deviation of the channels that vary: a channel
+    (almost) constant on the training images — a ReLU that never fired there — would
+    otherwise be scaled up by 1e6 and turn a small value on a new image into a huge logit.
+    The median is over the varying channels because at 32 px most of a network's last
+    channels can be dead on every training image: the median over all of them was 0, the
+    floor 1e-6, and validation losses near 2,000 (found by the CompareModels tests)."""
     std = x.std(0, unbiased=False)
-    floor = max(1e-6, 0.1 * float(std.median())) if std.numel() else 1e-6
+    varying = std[std > 1e-12]
+    floor = max(1e-6, 0.1 * float(varying.median())) if varying.numel() else 1.0
     return x.mean(0), std.clamp_min(floor)
 
 
