@@ -21,11 +21,13 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml devtools/pyproject.toml
 # Debian packages the tests use: real image data for the tests and the walk-through
 # (dataset-fashion-mnist, MIT), a real Prometheus server + promtool (prometheus) and a
 # real PostgreSQL server for the PostgreSQL store's tests (postgresql; Debian keeps its
-# initdb off PATH, under /usr/lib/postgresql/<version>/bin; tests/postgres.py finds it).
-SYSTEM_PACKAGES := dataset-fashion-mnist prometheus postgresql
+# initdb off PATH, under /usr/lib/postgresql/<version>/bin; tests/postgres.py finds it),
+# and a real browser that renders the model reports' HTML page headless (chromium).
+SYSTEM_PACKAGES := dataset-fashion-mnist prometheus postgresql chromium
 HAVE_INITDB := { ls /usr/lib/postgresql/*/bin/initdb || command -v initdb; } >/dev/null 2>&1
 system-deps:
-	@if [ ! -d $(FASHION_MNIST) ] || ! command -v promtool >/dev/null || ! $(HAVE_INITDB); then \
+	@if [ ! -d $(FASHION_MNIST) ] || ! command -v promtool >/dev/null || ! $(HAVE_INITDB) \
+	  || ! command -v chromium >/dev/null; then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES); \

@@ -160,6 +160,8 @@ class ProgressEvent:
     eta_seconds: float = 0.0
     metrics: EvaluationMetrics | None = None
     message: str = ""
+    # Top-1 on the epoch's training batches as trained (evaluation events); 0: not measured.
+    train_accuracy: float = 0.0
 
     def payload(self) -> dict[str, Any]:
         """What the store keeps besides sequence, job_id and time."""

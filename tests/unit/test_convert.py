@@ -258,10 +258,12 @@ def test_event_to_pb() -> None:
         loss=0.5,
         metrics=EvaluationMetrics(accuracy=0.5, confusion=(1,)),
         message="epoch 1",
+        train_accuracy=0.75,
     )
     msg = convert.event_to_pb(ev)
     assert (msg.sequence, msg.job_id, msg.epoch, msg.total_epochs) == (4, "j1", 1, 3)
     assert (msg.loss, msg.message, msg.metrics.accuracy) == (0.5, "epoch 1", 0.5)
+    assert msg.train_accuracy == 0.75
     assert list(msg.metrics.confusion) == []  # GetJob / GetModel carry it
 
 

@@ -299,10 +299,11 @@ def split_step(
     scheduler: Any,
     loss_fn: nn.CrossEntropyLoss,
     device: torch.device,
+    tally: engine.Tally | None = None,
 ) -> tuple[torch.Tensor, float]:
     """engine.train_step as two ranks compute it, in one process: the batch's two shares
     (images 0, 2, … and 1, 3, …), each loss weighted as GlobalMeanLoss weights it, the
-    gradients averaged as DDP averages them."""
+    gradients averaged as DDP averages them, the hits counted as the ranks' tallies."""
     optimizer.zero_grad(set_to_none=True)
     shares = [(inputs[r::2], targets[r::2]) for r in range(2)]
     weights = [
@@ -311,7 +312,10 @@ def split_step(
     ]
     total, mean = sum(weights), torch.zeros(())
     for (x, t), w in zip(shares, weights, strict=True):
-        local = loss_fn(model(x.contiguous(memory_format=torch.channels_last)).float(), t)
+        logits = model(x.contiguous(memory_format=torch.channels_last))
+        if tally is not None:
+            tally.add(logits, t)
+        local = loss_fn(logits.float(), t)
         (local * (2 * w / total) / 2).backward()
         mean = mean + local.detach() * w / total
     lr: float = optimizer.param_groups[0]["lr"]
@@ -333,6 +337,10 @@ def test_two_ranks_compute_what_one_process_computes_with_the_same_split(
     split = train(
         **job(colours, the_plan(), tmp_path), device=CPU, emit=rec.emit, should_stop=never
     )
+    # The training accuracy of both ranks' shares together, as the one process counts it.
+    trained = [e.train_accuracy for e in rec.of(EventKind.EVALUATION)]
+    assert trained == [e.train_accuracy for e in two_ranks.events.of(EventKind.EVALUATION)]
+    assert len(trained) == 3 and max(trained) > 0
     assert relative_l2(split.model.state_dict(), two_ranks.result.model.state_dict()) < 1e-7
     assert split.metrics.loss == pytest.approx(two_ranks.result.metrics.loss, rel=1e-6)
     assert split.metrics.confusion == two_ranks.result.metrics.confusion

@@ -316,3 +316,31 @@ def test_only_the_engine_builds_models_optimisers_schedules_and_losses() -> None
         if name in ENGINE_ONLY
     }
     assert offenders == set()
+
+
+def test_train_epoch_tallies_the_top1_of_the_batches_as_trained() -> None:
+    """With a learning rate of 0 nothing moves, so the tally must equal the top-1 of the
+    same model on the same batches; a second tally over an epoch counts from 0 again."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
+    batches = [(x[:8], y[:8]), (x[8:16], y[8:16]), (x[16:], y[16:])]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    expected = float((model(x).argmax(1) == y).float().mean())
+    for _ in range(2):
+        tally = engine.Tally(torch.device("cpu"))
+        engine.train_epoch(
+            model,
+            batches,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loss_fn=nn.CrossEntropyLoss(),
+            device=torch.device("cpu"),
+            should_stop=lambda: False,
+            epoch=1,
+            tally=tally,
+        )
+        assert tally.images == 20 and tally.accuracy() == pytest.approx(expected)
+    assert 0 < expected < 1  # the seed gives a mix of hits and misses, so this can fail
+    assert engine.Tally(torch.device("cpu")).accuracy() == 0.0

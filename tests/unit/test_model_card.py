@@ -30,6 +30,7 @@ from graft.errors import FailedPrecondition
 from graft.registry import (
     CARD_FILE,
     CARD_VERSION,
+    Calibration,
     DatasetSummary,
     ModelCard,
     ModelRegistry,
@@ -152,6 +153,7 @@ def full_card() -> ModelCard:
         dataset=DatasetSummary("f" * 64, 120, 3, {"cat": 50, "dog": 40, "emu": 30}),
         training=TrainingSummary(7, 5, 2, 12.5, "cuda:0", 2),
         weights_file="model.safetensors",
+        calibration=Calibration(1.7, True, 0.12, 0.03, 0.61, 0.48, 40, 15, "held-out ECE fell"),
         name="pets",
         version=4,
         sha256="a" * 64,
@@ -330,7 +332,7 @@ def test_unknown_keys_are_ignored_and_optional_parts_may_be_absent() -> None:
     or a key an older one wrote) are ignored; the parts a card of a registration outside
     training lacks decode to their defaults."""
     data = copy.deepcopy(STORED_CARD)
-    data["calibration"] = {"temperature": 1.5}
+    data["signature"] = {"inputs": ["image"]}
     data["preprocessing"]["antialias"] = True
     data["training"]["host"] = "gpu-7"
     assert ModelCard.from_dict(data) == ModelCard.from_dict(STORED_CARD)
@@ -344,6 +346,25 @@ def test_unknown_keys_are_ignored_and_optional_parts_may_be_absent() -> None:
     assert (card.dataset, card.training, card.metrics) == (None, None, None)
     assert (card.architecture, card.weights_file) == ("", "")
     assert ModelCard.from_dict(card.to_dict()) == card
+
+
+def test_the_temperature_is_the_applied_calibration_and_1_without_one() -> None:
+    """A card written before calibration existed serves at temperature 1; a fitted
+    temperature counts only when it was applied; a card with one is refused when the
+    temperature could not divide logits."""
+    old = ModelCard.from_dict(STORED_CARD)
+    assert old.calibration is None and old.temperature == 1.0
+    assert "calibration" not in old.to_dict()
+    fitted = Calibration(1.7, True, 0.12, 0.03, 0.61, 0.48, 40, 15)
+    assert dataclasses.replace(old, calibration=fitted).temperature == 1.7
+    unused = dataclasses.replace(fitted, applied=False)
+    assert dataclasses.replace(old, calibration=unused).temperature == 1.0
+    data = {**STORED_CARD, "calibration": {**fitted.to_dict(), "temperature": 0}}
+    with pytest.raises(FailedPrecondition, match=r"'calibration\.temperature' should be a posi"):
+        ModelCard.from_dict(data)
+    data = {**STORED_CARD, "calibration": {**fitted.to_dict(), "applied": "yes"}}
+    with pytest.raises(FailedPrecondition, match=r"'calibration\.applied' should be true or false"):
+        ModelCard.from_dict(data)
 
 
 def test_the_registry_reads_cards_typed_and_refuses_unreadable_ones(tmp_path: Path) -> None:

@@ -420,8 +420,10 @@ def test_append_event_assigns_sequence_time_and_state(store: JobStore, clock: Fa
             total_epochs=3,
             metrics=m,
             eta_seconds=12.5,
+            train_accuracy=0.875,
         ),
     )
+    assert stored.train_accuracy == 0.875  # kept, and read back below (events_after)
     assert (stored.sequence, stored.job_id, stored.time) == (3, job_id, T0 + 1.5)
     assert stored.state == JobState.RUNNING
     assert store.events_after(job_id, 2) == [stored]

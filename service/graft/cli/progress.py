@@ -27,8 +27,11 @@ class ProgressPrinter:
         if event.kind == pb.EVENT_KIND_STEP:
             self._step(event)
         elif event.kind == pb.EVENT_KIND_EVALUATION:
+            trained = event.train_accuracy  # 0: not measured (an older worker)
             self.line(
-                f"epoch {event.epoch}/{event.total_epochs} evaluated: " + fmt_metrics(event.metrics)
+                f"epoch {event.epoch}/{event.total_epochs} evaluated: "
+                + fmt_metrics(event.metrics)
+                + (f"  (training accuracy {trained:.1%})" if trained else "")
             )
         elif event.kind == pb.EVENT_KIND_STATE:
             text = f"job {event.job_id}: {state_name(event.state)}"

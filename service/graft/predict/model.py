@@ -41,6 +41,9 @@ class LoadedModel:
     policy: BatchPolicy = field(default_factory=BatchPolicy)
     runtime: Runtime = field(init=False)
     trials: list[Trial] = field(default_factory=list)
+    # The card's temperature (ModelCard.temperature): every runtime's logits are divided by
+    # it before the softmax; 1 when calibration was not applied or the card predates it.
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         self.runtime = EagerRuntime(self.model)
@@ -77,7 +80,8 @@ class LoadedModel:
         )
 
     def forward(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
-        """Probabilities (N, C) for preprocessed images. A runtime that fails here is
+        """Probabilities (N, C) for preprocessed images: softmax(logits / temperature),
+        whichever runtime computed the logits. A runtime that fails here is
         replaced by eager for good (logged), and the batch reruns on eager."""
         batch = self.preprocess.to_batch(arrays)
         runtime = self.runtime
@@ -94,7 +98,7 @@ class LoadedModel:
             )
             self.runtime = EagerRuntime(self.model)
             logits = self.runtime(batch)
-        return torch.softmax(logits, dim=1)
+        return torch.softmax(logits / self.temperature, dim=1)
 
 
 def build_model(
@@ -132,4 +136,5 @@ def build_model(
         card.labels,
         Preprocess(spec, pre.image_size, max_pixels=max_pixels),
         policy or BatchPolicy(),
+        temperature=card.temperature,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from graft.registry.card import (
     CARD_VERSION,
+    Calibration,
     DatasetSummary,
     ModelCard,
     Preprocessing,
@@ -22,6 +23,7 @@ __all__ = [
     "CARD_FILE",
     "CARD_VERSION",
     "WEIGHTS_FILE",
+    "Calibration",
     "DatasetSummary",
     "ModelCard",
     "ModelRegistry",

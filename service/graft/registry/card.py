@@ -131,6 +131,45 @@ class TrainingSummary:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """Temperature scaling of the version's logits, fitted on its validation split (the rule:
+    graft.reports.calibrate, docs/REPORTS.md). Predict divides the logits by `temperature`
+    before the softmax only when `applied`. The "after" figures are cross-fitted: each fold
+    of the validation split scored with the temperature fitted on the other folds, so they
+    are measured on images the temperature did not see."""
+
+    temperature: float  # fitted on the whole validation split
+    applied: bool  # whether Predict uses it: the cross-fitted NLL fell
+    ece_before: float  # validation ECE at T = 1
+    ece_after: float  # cross-fitted validation ECE with temperature scaling
+    nll_before: float  # validation mean cross-entropy at T = 1
+    nll_after: float  # cross-fitted, with temperature scaling
+    images: int  # validation images it was measured on
+    bins: int  # confidence bins of the ECE
+    reason: str = ""  # why it is (not) applied, in words
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def _read(cls, d: _Reader) -> Calibration:
+        temperature = d.get("temperature", float)
+        if not temperature > 0:
+            raise d.wrong("temperature", temperature, "a positive number")
+        return cls(
+            temperature=temperature,
+            applied=d.get("applied", bool),
+            ece_before=d.get("ece_before", float),
+            ece_after=d.get("ece_after", float),
+            nll_before=d.get("nll_before", float),
+            nll_after=d.get("nll_after", float),
+            images=d.get("images", int),
+            bins=d.get("bins", int),
+            reason=d.optional("reason", str) or "",
+        )
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """Everything needed to serve a model version exactly as trained, and what it was
     trained on and how."""
@@ -145,14 +184,25 @@ class ModelCard:
     dataset: DatasetSummary | None = None
     training: TrainingSummary | None = None
     weights_file: str = ""  # set by the registry
+    calibration: Calibration | None = None  # absent (cards before it): temperature 1
     # Identity, filled in by the store when the version is registered.
     name: str = ""
     version: int = 0
     sha256: str = ""
     create_time: float = 0.0
 
+    @property
+    def temperature(self) -> float:
+        """What Predict (and an export) divides the logits by before the softmax: the
+        fitted temperature when it is applied, else 1."""
+        if self.calibration is None or not self.calibration.applied:
+            return 1.0
+        return self.calibration.temperature
+
     def to_dict(self) -> dict[str, Any]:
-        """The card as JSON-able data, with its format's version."""
+        """The card as JSON-able data, with its format's version. `calibration` is an
+        optional key: written only when the card has it, so older cards read back the same."""
+        optional = {} if self.calibration is None else {"calibration": self.calibration.to_dict()}
         return {
             VERSION_KEY: CARD_VERSION,
             "backbone": self.backbone,
@@ -169,6 +219,7 @@ class ModelCard:
             "version": self.version,
             "sha256": self.sha256,
             "create_time": self.create_time,
+            **optional,
         }
 
     @classmethod
@@ -191,6 +242,7 @@ class ModelCard:
         except (TypeError, ValueError) as e:
             raise FailedPrecondition(f"{source}: unreadable model card plan or metrics: {e}") from e
         dataset, training = d.optional_child("dataset"), d.optional_child("training")
+        calibration = d.optional_child("calibration")
         return cls(
             backbone=d.get("backbone", str),
             labels=tuple(labels),
@@ -202,6 +254,7 @@ class ModelCard:
             dataset=None if dataset is None else DatasetSummary._read(dataset),
             training=None if training is None else TrainingSummary._read(training),
             weights_file=d.optional("weights_file", str) or "",
+            calibration=None if calibration is None else Calibration._read(calibration),
             name=d.get("name", str),
             version=d.get("version", int),
             sha256=d.get("sha256", str),
@@ -220,6 +273,7 @@ def _is(value: object, kind: type) -> bool:
 
 _KIND_NAMES = {
     str: "a string",
+    bool: "true or false",
     int: "an integer",
     float: "a number",
     list: "a list",

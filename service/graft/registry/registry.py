@@ -12,6 +12,9 @@ Crash ordering of `register` (docs/STORE.md has the full argument):
    into place as `root/<name>/<version>` — one atomic rename.
 3. The row is inserted and the transaction commits.
 
+Files attached to the version (`register(files=...)`, e.g. its report) are written into the
+staging folder in step 2, before the rename: they land with the version, or not at all.
+
 So a committed row always points at a complete artifact. A crash between 2 and 3 leaves a
 folder no row points at; the write lock guarantees that the next registration of that
 name allocates the same version, finds the folder and discards it before its own rename.
@@ -32,7 +35,8 @@ import shutil
 import tempfile
 import time
 import uuid
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePosixPath
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -70,6 +74,35 @@ def validate_model_name(name: str) -> None:
     validate_name(name, "model_name")
 
 
+def tenant_root(root: Path, tenant: str) -> Path:
+    """The folder under the registry `root` holding `tenant`'s models (one folder per name)."""
+    return root if tenant == DEFAULT_TENANT else root / TENANTS_DIR / tenant
+
+
+def artifact_dir_under(root: Path, mv: ModelVersion) -> Path:
+    """Where `mv`'s files are: `<name>/<version>` under the registry `root` of this process,
+    else the folder recorded at registration. The root first: another host may mount the
+    shared artifacts elsewhere than the registering worker did, and a data directory may
+    have moved (the sha256 check on load holds either way)."""
+    local = tenant_root(root, mv.tenant) / mv.name / str(mv.version)
+    return local if local.is_dir() else Path(mv.artifact_dir)
+
+
+def _write_attached(folder: Path, files: Mapping[str, bytes]) -> None:
+    """`files` (relative '/'-separated path -> bytes) under `folder`, fsynced."""
+    for name, data in files.items():
+        rel = PurePosixPath(name)
+        plain = rel.parts and not rel.is_absolute() and ".." not in rel.parts
+        if not plain or name in (WEIGHTS_FILE, CARD_FILE):
+            raise ValueError(f"cannot attach {name!r} to a model version: not a relative path")
+        path = folder.joinpath(*rel.parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        fsync_file(path)
+    for parent in {folder.joinpath(*PurePosixPath(n).parts).parent for n in files}:
+        fsync_dir(parent)
+
+
 def _plain_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Detached, contiguous CPU tensors, none sharing storage with another (safetensors
     refuses shared storage, e.g. tied weights; each copy is saved on its own)."""
@@ -105,10 +138,13 @@ class ModelRegistry:
         state_dict: dict[str, torch.Tensor],
         card: ModelCard,
         tenant: str = DEFAULT_TENANT,
+        files: Callable[[ModelVersion], Mapping[str, bytes]] | None = None,
     ) -> ModelVersion:
         """Store the weights and card as the next version of `tenant`'s model `name`; see
         the module doc for why a crash at any point leaves no row without its artifact.
-        The card's identity fields are the store's to fill in."""
+        The card's identity fields are the store's to fill in. `files`, given the version
+        being registered, returns files to publish with it (relative path -> bytes); it runs
+        under the store's write lock, so it should only format what is already computed."""
         validate_model_name(name)
         staging_root = self.root / STAGING_DIR
         staging_root.mkdir(parents=True, exist_ok=True)
@@ -124,6 +160,8 @@ class ModelRegistry:
                 card_path = staging / CARD_FILE
                 card_path.write_text(json.dumps(mv.card, indent=2, sort_keys=True) + "\n")
                 fsync_file(card_path)
+                if files is not None:
+                    _write_attached(staging, files(mv))
                 fsync_dir(staging)  # the entries of both files, before the folder moves
                 target = self.model_root(tenant) / name / str(mv.version)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +195,7 @@ class ModelRegistry:
 
     def model_root(self, tenant: str) -> Path:
         """The folder holding `tenant`'s models (one folder per name)."""
-        return self.root if tenant == DEFAULT_TENANT else self.root / TENANTS_DIR / tenant
+        return tenant_root(self.root, tenant)
 
     def _discard(self, path: Path) -> None:
         """Move aside atomically (so a half-deleted folder is never at a version's place),
@@ -188,12 +226,8 @@ class ModelRegistry:
     # --- reading ----------------------------------------------------------------------
 
     def artifact_dir(self, mv: ModelVersion) -> Path:
-        """Where `mv`'s files are: `root/<name>/<version>` under this process's root, else
-        the folder recorded at registration. The root first: another host may mount the
-        shared artifacts elsewhere than the registering worker did, and a data directory
-        may have moved (the sha256 check on load holds either way)."""
-        local = self.model_root(mv.tenant) / mv.name / str(mv.version)
-        return local if local.is_dir() else Path(mv.artifact_dir)
+        """Where `mv`'s files are (artifact_dir_under this registry's root)."""
+        return artifact_dir_under(self.root, mv)
 
     def load(self, ref: ModelRef) -> tuple[ModelVersion, dict[str, torch.Tensor], ModelCard]:
         """The version `ref` names, its weights (checked against the recorded sha256) and

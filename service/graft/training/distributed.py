@@ -20,7 +20,8 @@ algorithm (docs/TRAINING.md § Several devices):
 
 Collectives: every rank must reach them in the same order. Per step: the stop flag, the
 loss's two sums, DDP's gradient buckets; per epoch: the buffers and the gathered logits of
-validation, then the stop-at-checkpoint flag. Nothing else communicates.
+validation, the training accuracy's two sums, then the stop-at-checkpoint flag. Nothing
+else communicates.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, S
 from graft.backbones.spec import GraftModel
 from graft.domain import EvaluationMetrics, Strategy
 from graft.errors import FailedPrecondition
-from graft.training.engine import predict
+from graft.training.engine import Tally, predict
 from graft.training.evaluation import evaluate_predictions
 from graft.training.setup import TrainingData, epoch_generator
 
@@ -221,6 +222,13 @@ class DistributedRank:
             return bool(flag.item())
 
         return ask
+
+    def accuracy(self, tally: Tally) -> float:
+        """The epoch's training accuracy over all ranks' shares (a collective)."""
+        sums = torch.tensor([int(tally.correct.item()), tally.images], dtype=torch.long)
+        dist.all_reduce(sums)
+        correct, images = sums.tolist()
+        return correct / images if images else 0.0
 
     def evaluate(
         self,

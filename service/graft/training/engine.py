@@ -14,6 +14,7 @@ decoded sample in memory) and in how long they run.
 | schedule | `Schedule` (`for_plan`), `make_scheduler`, `lr_factor` |
 | loss | `make_loss`: cross-entropy with label smoothing and class weights |
 | an epoch | `begin_epoch` (what trains, head warm-up, modes), `train_epoch` over `train_step` |
+| training accuracy | `Tally`: top-1 of the batches as trained, counted on the device |
 | evaluation | `evaluate` (over `predict`: the logits and targets) |
 """
 
@@ -174,6 +175,23 @@ def make_loss(
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=plan.label_smoothing)
 
 
+class Tally:
+    """Top-1 hits on the training batches as they were trained (augmented, dropout on),
+    counted on the device so that the steps stay free of GPU syncs."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.images = 0
+
+    def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.correct += (logits.detach().argmax(1) == targets).sum()
+        self.images += len(targets)
+
+    def accuracy(self) -> float:
+        """The epoch's training accuracy (one sync); 0 before any image."""
+        return self.correct.item() / self.images if self.images else 0.0
+
+
 def begin_epoch(
     model: GraftModel, plan: TrainingPlan, epoch: int, *, update_bn_statistics: bool = False
 ) -> bool:
@@ -196,13 +214,16 @@ def train_step(
     scheduler: LambdaLR,
     loss_fn: nn.Module,
     device: torch.device,
+    tally: Tally | None = None,
 ) -> tuple[torch.Tensor, float]:
     """One optimisation step; returns the (detached, on-device) loss and the head's rate
-    for this step. No GPU sync here."""
+    for this step, and counts its top-1 hits in `tally`. No GPU sync here."""
     inputs = to_device(inputs, device)
     targets = targets.to(device, non_blocking=True)
     with autocast(device):
         logits = model(inputs)
+    if tally is not None:
+        tally.add(logits, targets)
     loss = loss_fn(logits.float(), targets)  # the loss in fp32 even under autocast
     optimizer.zero_grad(set_to_none=True)  # None, not 0: frozen params stay gradient-free
     loss.backward()
@@ -223,10 +244,11 @@ def train_epoch(
     should_stop: Callable[[], bool],
     epoch: int,
     on_step: OnStep | None = None,
+    tally: Tally | None = None,
 ) -> float:
-    """One pass over `batches`; returns the mean training loss. The caller has called
-    `begin_epoch`. `should_stop()` is asked before every step; True raises
-    TrainingCancelled before the step runs."""
+    """One pass over `batches`; returns the mean training loss (and counts the top-1 hits
+    in `tally`). The caller has called `begin_epoch`. `should_stop()` is asked before every
+    step; True raises TrainingCancelled before the step runs."""
     total = torch.zeros((), device=device)
     steps = 0
     for step, (inputs, targets) in enumerate(batches, start=1):
@@ -240,6 +262,7 @@ def train_epoch(
             scheduler=scheduler,
             loss_fn=loss_fn,
             device=device,
+            tally=tally,
         )
         total += loss
         steps += 1

@@ -28,6 +28,7 @@ from graft.training.checkpoint import save_checkpoint
 from graft.training.distributed import DistributedRank, GlobalMeanLoss
 from graft.training.engine import (
     Schedule,
+    Tally,
     begin_epoch,
     build_model,
     evaluate,
@@ -70,10 +71,12 @@ def train_one_epoch(
     should_stop: Callable[[], bool],
     observer: TrainingObserver | None = None,
     ddp: DistributedRank | None = None,
+    tally: Tally | None = None,
 ) -> float:
     """One pass over `loader` (engine.train_epoch) with STEP events and observer calls;
-    returns the mean training loss. The caller has called engine.begin_epoch. With `ddp`,
-    `loader` is this rank's share and events count the images of all ranks."""
+    returns the mean training loss, and counts the top-1 hits in `tally`. The caller has
+    called engine.begin_epoch. With `ddp`, `loader` is this rank's share and events count
+    the images of all ranks."""
 
     def on_step(step: int, loss: torch.Tensor, images: int, lr: float) -> None:
         if ddp is not None:
@@ -92,6 +95,7 @@ def train_one_epoch(
         should_stop=should_stop,
         epoch=epoch,
         on_step=on_step,
+        tally=tally,
     )
 
 
@@ -324,6 +328,7 @@ def _run_epoch(run: Run, state: TrainState) -> tuple[float, EvaluationMetrics]:
     else:  # the module wrapped in DDP; this rank's share of each batch
         module = run.ddp.begin_epoch(module, plan.seed, epoch)
         batches = run.ddp.train_batches(run.data, epoch)
+    tally = Tally(run.device)
     train_loss = train_one_epoch(
         module,
         batches,
@@ -336,6 +341,7 @@ def _run_epoch(run: Run, state: TrainState) -> tuple[float, EvaluationMetrics]:
         should_stop=run.should_stop,
         observer=run.observer,
         ddp=run.ddp,
+        tally=tally,
     )
     # With several ranks each predicts a shard of the validation set; all get the metrics.
     metrics = (evaluate if run.ddp is None else run.ddp.evaluate)(
@@ -353,6 +359,7 @@ def _run_epoch(run: Run, state: TrainState) -> tuple[float, EvaluationMetrics]:
         loss=metrics.loss,
         learning_rate=state.optimizer.param_groups[0]["lr"],
         metrics=metrics,
+        train_accuracy=tally.accuracy() if run.ddp is None else run.ddp.accuracy(tally),
     )
     return train_loss, metrics
 

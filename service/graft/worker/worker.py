@@ -25,6 +25,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,13 @@ from graft.advisor.cancel import AdviceCancelled, cancellable
 from graft.advisor.lane import AdvisorLane
 from graft.backbones import DEFAULT_BACKBONE, get_spec
 from graft.config import Config
-from graft.data import ScannedDataset, resolve_dataset, scan_dataset, split_dataset
+from graft.data import Sample, ScannedDataset, resolve_dataset, scan_dataset, split_dataset
 from graft.domain import EventKind, Job, JobState, ProgressEvent, TrainingPlan
 from graft.observability.logs import log_context, setup_logging
 from graft.observability.metrics import WorkerMetrics, serve_metrics
 from graft.plans import resolve_plan, validate_plan
 from graft.registry import ModelRegistry
+from graft.reports.build import prepare as prepare_report
 from graft.store import open_store
 from graft.training.errors import TrainingPreempted
 from graft.training.launch import select_devices, train_on_devices
@@ -248,7 +250,7 @@ class Worker:
         )
         if should_stop():
             raise TrainingCancelled()
-        self._register(job, plan, dataset, result, emit)
+        self._register(job, plan, dataset, result, emit, val_samples)
 
     def _complete_plan(
         self, job: Job, dataset: ScannedDataset, emit: Any, should_stop: Any
@@ -293,13 +295,34 @@ class Worker:
         return plan
 
     def _register(
-        self, job: Job, plan: TrainingPlan, dataset: ScannedDataset, result: TrainResult, emit: Any
+        self,
+        job: Job,
+        plan: TrainingPlan,
+        dataset: ScannedDataset,
+        result: TrainResult,
+        emit: Any,
+        val_samples: Sequence[Sample],
     ) -> None:
+        card = model_card(job, plan, dataset, result, self.device)
+        # Calibration and the report (graft.reports.build; never raises): the report's files
+        # land with the version, or a note saying why there is none.
+        extras = prepare_report(
+            job=job,
+            card=card,
+            dataset=dataset,
+            val_samples=val_samples,
+            model=result.model,
+            device=self.device,
+            store=self.store,
+            config=self.config,
+        )
+        emit(ProgressEvent(EventKind.MESSAGE, JobState.RUNNING, message=extras.message()))
         version = self.registry.register(
             name=job.model_name,
             state_dict=result.model.state_dict(),
-            card=model_card(job, plan, dataset, result, self.device),
+            card=dataclasses.replace(card, calibration=extras.calibration),
             tenant=job.tenant,  # the worker acts for the job's tenant: the model is theirs
+            files=extras.files,
         )
         emit(
             ProgressEvent(
