@@ -1,6 +1,7 @@
 """Predict's exported CPU runtimes: frozen TorchScript and ONNX Runtime, and the module a
 feature-cut model is exported as (its stage outputs pooled with fixed slices). Each is
-checked against eager at load by graft.predict.runtimes.
+checked against eager at load by graft.predict.runtimes. graft.export publishes the same
+ONNX export and frozen trace as files (ExportModel).
 """
 
 from __future__ import annotations
@@ -36,43 +37,59 @@ class TorchScriptRuntime:
             return out.float()
 
 
+ONNX_INPUT, ONNX_OUTPUT = "images", "logits"  # the tensors' names (graft.export documents them)
+ONNX_OPSET = 17
+
+
+def onnx_bytes(model: GraftModel, example: torch.Tensor) -> bytes:
+    """`model` exported to ONNX by the TorchScript-based exporter: input ONNX_INPUT
+    (batch, 3, H, W) float32 with H, W those of `example` and the batch dynamic, output
+    ONNX_OUTPUT (batch, classes) logits; opset ONNX_OPSET. A feature cut exports as
+    _ExportableCut. Predict serves it (OnnxRuntime) and graft.export publishes it."""
+    buf = io.BytesIO()
+    with torch.no_grad(), _quiet():
+        torch.onnx.export(
+            _exportable(model),
+            (example.contiguous(),),
+            buf,  # type: ignore[arg-type]  # the TorchScript exporter takes a file object
+            dynamo=False,
+            input_names=[ONNX_INPUT],
+            output_names=[ONNX_OUTPUT],
+            dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+            opset_version=ONNX_OPSET,
+        )
+    return buf.getvalue()
+
+
+def onnx_session(model: bytes | str, threads: int) -> Any:
+    """An ONNX Runtime CPU InferenceSession for `model` (the bytes, or a file's path),
+    `threads` intra-op threads per call."""
+    import onnxruntime as ort  # optional at import time: a missing package is a refusal
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle intra-op threads must not spin: the cores are shared with decode and gRPC.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntime:
-    """The model exported to ONNX (the TorchScript-based exporter; opset 17, dynamic batch)
-    and run by ONNX Runtime's CPU provider, `threads` intra-op threads per call. One
-    InferenceSession serves every runner: its `run` is thread-safe and releases the GIL."""
+    """The model exported to ONNX (onnx_bytes: opset 17, dynamic batch) and run by ONNX
+    Runtime's CPU provider, `threads` intra-op threads per call. One InferenceSession
+    serves every runner: its `run` is thread-safe and releases the GIL."""
 
     name = "onnxruntime"
 
     def __init__(self, model: GraftModel, example: torch.Tensor, threads: int) -> None:
-        import onnxruntime as ort  # optional at import time: a missing package is a refusal
-
-        buf = io.BytesIO()
-        with torch.no_grad(), _quiet():
-            torch.onnx.export(
-                _exportable(model),
-                (example.contiguous(),),
-                buf,  # type: ignore[arg-type]  # the TorchScript exporter takes a file object
-                dynamo=False,
-                input_names=["images"],
-                output_names=["logits"],
-                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                opset_version=17,
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle intra-op threads must not spin: the cores are shared with decode and gRPC.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            buf.getvalue(), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = onnx_session(onnx_bytes(model, example), threads)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.contiguous().numpy()
-        (logits,) = self.session.run(["logits"], {"images": x})
+        (logits,) = self.session.run([ONNX_OUTPUT], {ONNX_INPUT: x})
         return torch.from_numpy(logits).float()
 
 
