@@ -57,9 +57,24 @@ class AlreadyExists(GraftError):
     """A thing to create exists already."""
 
 
+@dataclass(frozen=True)
+class PreconditionViolation:
+    """One unmet precondition (google.rpc.PreconditionFailure.Violation): its `type` (a
+    code, e.g. "NOT_WORSE"), the `subject` it concerns and what is wrong."""
+
+    type: str
+    subject: str
+    description: str
+
+
 class FailedPrecondition(GraftError):
     """The request is valid but the system is not in a state to serve it (missing weights,
-    a dataset with one class, a job that has already ended)."""
+    a dataset with one class, a job that has already ended); `violations`, when given,
+    travel as a google.rpc.PreconditionFailure detail."""
+
+    def __init__(self, message: str, violations: list[PreconditionViolation] | None = None) -> None:
+        super().__init__(message)
+        self.violations: list[PreconditionViolation] = list(violations or [])
 
 
 class ResourceExhausted(GraftError):
@@ -112,6 +127,8 @@ def error_to_dict(exc: GraftError) -> dict[str, object]:
     out: dict[str, object] = {"kind": kind, "message": exc.message}
     if isinstance(exc, InvalidArgument):
         out["violations"] = [[v.field, v.description] for v in exc.violations]
+    if isinstance(exc, FailedPrecondition) and exc.violations:
+        out["preconditions"] = [[v.type, v.subject, v.description] for v in exc.violations]
     return out
 
 
@@ -123,4 +140,10 @@ def error_from_dict(d: dict[str, object]) -> GraftError:
         raw = d.get("violations") or []
         assert isinstance(raw, list)
         return InvalidArgument(message, [FieldViolation(str(f), str(x)) for f, x in raw])
+    if cls is FailedPrecondition:
+        found = d.get("preconditions") or []
+        assert isinstance(found, list)
+        return FailedPrecondition(
+            message, [PreconditionViolation(str(t), str(s), str(x)) for t, s, x in found]
+        )
     return cls(message)

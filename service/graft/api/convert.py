@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2
 
 from graft.advisor import Advice, BackboneScore, DatasetReportData
 from graft.api.errors import to_rpc_status
+from graft.compare import Comparison
 from graft.domain import (
     DatasetRef,
     EvaluationMetrics,
@@ -144,6 +145,7 @@ def event_to_pb(ev: ProgressEvent) -> pb.ProgressEvent:
         eta_seconds=ev.eta_seconds,
         metrics=metrics_to_pb(ev.metrics, confusion=False),  # GetJob / GetModel have it
         message=ev.message,
+        train_accuracy=ev.train_accuracy,
     )
 
 
@@ -279,3 +281,31 @@ def upload_to_pb(upload: UploadRecord, ttl_seconds: float) -> pb.UploadedDataset
         last_used_time=timestamp(upload.last_used),
         expire_time=timestamp(upload.last_used + ttl_seconds) if ttl_seconds else None,
     )
+
+
+def comparison_to_pb(c: Comparison) -> pb.CompareModelsResponse:
+    """A comparison of two versions; both metrics with their confusion matrices (one
+    answer, like GetModel's)."""
+    return pb.CompareModelsResponse(
+        baseline=_resolved_ref_pb(c.baseline),
+        candidate=_resolved_ref_pb(c.candidate),
+        baseline_metrics=metrics_to_pb(c.baseline_metrics),
+        candidate_metrics=metrics_to_pb(c.candidate_metrics),
+        deltas=[
+            pb.MetricDelta(
+                metric=d.metric,
+                baseline=d.baseline,
+                candidate=d.candidate,
+                delta=d.delta,
+                higher_is_better=d.higher_is_better,
+            )
+            for d in c.deltas
+        ],
+        images=c.images,
+        split=c.split,
+        candidate_not_worse=c.candidate_not_worse,
+    )
+
+
+def _resolved_ref_pb(ref: ModelRef) -> pb.ModelRef:
+    return pb.ModelRef(name=ref.name, version=ref.version, tenant=ref.tenant)

@@ -1,6 +1,7 @@
 """The one error boundary: typed domain errors → specific gRPC status codes with rich
-details (google.rpc.BadRequest for INVALID_ARGUMENT, google.rpc.RetryInfo when a load limit
-says when to retry); the truly unexpected → INTERNAL with an id to find the logged trace,
+details (google.rpc.BadRequest for INVALID_ARGUMENT, google.rpc.PreconditionFailure when a
+FAILED_PRECONDITION names its violations, google.rpc.RetryInfo when a load limit says when
+to retry); the truly unexpected → INTERNAL with an id to find the logged trace,
 never the trace itself.
 
 The server is `grpc.aio`: every handler is a coroutine function (unary responses, and
@@ -50,6 +51,19 @@ def to_rpc_status(exc: errors.GraftError) -> status_pb2.Status:
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
                         field=v.field, description=v.description
+                    )
+                    for v in exc.violations
+                ]
+            )
+        )
+        status.details.append(detail)
+    if isinstance(exc, errors.FailedPrecondition) and exc.violations:
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type=v.type, subject=v.subject, description=v.description
                     )
                     for v in exc.violations
                 ]

@@ -1,5 +1,6 @@
 """The registry and inference RPCs: Predict (through the batching Predict engine),
-ListModels, GetModel, SetModelAlias and ListBackbones.
+ListModels, GetModel, SetModelAlias (with `guard`, only to a version not worse than the
+alias's current one: api/comparing.py) and ListBackbones.
 
 A call names its own tenant's models; an admin may name another tenant's, and anyone else
 who does gets the NOT_FOUND a missing model gets.
@@ -15,6 +16,7 @@ import grpc
 from graft import errors
 from graft.api import convert, paging
 from graft.api.auth import current_identity
+from graft.api.comparing import guard_alias
 from graft.api.errors import to_rpc_status
 from graft.api.services import Services
 from graft.api.validation import MAX_PAGE, require
@@ -105,6 +107,8 @@ class ModelRPCs:
         name = request.name.strip()
         tenant = _tenant_named(request.tenant, name, "tenant")
         services = self.services
+        if request.guard:  # FAILED_PRECONDITION with the figures when it would be worse
+            await guard_alias(services, name, request.alias, request.version, tenant, context)
         version = await services.call(
             services.store.set_alias, name, request.alias, request.version, tenant
         )

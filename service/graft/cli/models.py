@@ -53,14 +53,14 @@ def cmd_model(ctx: Context) -> int:
 
 
 def cmd_alias(ctx: Context) -> int:
-    """`graft models alias NAME ALIAS VERSION`."""
+    """`graft models alias NAME ALIAS VERSION [--guard]`."""
     a = ctx.args
     try:
         version = int(a.version)
     except ValueError:
         ctx.parser.error(f"VERSION must be a number, got {a.version!r}")
     with ctx.client() as client:
-        mv = client.set_model_alias(a.name, a.alias, version)
+        mv = client.set_model_alias(a.name, a.alias, version, guard=a.guard)
     if a.json:
         print_json(mv, ctx.out)
     else:
