@@ -4,7 +4,8 @@ Each method builds the request, applies a deadline and the client's metadata, tu
 `grpc.RpcError` into a `graft_client.errors.GraftError`, and returns the generated
 protobuf message (single-field responses are unwrapped: `get_job` returns the `Job`).
 `Client` is the calls' groups in one class: jobs.py (training and progress), models.py
-(Predict and the registry), datasets.py (uploads), over base.py's plumbing; common.py
+(Predict and the registry), datasets.py (uploads), exports.py (a model exported into a
+folder), reports.py (a version's report), over base.py's plumbing; common.py
 holds what they share (deadlines, the retry policy, TLS, request conversions).
 """
 
@@ -35,8 +36,10 @@ from graft_client.common import (
 )
 from graft_client.datasets import DatasetCalls
 from graft_client.errors import InvalidArgument, Unavailable
+from graft_client.exports import ExportCalls
 from graft_client.jobs import JobCalls
 from graft_client.models import ModelCalls
+from graft_client.reports import ReportCalls
 from graft_client.v1 import adaptation_pb2 as pb
 from graft_client.v1 import adaptation_pb2_grpc as pb_grpc
 
@@ -50,7 +53,7 @@ __all__ = [
 ]
 
 
-class Client(JobCalls, ModelCalls, DatasetCalls, ClientBase):
+class Client(JobCalls, ModelCalls, DatasetCalls, ExportCalls, ReportCalls, ClientBase):
     """Client of a Graft server.
 
     `target` is host:port. `timeout` is the default deadline in seconds of quick calls;

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from graft_client.base import ClientBase
 from graft_client.common import (
+    ADVISE_TIMEOUT,
     PREDICT_TIMEOUT,
     parse_model_ref,
 )
@@ -14,7 +15,8 @@ from graft_client.v1 import adaptation_pb2 as pb
 
 
 class ModelCalls(ClientBase):
-    """Predict, ListModels (every page), GetModel, SetModelAlias, ListBackbones."""
+    """Predict, ListModels (every page), GetModel, SetModelAlias, CompareModels,
+    ListBackbones."""
 
     def predict(
         self,
@@ -95,15 +97,45 @@ class ModelCalls(ClientBase):
         version: int,
         *,
         tenant: str = "",
+        guard: bool = False,
         timeout: float | None = None,
     ) -> pb.ModelVersion:
         """Points `alias` (e.g. "production") at a version; returns that version. `tenant`:
-        another tenant's model (admin keys only; default: the caller's own)."""
-        request = pb.SetModelAliasRequest(name=name, alias=alias, version=version, tenant=tenant)
+        another tenant's model (admin keys only; default: the caller's own). With `guard`,
+        the server first compares the version with the one the alias points at (as
+        `compare_models` does) and refuses with FailedPrecondition, the figures in its
+        message and a PreconditionFailure detail, unless the new one is not worse."""
+        request = pb.SetModelAliasRequest(
+            name=name, alias=alias, version=version, tenant=tenant, guard=guard
+        )
+        floor = ADVISE_TIMEOUT if guard else 0.0  # a guard evaluates both versions
         response: pb.SetModelAliasResponse = self._call(
-            self._stub.SetModelAlias, request, self._deadline(timeout)
+            self._stub.SetModelAlias, request, self._deadline(timeout, floor)
         )
         return response.model
+
+    def compare_models(
+        self,
+        baseline: str | pb.ModelRef,
+        candidate: str | pb.ModelRef,
+        *,
+        timeout: float | None = None,
+    ) -> pb.CompareModelsResponse:
+        """Evaluates two model versions on the same held-out images (the candidate's
+        validation split, made again as its training made it) and returns both metrics,
+        their deltas (candidate - baseline), the image count, where the images come from
+        (`split`, with a caveat when the baseline may have trained on some of them) and
+        `candidate_not_worse`. Each of `baseline` and `candidate` is `name`,
+        `name:VERSION`, `name@ALIAS` or a ModelRef. Waits for a worker: the deadline is
+        at least Advise's."""
+        request = pb.CompareModelsRequest(
+            baseline=self._model_ref(baseline, 0, ""),
+            candidate=self._model_ref(candidate, 0, ""),
+        )
+        response: pb.CompareModelsResponse = self._call(
+            self._stub.CompareModels, request, self._deadline(timeout, ADVISE_TIMEOUT)
+        )
+        return response
 
     def list_backbones(self, *, timeout: float | None = None) -> list[pb.Backbone]:
         """The backbone catalog, with whether each one's weights are available."""

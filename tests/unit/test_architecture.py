@@ -35,6 +35,7 @@ TRAINING_USERS = (
     "graft.server",
     "graft.supervisor",
     "graft.cli",
+    "graft.reports",
 )
 # The advisor's modules the API imports.
 ADVISOR_ANSWER = ("graft.advisor.advice", "graft.advisor.declared", "graft.advisor.codec")
@@ -205,6 +206,26 @@ RULES = (
     Rule("service-no-devtools", ("graft",), forbidden=("graft_devtools", "sklearn", "skimage")),
     Rule("plans-torch-free", ("graft.plans",), forbidden=TORCH),
     Rule("plans-torch-free-loaded", ("graft.plans",), forbidden=TORCH, transitive=True),
+    # The exporter runs in a worker's advisor lane: no gRPC, no training. What the API reads
+    # of it (the export's folder and record) loads no torch.
+    Rule(
+        "export-no-grpc-or-training",
+        ("graft.export",),
+        forbidden=(*GRPC, "graft.api", "graft_client", "graft.training"),
+        transitive=True,
+    ),
+    Rule("export-record-torch-free", ("graft.export.layout",), forbidden=TORCH, transitive=True),
+    # Model reports: the worker draws them (graft.reports.build, matplotlib); the API only
+    # reads their files (graft.reports.files, standard library), so it loads no plotting.
+    Rule("api-draws-no-figures", ("graft.api",), forbidden=("matplotlib",), transitive=True),
+    Rule("report-files-stdlib", ("graft.reports.files",), only=("graft.errors",), stdlib_only=True),
+    Rule(
+        "report-files-light-loaded",
+        ("graft.reports.files",),
+        forbidden=(*TORCH, "matplotlib", "graft.training"),
+        transitive=True,
+    ),
+    Rule("reports-no-grpc", ("graft.reports",), forbidden=(*GRPC, "graft.api", "graft_client")),
 )
 
 # (rule, module, imported name) -> why it is allowed for now and how it goes away.

@@ -385,6 +385,25 @@ def test_progress_bar_on_a_terminal_redraws_in_place() -> None:
     assert "\r\x1b[Kepoch 1/1 evaluated: accuracy 70.0%" in text  # the bar line is cleared
 
 
+def test_an_evaluation_line_shows_the_training_accuracy_when_measured() -> None:
+    stream = io.StringIO()
+    printer = cli.ProgressPrinter(stream, tty=False)
+    metrics = pb.EvaluationMetrics(accuracy=0.7, loss=0.3)
+    for train_accuracy in (0.0, 0.825):  # 0: a release that did not measure it
+        printer(
+            pb.ProgressEvent(
+                kind=pb.EVENT_KIND_EVALUATION,
+                epoch=1,
+                total_epochs=1,
+                metrics=metrics,
+                train_accuracy=train_accuracy,
+            )
+        )
+    first, second = stream.getvalue().splitlines()
+    assert first.endswith("loss 0.3000") and "training" not in first
+    assert second.endswith("loss 0.3000  (training accuracy 82.5%)")
+
+
 def test_predict_prints_one_line_per_file(
     fake: FakeGraft, target: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

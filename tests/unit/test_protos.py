@@ -32,9 +32,9 @@ def test_service_has_the_contract_rpcs() -> None:
         "UploadDataset",
         "DeleteDataset",
         "ListDatasets",
-            "GetModelReport",
-            "CompareModels",
-            "ExportModel",
+        "GetModelReport",
+        "CompareModels",
+        "ExportModel",
     }
     assert service.methods_by_name["StreamProgress"].server_streaming
     assert service.methods_by_name["UploadDataset"].client_streaming

@@ -7,14 +7,17 @@ from __future__ import annotations
 import inspect
 
 from graft.api.advice import AdviceRPCs
+from graft.api.compare import CompareRPCs
 from graft.api.datasets import DatasetRPCs
+from graft.api.exports import ExportRPCs
 from graft.api.jobs import JobRPCs
 from graft.api.models import ModelRPCs
+from graft.api.reports import ReportRPCs
 from graft.api.servicer import AdaptationServicer
 from graft_client.v1 import adaptation_pb2 as pb
 from graft_client.v1 import adaptation_pb2_grpc as pb_grpc
 
-GROUPS = (AdviceRPCs, JobRPCs, ModelRPCs, DatasetRPCs)
+GROUPS = (AdviceRPCs, JobRPCs, ModelRPCs, DatasetRPCs, ExportRPCs, CompareRPCs, ReportRPCs)
 
 
 def _rpcs() -> list[str]:

@@ -5,6 +5,11 @@
   Advice in graft.advisor.codec's versioned JSON, which the API converts to the
   AdviseResponse (the lane speaks the domain, never protobuf: docs/ARCHITECTURE.md).
 - CHECK_UPLOAD: extract and scan an uploaded archive (graft.data.check_upload).
+- COMPARE: evaluate two model versions on the candidate's held-out images
+  (graft.compare.run; the answer is a Comparison's versioned JSON).
+- EXPORT: export a model version to ONNX, TorchScript or a Triton repository under the
+  shared artifacts folder, checked on real images (graft.export.exporter; the answer is
+  the export's folder and record, which the API streams).
 
 Between tasks, every `upload_sweep_seconds`, the lane sweeps: unused uploads expire and
 the extracted-archive cache is bounded (graft.advisor.housekeeping says why here).
@@ -33,16 +38,18 @@ from graft.advisor.advice_cache import advise_cached
 from graft.advisor.cancel import AdviceCancelled, cancellable, checkpoint
 from graft.advisor.codec import advice_to_json
 from graft.advisor.housekeeping import Housekeeping
+from graft.compare.run import run_comparison
 from graft.config import Config
 from graft.data import check_upload, resolve_dataset, scan_dataset
 from graft.domain import DatasetRef, JobState, Task, TaskKind
+from graft.export.exporter import run_export
 from graft.observability.logs import log_context
 from graft.store import JobStore
 
 log = logging.getLogger(__name__)
 
 STOP_CHECK_SECONDS = 0.5
-KINDS = (TaskKind.ADVISE, TaskKind.CHECK_UPLOAD)
+KINDS = (TaskKind.ADVISE, TaskKind.CHECK_UPLOAD, TaskKind.COMPARE, TaskKind.EXPORT)
 
 
 class TaskLease:
@@ -154,6 +161,10 @@ class AdvisorLane:
             }
         if task.kind == TaskKind.ADVISE:
             return self._advise(task.request["advise_request"])
+        if task.kind == TaskKind.COMPARE:
+            return run_comparison(self.config, self.store, task.request, self.device)
+        if task.kind == TaskKind.EXPORT:
+            return run_export(self.config, self.store, task.request, checkpoint)
         raise errors.InvalidArgument.of("kind", f"this worker cannot run {task.kind.name} tasks")
 
     def _advise(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,9 @@ class Limit:
 # computes in this process (its executor bounds the CPU, this bounds memory and latency).
 DEFAULT_LIMITS: Mapping[str, Limit] = {
     "Advise": Limit(16, 16),
+    "CompareModels": Limit(16, 16),  # like Advise: each holds a task in the advisor lane
+    "ExportModel": Limit(4, 16),  # a task in the advisor lane, then tens of MB streamed
+    "GetModelReport": Limit(16, 64),  # reads a report's files (a few hundred kB) into memory
     "StartFineTune": Limit(16, 64),
     "UploadDataset": Limit(4, 4),
     "Predict": Limit(64, 1024),

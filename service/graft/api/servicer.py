@@ -4,8 +4,10 @@ delegates; none computes on the event loop.
 `AdaptationServicer` is the one servicer registered; its methods come in groups, one
 module each: `advice` (Advise), `jobs` (StartFineTune, StreamProgress, GetJob, ListJobs,
 CancelJob), `models` (Predict, ListModels, GetModel, SetModelAlias, ListBackbones) and
-`datasets` (UploadDataset, DeleteDataset, ListDatasets). Checks of request fields they
-share are in `validation`, the awaiting of a worker's task in `tasks`.
+`datasets` (UploadDataset, DeleteDataset, ListDatasets), `compare` (CompareModels),
+`exports` (ExportModel), `reports` (GetModelReport).
+Checks of request fields they share are in `validation`, the awaiting of a worker's task
+in `tasks`.
 
 Every call runs as an `Identity` (graft.api.auth: the caller's tenant, admin or not); store
 queries take its scope, so another tenant's job, model or upload is NOT_FOUND.
@@ -22,9 +24,12 @@ or runs out of time cancels the work.
 from __future__ import annotations
 
 from graft.api.advice import AdviceRPCs
+from graft.api.compare import CompareRPCs
 from graft.api.datasets import DatasetRPCs
+from graft.api.exports import ExportRPCs
 from graft.api.jobs import JobRPCs
 from graft.api.models import ModelRPCs
+from graft.api.reports import ReportRPCs
 from graft.api.services import Services
 from graft_client.v1 import adaptation_pb2_grpc as pb_grpc
 
@@ -32,7 +37,14 @@ __all__ = ["AdaptationServicer"]
 
 
 class AdaptationServicer(
-    AdviceRPCs, JobRPCs, ModelRPCs, DatasetRPCs, pb_grpc.AdaptationServiceServicer
+    AdviceRPCs,
+    JobRPCs,
+    ModelRPCs,
+    DatasetRPCs,
+    CompareRPCs,
+    ExportRPCs,
+    ReportRPCs,
+    pb_grpc.AdaptationServiceServicer,
 ):
     """Every RPC of graft.v1.AdaptationService, each group from its module; they share
     nothing but `services`."""

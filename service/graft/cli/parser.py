@@ -9,7 +9,9 @@ from pathlib import Path
 import graft_client
 from graft.cli import backbones, datasets, jobs, keys, models
 from graft.cli.advise import cmd_advise
+from graft.cli.compare import cmd_compare
 from graft.cli.context import STRATEGIES
+from graft.cli.export import add_export
 from graft.cli.options import (
     add_dataset_arguments,
     client_options,
@@ -19,6 +21,7 @@ from graft.cli.options import (
 )
 from graft.cli.predict import cmd_predict
 from graft.cli.process_flags import add_serve, add_worker
+from graft.cli.report import add_report
 from graft.cli.subcommands import Commands, command, group, sub_command
 
 
@@ -35,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_jobs(commands)
     _add_cancel(commands)
     _add_models(commands)
+    add_export(commands)
+    add_report(commands)
     _add_backbones(commands)
     _add_upload(commands)
     _add_datasets(commands)
@@ -145,14 +150,29 @@ def _add_models(commands: Commands) -> None:
         "models",
         _models_options,
         models.cmd_models,
-        help="list models, show one (models NAME[:VERSION|@ALIAS]), "
-        "or set an alias (models alias NAME ALIAS VERSION)",
-        metavar="NAME | alias NAME ALIAS VERSION",
+        help="list models, show one (models NAME[:VERSION|@ALIAS]), set an alias "
+        "(models alias NAME ALIAS VERSION [--guard]), or compare two versions "
+        "(models compare NAME V1 V2)",
+        metavar="NAME | alias NAME ALIAS VERSION | compare NAME V1 V2",
         implicit="show",
     )
     sub_command(subs, "show", _models_options, models.cmd_model, [("name", "NAME")])
     words = [("name", "NAME"), ("alias", "ALIAS"), ("version", "VERSION")]
-    sub_command(subs, "alias", _models_options, models.cmd_alias, words, "point ALIAS at VERSION")
+    sub_command(subs, "alias", _alias_options, models.cmd_alias, words, "point ALIAS at VERSION")
+    words = [("name", "NAME"), ("baseline", "V1"), ("candidate", "V2")]
+    help = "V2 against V1 (versions or aliases) on V2's held-out images"
+    sub_command(subs, "compare", _models_options, cmd_compare, words, help)
+
+
+def _alias_options(suppress: bool) -> list[argparse.ArgumentParser]:
+    opts = argparse.ArgumentParser(add_help=False)
+    opts.add_argument(
+        "--guard",
+        action="store_true",
+        help="refuse unless VERSION is not worse than the alias's current version on the "
+        "same held-out images (docs/COMPARE.md)",
+    )
+    return [*_models_options(suppress), opts]
 
 
 def _backbones_options(suppress: bool) -> list[argparse.ArgumentParser]:

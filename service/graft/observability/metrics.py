@@ -294,8 +294,8 @@ class WorkerMetrics:
         self.busy = Gauge("graft_worker_busy", "1 while the worker runs a job.", registry=r)
         self.tasks = Histogram(
             "graft_worker_task_duration_seconds",
-            "Wall time of an advisor-lane task (advise, check_upload), by kind and outcome."
-            " Its _count is the number of tasks this process ran.",
+            "Wall time of an advisor-lane task (advise, check_upload, compare, export), by kind and"
+            " outcome. Its _count is the number of tasks this process ran.",
             ("kind", "outcome"),
             buckets=(*STEP_BUCKETS[4:], 60, 120, 300, 600),
             registry=r,
