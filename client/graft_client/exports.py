@@ -14,8 +14,9 @@ from typing import IO
 import grpc
 
 from graft_client.base import ClientBase
-from graft_client.common import ADVISE_TIMEOUT, parse_model_ref
+from graft_client.common import ADVISE_TIMEOUT
 from graft_client.errors import DataLoss, InvalidArgument, from_rpc_error
+from graft_client.models import ModelCalls
 from graft_client.v1 import adaptation_pb2 as pb
 
 EXPORT_FORMATS = {
@@ -49,7 +50,7 @@ class ExportCalls(ClientBase):
         from the stream raises DataLoss. The server makes the export in a worker (first
         time: seconds to a minute) and reuses it afterwards: the deadline is at least
         Advise's."""
-        request = pb.ExportModelRequest(model=_model_ref(model, version, alias))
+        request = pb.ExportModelRequest(model=ModelCalls._model_ref(model, version, alias))
         request.format = _format(format)
         chunks = self._stub.ExportModel(
             request,
@@ -60,19 +61,6 @@ class ExportCalls(ClientBase):
             return _write_export(iter(chunks), Path(out_dir))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
-
-
-def _model_ref(model: str | pb.ModelRef, version: int, alias: str) -> pb.ModelRef:
-    ref = pb.ModelRef()
-    if isinstance(model, pb.ModelRef):
-        ref.CopyFrom(model)
-    else:
-        ref = parse_model_ref(model)
-    if version:
-        ref.version, ref.alias = version, ""
-    if alias:
-        ref.alias, ref.version = alias, 0
-    return ref
 
 
 def _format(value: str | pb.ExportFormat.ValueType) -> pb.ExportFormat.ValueType:

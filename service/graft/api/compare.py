@@ -13,7 +13,7 @@ import grpc
 
 from graft.api import convert
 from graft.api.comparing import compare_versions
-from graft.api.models import _tenant_named
+from graft.api.models import tenant_named
 from graft.api.services import Services
 from graft.api.validation import require
 from graft.domain import ModelRef
@@ -38,7 +38,7 @@ def _ref(msg: pb.ModelRef, field: str) -> ModelRef:
     """The version request field `field` names, in the tenant the caller may name."""
     name = msg.name.strip()
     require(bool(name), f"{field}.name", "is required")
-    tenant = _tenant_named(msg.tenant, name, f"{field}.tenant")
+    tenant = tenant_named(msg.tenant, name, f"{field}.tenant")
     ref = convert.model_ref_from_pb(msg, tenant)
     require(ref.version >= 0, f"{field}.version", "must not be negative")
     require(not (ref.version and ref.alias), field, "give a version or an alias, not both")

@@ -21,7 +21,7 @@ from typing import IO
 import grpc
 
 from graft import errors
-from graft.api.models import _model_ref
+from graft.api.models import requested_model
 from graft.api.services import Services
 from graft.api.tasks import run_task
 from graft.artifacts import check_digest
@@ -55,7 +55,7 @@ class ExportRPCs:
                 "EXPORT_FORMAT_ONNX, EXPORT_FORMAT_TORCHSCRIPT or EXPORT_FORMAT_TRITON",
             )
         services = self.services
-        mv = await services.call(services.store.resolve_model, _model_ref(request.model))
+        mv = await services.call(services.store.resolve_model, requested_model(request.model))
         task = {"model": {"name": mv.name, "version": mv.version, "tenant": mv.tenant}}
         result = await run_task(services, TaskKind.EXPORT, {**task, "format": fmt}, context)
         record = ExportRecord.from_dict(result["record"])

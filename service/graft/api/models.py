@@ -37,7 +37,7 @@ class ModelRPCs:
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictResponse:
-        ref = _model_ref(request.model)
+        ref = requested_model(request.model)
         require(len(request.images) > 0, "images", "at least one image is required")
         limit = self.services.config.max_predict_images
         if len(request.images) > limit:
@@ -93,7 +93,7 @@ class ModelRPCs:
     async def GetModel(
         self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelResponse:
-        ref = _model_ref(request.model)
+        ref = requested_model(request.model)
         version = await self.services.call(self.services.store.resolve_model, ref)
         return pb.GetModelResponse(model=convert.model_version_to_pb(version))
 
@@ -105,7 +105,7 @@ class ModelRPCs:
         validate_name(request.alias, "alias")
         require(request.version >= 1, "version", "must be a version number (from 1)")
         name = request.name.strip()
-        tenant = _tenant_named(request.tenant, name, "tenant")
+        tenant = tenant_named(request.tenant, name, "tenant")
         services = self.services
         if request.guard:  # FAILED_PRECONDITION with the figures when it would be worse
             await guard_alias(services, name, request.alias, request.version, tenant, context)
@@ -140,7 +140,7 @@ class ModelRPCs:
         )
 
 
-def _tenant_named(requested: str, model_name: str, field: str) -> str:
+def tenant_named(requested: str, model_name: str, field: str) -> str:
     """The tenant whose model `model_name` a call names: the caller's own unless an
     admin names another. Naming another tenant without the admin role is NOT_FOUND,
     with the words a missing model gets."""
@@ -153,10 +153,10 @@ def _tenant_named(requested: str, model_name: str, field: str) -> str:
     return validate_tenant(requested, field)
 
 
-def _model_ref(msg: pb.ModelRef) -> ModelRef:
+def requested_model(msg: pb.ModelRef) -> ModelRef:
     """The model a request names (field `model`), in the tenant the caller may name."""
     require(bool(msg.name.strip()), "model.name", "is required")
-    tenant = _tenant_named(msg.tenant, msg.name.strip(), "model.tenant")
+    tenant = tenant_named(msg.tenant, msg.name.strip(), "model.tenant")
     ref = convert.model_ref_from_pb(msg, tenant)
     require(ref.version >= 0, "model.version", "must not be negative")
     require(not (ref.version and ref.alias), "model", "give a version or an alias, not both")

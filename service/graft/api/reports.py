@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from graft.api.models import _model_ref
+from graft.api.models import requested_model
 from graft.api.services import Services
 from graft.domain import ModelVersion
 from graft.registry.registry import artifact_dir_under
@@ -30,7 +30,7 @@ class ReportRPCs:
     async def GetModelReport(
         self, request: pb.GetModelReportRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelReportResponse:
-        ref = _model_ref(request.model)
+        ref = requested_model(request.model)
         services = self.services
         version = await services.call(services.store.resolve_model, ref)
         report = await services.call(_read, services.config.registry_dir, version)

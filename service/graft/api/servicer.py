@@ -3,9 +3,9 @@ delegates; none computes on the event loop.
 
 `AdaptationServicer` is the one servicer registered; its methods come in groups, one
 module each: `advice` (Advise), `jobs` (StartFineTune, StreamProgress, GetJob, ListJobs,
-CancelJob), `models` (Predict, ListModels, GetModel, SetModelAlias, ListBackbones) and
+CancelJob), `models` (Predict, ListModels, GetModel, SetModelAlias, ListBackbones),
 `datasets` (UploadDataset, DeleteDataset, ListDatasets), `compare` (CompareModels),
-`exports` (ExportModel), `reports` (GetModelReport).
+`exports` (ExportModel) and `reports` (GetModelReport).
 Checks of request fields they share are in `validation`, the awaiting of a worker's task
 in `tasks`.
 
