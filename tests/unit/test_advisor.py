@@ -17,11 +17,8 @@ from torch import nn
 
 from graft.advisor import MATRIX, DeclaredStats, advise_declared, quadrant_for, size_axis
 from graft.advisor import measure as measure_module
-from graft.advisor.advice import Depth, ProbeResult, StageScore
 from graft.advisor.advise import FE_MARGIN, advise_dataset, fine_tune_range
 from graft.advisor.bootstrap import similarity_interval
-from graft.advisor.choice import fine_tune_strategy
-from graft.advisor.depth import large_dataset_depth
 from graft.advisor.measure import (
     SIGNAL_MIN_IMAGES,
     decode_sample,
@@ -536,78 +533,3 @@ def test_fine_tune_range_is_the_pilot_within_its_standard_error_raised_by_lead_a
     # Clipped to [0, 1]; a perfect pilot has no spread of its own.
     assert fine_tune_range(1.0, 50, probe_accuracy=0.9, extra=0.05) == (1.0, 1.0)
     assert fine_tune_range(0.01, 4, probe_accuracy=0.5, extra=0.0)[0] == 0.0
-
-
-@pytest.mark.parametrize(
-    ("matrix", "small", "best", "expected"),
-    [
-        # Small datasets pilot the matrix's fine-tune (partial for feature extraction's
-        # quadrant, which has none of its own).
-        (Strategy.PARTIAL_FINE_TUNE, True, 3, Strategy.PARTIAL_FINE_TUNE),
-        (Strategy.FEATURE_EXTRACTION, True, 9, Strategy.PARTIAL_FINE_TUNE),
-        # Large and different: full fine-tuning unless a lower stage probes best.
-        (Strategy.FULL_FINE_TUNE, False, 6, Strategy.PARTIAL_FINE_TUNE),
-        (Strategy.FULL_FINE_TUNE, False, 9, Strategy.FULL_FINE_TUNE),
-        # Large and similar: the matrix's partial fine-tune either way.
-        (Strategy.PARTIAL_FINE_TUNE, False, 6, Strategy.PARTIAL_FINE_TUNE),
-        (Strategy.PARTIAL_FINE_TUNE, False, 9, Strategy.PARTIAL_FINE_TUNE),
-    ],
-)
-def test_fine_tune_strategy_departs_on_large_datasets_by_the_measured_depth(
-    matrix: Strategy, small: bool, best: int, expected: Strategy
-) -> None:
-    assert fine_tune_strategy(matrix, small=small, best_stage=best, stages=9) == expected
-
-
-@pytest.mark.pretrained
-def test_a_large_different_dataset_plans_partial_fine_tuning_above_the_best_stage(
-    fashion_folder: Path, tmp_path: Path
-) -> None:
-    # 12 images per class is "large" at a threshold of 10; Fashion-MNIST is different.
-    config = Config(data_dir=tmp_path, advise_max_per_class=8, advise_max_images=60)
-    advice = advise_dataset(
-        scan_dataset(fashion_folder),
-        config=config,
-        candidates=["efficientnet_lite0"],
-        small_threshold=10,
-    )
-    assert advice.quadrant == Quadrant.LARGE_DIFFERENT
-    assert advice.matrix_strategy == Strategy.FULL_FINE_TUNE
-    depth = advice.depth
-    assert depth is not None
-    stages = len(get_spec(advice.plan.backbone).stages)
-    stage, trainable = large_dataset_depth(depth)
-    print(f"best stage {depth.best_stage}, earliest within a point {stage}, of {stages}")
-    # The probes on this sample find a middle stage as good as any (as on every
-    # Fashion-MNIST sample measured), so the plan departs: partial fine-tuning of the
-    # stages above it, piloted.
-    assert stage < stages and trainable == stages - stage
-    assert advice.plan.strategy == Strategy.PARTIAL_FINE_TUNE
-    assert advice.plan.trainable_stages == trainable
-    assert advice.plan.feature_stages == () and advice.plan.augmentation is False
-    estimate = next(
-        e for e in advice.strategy_estimates if e.strategy != Strategy.FEATURE_EXTRACTION
-    )
-    assert estimate.strategy == Strategy.PARTIAL_FINE_TUNE
-    top = max(s.probe.accuracy for s in depth.stages)
-    assert f"within 1 point of the best ({100 * top:.1f}%), stage {stage} (" in advice.rationale
-    assert "replaces full fine-tuning" in advice.rationale
-
-
-def test_large_dataset_depth_takes_the_earliest_stage_within_a_point_of_the_best() -> None:
-    def depth_of(accuracies: list[float]) -> Depth:
-        stages = tuple(
-            StageScore(stage=i + 1, channels=8, logme=0.0, probe=ProbeResult(a, 0.0, 5, (a,)))
-            for i, a in enumerate(accuracies)
-        )
-        return Depth(stages=stages, cut=None, trainable_stages=0, best_stage=0)  # type: ignore[arg-type]
-
-    # Fashion-MNIST 1,000/class, as measured: stages 6 and 8 tie at 77.8%.
-    measured = [0.608, 0.568, 0.736, 0.710, 0.762, 0.778, 0.760, 0.778, 0.774]
-    assert large_dataset_depth(depth_of(measured)) == (6, 3)
-    # The best stage alone, more than a point ahead.
-    assert large_dataset_depth(depth_of([0.5, 0.6, 0.7, 0.8, 0.75])) == (4, 1)
-    # The first stage best: at most every stage but one trains.
-    assert large_dataset_depth(depth_of([0.9, 0.5, 0.5])) == (1, 2)
-    # The last stage best by more than a point: no stage below it, the matrix's full stays.
-    assert large_dataset_depth(depth_of([0.5, 0.6, 0.8]))[0] == 3

@@ -10,7 +10,6 @@ import torch
 
 from graft.advisor import cancel
 from graft.advisor.advice import SEED, Depth, PilotResult
-from graft.advisor.depth import large_dataset_depth
 from graft.advisor.estimates import FE_MARGIN
 from graft.advisor.measure import BackboneMeasurement, DecodedSample
 from graft.advisor.pilot import pilot_fine_tune, time_training_step
@@ -39,10 +38,7 @@ class Planner:
     eval_seconds: float  # transform seconds per image, without augmentation
     augment_seconds: float  # and with it
 
-    def plan(
-        self, strategy: Strategy, speed: Speed | None, trainable_stages: int | None = None
-    ) -> TrainingPlan:
-        """The plan for `strategy` at the measured depth (or `trainable_stages`)."""
+    def plan(self, strategy: Strategy, speed: Speed | None) -> TrainingPlan:
         cut = self.depth.cut
         last = len(self.m.spec.stages)
         # The last stage pooled globally is the body's own features: a plan writes it as
@@ -58,7 +54,7 @@ class Planner:
             speed=speed,
             seed=SEED,
             strategy=strategy,
-            trainable_stages=trainable_stages or self.depth.trainable_stages,
+            trainable_stages=self.depth.trainable_stages,
             feature_stages=stages,
             feature_grid=cut.grid,
         )
@@ -130,39 +126,16 @@ class Choice:
         return self.fe_speed if self.strategy == Strategy.FEATURE_EXTRACTION else self.ft_speed
 
 
-def fine_tune_strategy(
-    matrix_strategy: Strategy, *, small: bool, best_stage: int, stages: int
-) -> Strategy:
-    """The fine-tuning strategy Advise pilots (and plans, on a large dataset).
-
-    The matrix's, except on a large dataset where the matrix says full fine-tuning and the
-    depth probes found a stage below the last as transferable as any (`best_stage`, from
-    depth.large_dataset_depth): then partial fine-tuning of the stages above it. A measured
-    prior, not a pilot (a pilot on a sample cannot show what fine-tuning gains from all of
-    the data): on Fashion-MNIST at 1,000 and 3,000 images per class, partial fine-tuning of
-    the 3 stages above stage 6 beat the matrix's full fine-tune by 1.6 and 1.1 points in the
-    same 4 epochs (docs/ADVISOR.md § A size-aware departure)."""
-    if matrix_strategy == Strategy.FEATURE_EXTRACTION:
-        return Strategy.PARTIAL_FINE_TUNE
-    if not small and matrix_strategy == Strategy.FULL_FINE_TUNE and best_stage < stages:
-        return Strategy.PARTIAL_FINE_TUNE
-    return matrix_strategy
-
-
 def pilot_and_choose(planner: Planner, matrix_strategy: Strategy, *, small: bool) -> Choice:
-    """The fine-tuning strategy (`fine_tune_strategy`), piloted on the sample; frozen
-    features with a linear head, probed on the same split. Feature extraction replaces
-    fine-tuning on a small dataset when the probe reaches what the pilot does; on a large
-    one the plan fine-tunes."""
-    stage, trainable = large_dataset_depth(planner.depth)
-    fine_tune = fine_tune_strategy(
-        matrix_strategy, small=small, best_stage=stage, stages=len(planner.m.spec.stages)
-    )
-    departs = fine_tune != matrix_strategy and not small
-    depth = trainable if departs else None
-    ft_draft = planner.plan(fine_tune, None, depth)
+    """The matrix's fine-tuning strategy, piloted on the sample; frozen features with a
+    linear head, probed on the same split. Feature extraction replaces the matrix's
+    fine-tuning on a small dataset when the probe reaches what the pilot does."""
+    fine_tune = (
+        matrix_strategy if matrix_strategy != Strategy.FEATURE_EXTRACTION else None
+    ) or Strategy.PARTIAL_FINE_TUNE
+    ft_draft = planner.plan(fine_tune, None)
     ft_speed = planner.speed(ft_draft, timed=True)
-    ft_plan = planner.plan(fine_tune, ft_speed, depth)
+    ft_plan = planner.plan(fine_tune, ft_speed)
     sample, num_classes = planner.sample, planner.num_classes
     fold = stratified_folds(sample.labels, 5, SEED)
     pilot_val = [i for i, f in enumerate(fold) if f == 0]
@@ -181,7 +154,7 @@ def pilot_and_choose(planner: Planner, matrix_strategy: Strategy, *, small: bool
     probe_holdout = holdout_probe(
         planner.depth.cut.features, sample.labels, pilot_train, pilot_val, num_classes=num_classes
     )
-    strategy = matrix_strategy if small else fine_tune
+    strategy = matrix_strategy
     if (
         small
         and matrix_strategy != Strategy.FEATURE_EXTRACTION

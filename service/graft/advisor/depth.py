@@ -165,24 +165,3 @@ def choose_depth(
         cut = _try_grid(cut, tried, grid_features, labels, num_classes, seed, width)
     trainable = min(max(1, last - best.stage), last - 1)
     return Depth(stages=scores, cut=cut, trainable_stages=trainable, best_stage=best.stage)
-
-
-# On a large dataset, stages whose probes are within this of the best stage's count as
-# tied for the partial fine-tuning depth, and the earliest of them is taken (below).
-LARGE_DEPTH_TIE = 0.01
-
-
-def large_dataset_depth(depth: Depth) -> tuple[int, int]:
-    """(stage, trainable stages) for partial fine-tuning on a large dataset: the earliest
-    stage whose probe is within LARGE_DEPTH_TIE of the best one's, and the stages above it.
-
-    The stage probes are taken on a few hundred sampled images, where a point is noise: on
-    Fashion-MNIST at 1,000 per class stages 6 and 8 both probed 77.8% and the later-stage
-    tie-break (right for small data, where fewer trainable weights overfit less) unfroze 1
-    stage, 85.7% held-out, against 91.3% with the 3 above stage 6 (docs/ADVISOR.md § A
-    size-aware departure). With all of a large dataset to learn from, the tie goes to more
-    retraining."""
-    top = max(s.probe.accuracy for s in depth.stages)
-    stage = min(s.stage for s in depth.stages if s.probe.accuracy >= top - LARGE_DEPTH_TIE)
-    last = len(depth.stages)
-    return stage, min(max(1, last - stage), last - 1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from graft.advisor.advice import Advice, Depth, PilotResult
 from graft.advisor.declared import plan_sentence
-from graft.advisor.depth import CUT_GRID, LARGE_DEPTH_TIE
+from graft.advisor.depth import CUT_GRID
 from graft.advisor.estimates import FE_MARGIN
 from graft.backbones import get_spec
 from graft.backbones.spec import PretrainedSpec
@@ -166,8 +166,6 @@ def _pilot_sentence(advice: Advice, pilot: PilotResult) -> str:
         "a fraction of the time"
         if advice.plan.strategy == Strategy.FEATURE_EXTRACTION
         and advice.matrix_strategy != Strategy.FEATURE_EXTRACTION
-        else _large_departure(advice)
-        if advice.plan.strategy != advice.matrix_strategy
         else "the plan follows the matrix"
         + (
             " (the dataset is large: a pilot on a sample cannot show what fine-tuning "
@@ -182,23 +180,4 @@ def _pilot_sentence(advice: Advice, pilot: PilotResult) -> str:
         f"{STRATEGY_NAMES[ft.strategy]} reached "
         f"{_pct(pilot.accuracy)} in {pilot.seconds:.0f} s; a linear head on the frozen "
         f"features of the cut reached {_pct(advice.holdout_probe_accuracy)}; {verdict}."
-    )
-
-
-def _large_departure(advice: Advice) -> str:
-    """Why a large dataset's plan is partial fine-tuning where the matrix says full
-    (graft.advisor.choice.fine_tune_strategy, depth.large_dataset_depth)."""
-    depth = advice.depth
-    assert depth is not None  # the departure is decided on the depth's stage probes
-    stage = len(depth.stages) - advice.plan.trainable_stages
-    top = max(s.probe.accuracy for s in depth.stages)
-    return (
-        f"the plan departs from the matrix: on a large dataset the depth is the earliest "
-        f"stage probing within {100 * LARGE_DEPTH_TIE:.0f} point of the best "
-        f"({_pct(top)}), stage {stage} ({_pct(depth.stages[stage - 1].probe.accuracy)}); the "
-        f"stages up to it transfer as they are, and partial fine-tuning of the "
-        f"{advice.plan.trainable_stages} stage(s) above it replaces full fine-tuning (on "
-        "Fashion-MNIST at 1,000 and 3,000 images per class it measured 1.1-1.6 points "
-        "better in the same epochs; the pilot is the estimate's, not the choice's: a "
-        "sample cannot show what fine-tuning gains from all of the data)"
     )
