@@ -40,7 +40,7 @@ from graft.advisor.codec import advice_to_json
 from graft.advisor.housekeeping import Housekeeping
 from graft.compare.run import run_comparison
 from graft.config import Config
-from graft.data import check_upload, resolve_dataset, scan_dataset
+from graft.data import check_upload, open_dataset
 from graft.domain import DatasetRef, JobState, Task, TaskKind
 from graft.export.exporter import run_export
 from graft.observability.logs import log_context
@@ -175,12 +175,7 @@ class AdvisorLane:
         dataset_ref = DatasetRef(
             uri=ref.get("uri", "").strip(), dataset_id=ref.get("dataset_id", "").strip()
         )
-        path = resolve_dataset(dataset_ref, self.config)
-        dataset = scan_dataset(
-            path,
-            max_pixels=self.config.max_image_pixels,
-            max_classes=self.config.max_classes,
-        )
+        dataset = open_dataset(dataset_ref, self.config)
         checkpoint()
         advice = advise_cached(
             dataset,

@@ -3,7 +3,7 @@ splitting, and THE preprocessing shared by training and Predict. See docs/DATA.m
 
 from graft.data.dataset import ImageDataset
 from graft.data.images import ImageDecodeError, load_image
-from graft.data.resolve import locate_dataset, resolve_dataset
+from graft.data.resolve import locate_dataset, open_dataset, resolve_dataset
 from graft.data.scan import Sample, ScannedDataset, scan_dataset
 from graft.data.split import split_dataset
 from graft.data.transforms import eval_transform, train_transform
@@ -20,6 +20,7 @@ __all__ = [
     "eval_transform",
     "load_image",
     "locate_dataset",
+    "open_dataset",
     "resolve_dataset",
     "save_upload",
     "scan_dataset",

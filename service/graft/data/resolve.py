@@ -25,6 +25,7 @@ from graft.data.archive_writer import ExtractLimits, UnsafeArchive
 from graft.data.archives import extract_tar as _extract_tar
 from graft.data.archives import extract_zip as _extract_zip
 from graft.data.files import FileProblem, inside, kind_of, lexical_real_path, real_path
+from graft.data.scan import ScannedDataset, scan_dataset
 from graft.domain import DatasetRef
 from graft.errors import InvalidArgument, NotFound, quote
 
@@ -89,6 +90,16 @@ def resolve_dataset(ref: DatasetRef, config: Config) -> Path:
         except UnsafeArchive as e:
             raise InvalidArgument.of(field, str(e)) from None
     return path
+
+
+def open_dataset(ref: DatasetRef, config: Config) -> ScannedDataset:
+    """`ref` resolved (`resolve_dataset`) and scanned within the server's limits on image
+    pixels and classes: what a job, an Advise, a comparison or an export's check reads."""
+    return scan_dataset(
+        resolve_dataset(ref, config),
+        max_pixels=config.max_image_pixels,
+        max_classes=config.max_classes,
+    )
 
 
 def _confined(uri: str, config: Config) -> Path:

@@ -30,7 +30,7 @@ import torch
 
 from graft import errors
 from graft.config import Config
-from graft.data import ImageDecodeError, Sample, resolve_dataset, scan_dataset, split_dataset
+from graft.data import ImageDecodeError, Sample, open_dataset, split_dataset
 from graft.data.images import read_image_file
 from graft.predict.preprocess import Preprocess
 from graft.predict.runtimes import compare, verification_batch
@@ -83,11 +83,7 @@ def _dataset_samples(
 ) -> tuple[list[Sample], str]:
     """The samples to draw from, best first, and what they are in words."""
     job = store.get_job(card.job_id, tenant)
-    dataset = scan_dataset(
-        resolve_dataset(job.dataset, config),
-        max_pixels=config.max_image_pixels,
-        max_classes=config.max_classes,
-    )
+    dataset = open_dataset(job.dataset, config)
     train, val = split_dataset(dataset, card.plan.validation_fraction, card.plan.seed)
     unchanged = card.dataset is not None and card.dataset.fingerprint == dataset.fingerprint
     if val and unchanged:

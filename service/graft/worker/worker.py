@@ -35,7 +35,7 @@ from graft.advisor.cancel import AdviceCancelled, cancellable
 from graft.advisor.lane import AdvisorLane
 from graft.backbones import DEFAULT_BACKBONE, get_spec
 from graft.config import Config
-from graft.data import Sample, ScannedDataset, resolve_dataset, scan_dataset, split_dataset
+from graft.data import Sample, ScannedDataset, open_dataset, split_dataset
 from graft.domain import EventKind, Job, JobState, ProgressEvent, TrainingPlan
 from graft.observability.logs import log_context, setup_logging
 from graft.observability.metrics import WorkerMetrics, serve_metrics
@@ -208,11 +208,7 @@ class Worker:
     def _train_and_register(
         self, job: Job, emit: Any, checkpoint_dir: Path, should_stop: Any
     ) -> None:
-        dataset = scan_dataset(
-            resolve_dataset(job.dataset, self.config),
-            max_pixels=self.config.max_image_pixels,
-            max_classes=self.config.max_classes,
-        )
+        dataset = open_dataset(job.dataset, self.config)
         self.store.set_skipped_files(job.job_id, len(dataset.skipped))
         plan = job.plan
         if not job.plan_resolved:
