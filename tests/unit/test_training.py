@@ -226,9 +226,20 @@ def test_should_stop_cancels_within_one_step(colours: Any, tmp_path: Path) -> No
     assert load_checkpoint(tmp_path) is None  # no epoch completed
 
 
-@pytest.mark.parametrize("strategy", [Strategy.PARTIAL_FINE_TUNE, Strategy.FEATURE_EXTRACTION])
+@pytest.mark.parametrize(
+    ("strategy", "pretrained"),
+    [
+        (Strategy.PARTIAL_FINE_TUNE, False),
+        (Strategy.FEATURE_EXTRACTION, False),
+        pytest.param(Strategy.FEATURE_EXTRACTION, True, marks=pytest.mark.pretrained),
+    ],
+)
 def test_resume_equals_uninterrupted_run(
-    colours: Any, tmp_path: Path, strategy: Strategy, monkeypatch: pytest.MonkeyPatch
+    colours: Any,
+    tmp_path: Path,
+    strategy: Strategy,
+    pretrained: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Augmentation and label smoothing on: the resumed run must also restore the RNG.
     plan = plan_for(
@@ -237,13 +248,18 @@ def test_resume_equals_uninterrupted_run(
         augmentation=strategy != Strategy.FEATURE_EXTRACTION,
         label_smoothing=0.1,
     )
-    straight = run(colours, plan, tmp_path / "a")
+    straight = run(colours, plan, tmp_path / "a", pretrained=pretrained)
     straight_last = load_checkpoint(tmp_path / "a")
     assert straight_last is not None
+    # Feature extraction from pretrained weights checkpoints the head alone: the resumed
+    # run rebuilds the body from the weights file (compared in full below).
+    head_only = strategy == Strategy.FEATURE_EXTRACTION and pretrained
+    assert straight_last.extra["weights"] == ("head" if head_only else "model")
+    assert all(k.startswith("head.") for k in straight_last.model_state) == head_only
 
     rec = Recorder(stop_after_epoch=1)
     with pytest.raises(TrainingCancelled):
-        run(colours, plan, tmp_path / "b", rec)
+        run(colours, plan, tmp_path / "b", rec, pretrained=pretrained)
     first = load_checkpoint(tmp_path / "b")
     assert first is not None and first.epoch == 1
 
@@ -256,7 +272,7 @@ def test_resume_equals_uninterrupted_run(
 
     monkeypatch.setattr(features_mod, "compute_features", counting)
     rec2 = Recorder()
-    resumed = run(colours, plan, tmp_path / "b", rec2)
+    resumed = run(colours, plan, tmp_path / "b", rec2, pretrained=pretrained)
     assert resumed.resumed_from_epoch == 1 and resumed.epochs_run == 3
     assert any("resumed from checkpoint at epoch 1" in m for m in rec2.messages())
     assert [e.epoch for e in rec2.of(EventKind.EVALUATION)] == [2, 3]

@@ -2,9 +2,10 @@
 
 One file, `checkpoint.safetensors`, in the job's checkpoint directory:
 
-- tensors: `model.<key>` (the state dict after the last completed epoch), `best.<key>` (the
-  best epoch's tensors that differ from `model.<key>`; none when the best epoch is the last
-  one, and only the head's under feature extraction), `optim.<index>.<name>`
+- tensors: `model.<key>` (the state dict after the last completed epoch; the head's alone,
+  `extra.weights` "head", under feature extraction from pretrained weights, whose body the
+  weights file rebuilds), `best.<key>` (the best epoch's tensors that differ from
+  `model.<key>`; none when the best epoch is the last one), `optim.<index>.<name>`
   (AdamW's per-parameter state), `rng.torch`, `rng.cuda.<device>`, `rng.numpy`;
 - header metadata `graft.checkpoint` (JSON): format version, job id, backbone, class names,
   dataset fingerprint, the resolved plan, the number of completed epochs, best metric and

@@ -42,7 +42,7 @@ from graft.training.errors import TrainingCancelled, TrainingPreempted
 from graft.training.features import feature_statistics, fold_standardization
 from graft.training.progress import Emit, NoObserver, Progress, TrainingObserver
 from graft.training.setup import build_data, check_inputs, describe, usable_checkpoint
-from graft.training.state import Best, Run, TrainResult, TrainState, checkpoint_of, cpu_state
+from graft.training.state import Best, Run, TrainResult, TrainState, checkpoint_of
 
 __all__ = [
     "Progress",
@@ -266,7 +266,7 @@ def _start(run: Run, started: float) -> TrainState:
         if ckpt:
             run.progress.message(ckpt)
     else:
-        run.model.load_state_dict(ckpt.model_state)
+        run.load_kept(ckpt.model_state)
         if ckpt.optimizer_state is not None:
             optimizer.load_state_dict(ckpt.optimizer_state)
         if ckpt.scheduler_state is not None:
@@ -369,7 +369,7 @@ def _record(
 ) -> None:
     """Keep the epoch as the best when it is (a CPU copy of its weights), and in history."""
     if state.best.beaten_by(metrics):
-        weights = cpu_state(run.model)
+        weights = run.kept_state()
         state.best = Best(state.epoch, metrics.accuracy, metrics.loss, metrics, weights)
     state.history.append(
         {
@@ -395,7 +395,7 @@ def _finish(run: Run, state: TrainState) -> TrainResult:
     """The best epoch's weights, ready to serve."""
     best, model = state.best, run.model
     assert best.weights is not None and best.metrics is not None
-    model.load_state_dict(best.weights)
+    run.load_kept(best.weights)
     if run.feature_extraction:
         assert run.data.feature_mean is not None and run.data.feature_std is not None
         fold_standardization(model.head, run.data.feature_mean, run.data.feature_std)

@@ -55,6 +55,29 @@ class Run:
         """What train_one_epoch and evaluate run: the head alone on features, or the model."""
         return self.model.head if self.feature_extraction else self.model
 
+    @property
+    def head_only_weights(self) -> bool:
+        """Feature extraction from pretrained weights: the body is the weights file's,
+        frozen, and build_model rebuilds it exactly, so the best epoch and the checkpoints
+        keep the head's weights alone (a whole Lite0 is 18 MB written every epoch; its head
+        a few kB). With a random body (tests) they keep everything."""
+        return self.feature_extraction and self.pretrained
+
+    def kept_state(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the weights the best epoch and a checkpoint keep (state-dict keys
+        of the whole model: `head.*` alone under head_only_weights)."""
+        if self.head_only_weights:
+            return {f"head.{k}": v for k, v in cpu_state(self.model.head).items()}
+        return cpu_state(self.model)
+
+    def load_kept(self, state: dict[str, torch.Tensor]) -> None:
+        """Load what kept_state kept (strictly: every key of what it covers)."""
+        if self.head_only_weights:
+            head = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
+            self.model.head.load_state_dict(head)
+        else:
+            self.model.load_state_dict(state)
+
 
 @dataclass
 class Best:
@@ -64,7 +87,7 @@ class Best:
     accuracy: float = -1.0
     loss: float = math.inf
     metrics: EvaluationMetrics | None = None
-    weights: dict[str, torch.Tensor] | None = None  # a CPU copy of the model's state
+    weights: dict[str, torch.Tensor] | None = None  # a CPU copy: Run.kept_state()
 
     def beaten_by(self, metrics: EvaluationMetrics) -> bool:
         return metrics.accuracy > self.accuracy or (
@@ -113,7 +136,7 @@ def checkpoint_of(run: Run, state: TrainState) -> Checkpoint:
         dataset_fingerprint=run.dataset_fingerprint,
         plan=run.plan,
         epoch=state.epoch,
-        model_state=run.model.state_dict(),
+        model_state=run.kept_state() if run.head_only_weights else run.model.state_dict(),
         optimizer_state=state.optimizer.state_dict(),
         scheduler_state=state.scheduler.state_dict(),
         rng=RngState.capture(),
@@ -128,5 +151,6 @@ def checkpoint_of(run: Run, state: TrainState) -> Checkpoint:
             "pretrained": run.pretrained,
             "update_bn_statistics": run.update_bn_statistics,
             "architecture": run.spec.architecture,
+            "weights": "head" if run.head_only_weights else "model",
         },
     )
