@@ -19,6 +19,8 @@ from graft.advisor import MATRIX, DeclaredStats, advise_declared, quadrant_for, 
 from graft.advisor import measure as measure_module
 from graft.advisor.advise import FE_MARGIN, advise_dataset, fine_tune_range
 from graft.advisor.bootstrap import similarity_interval
+from graft.advisor.choice import departs
+from graft.advisor.estimates import DEPARTURE_MAX_PER_CLASS
 from graft.advisor.measure import (
     SIGNAL_MIN_IMAGES,
     decode_sample,
@@ -501,6 +503,52 @@ def test_advise_dataset_on_fashion_mnist(
         assert f"{100 * depth.cut.global_probe.accuracy:.1f}% for the best cut pooled" in text
     assert f"{100 * low:.1f}% to {100 * high:.1f}%" in text
     assert f"{advice.estimated_training_seconds:.0f} s" in text
+
+
+@pytest.mark.parametrize(
+    ("matrix", "per_class", "probe", "pilot", "expected"),
+    [
+        (Strategy.PARTIAL_FINE_TUNE, 100, 0.80, 0.70, True),  # small: the probe wins
+        (Strategy.PARTIAL_FINE_TUNE, 100, 0.695, 0.70, True),  # within FE_MARGIN
+        (Strategy.PARTIAL_FINE_TUNE, 100, 0.68, 0.70, False),  # fine-tuning measured better
+        (Strategy.FULL_FINE_TUNE, 1000, 0.87, 0.72, True),  # large, measured to keep up
+        (Strategy.FULL_FINE_TUNE, DEPARTURE_MAX_PER_CLASS, 0.87, 0.72, True),
+        (Strategy.FULL_FINE_TUNE, DEPARTURE_MAX_PER_CLASS + 1, 0.87, 0.72, False),
+        (Strategy.FEATURE_EXTRACTION, 100, 0.80, 0.70, False),  # nothing to depart from
+    ],
+)
+def test_feature_extraction_departs_from_the_matrix_up_to_the_measured_size(
+    matrix: Strategy, per_class: float, probe: float, pilot: float, expected: bool
+) -> None:
+    assert departs(matrix, per_class, probe, pilot) is expected
+
+
+def test_the_rationale_says_why_a_large_dataset_follows_the_matrix() -> None:
+    from graft.advisor.advice import StrategyEstimate
+    from graft.advisor.rationale import _pilot_sentence
+    from tests.unit.test_convert import _measured_advice
+
+    base = _measured_advice()
+    estimates = (
+        StrategyEstimate(Strategy.FEATURE_EXTRACTION, 0.8, 0.9, 60.0, "probe"),
+        StrategyEstimate(Strategy.FULL_FINE_TUNE, 0.8, 0.9, 250.0, "pilot"),
+    )
+    huge = dataclasses.replace(
+        base,
+        matrix_strategy=Strategy.FULL_FINE_TUNE,
+        plan=dataclasses.replace(base.plan, strategy=Strategy.FULL_FINE_TUNE),
+        images_per_class=5000.0,
+        strategy_estimates=estimates,
+    )
+    assert base.pilot is not None
+    text = _pilot_sentence(huge, base.pilot)
+    assert "follows the matrix (more than 3,000 images per class" in text
+    large = dataclasses.replace(
+        huge,
+        plan=dataclasses.replace(base.plan, strategy=Strategy.FEATURE_EXTRACTION),
+        images_per_class=2000.0,
+    )
+    assert "departs from the matrix" in _pilot_sentence(large, base.pilot)
 
 
 def test_candidate_errors(tmp_path: Path) -> None:

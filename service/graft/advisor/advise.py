@@ -144,7 +144,7 @@ def advise_dataset(
     position = _position(survey, measured)
     planner = _planner(survey, measured, position.quadrant, scores[0].backbone, config, device)
     matrix_strategy = MATRIX[position.quadrant]
-    choice = pilot_and_choose(planner, matrix_strategy, small=survey.per_class < survey.threshold)
+    choice = pilot_and_choose(planner, matrix_strategy, per_class=survey.per_class)
     return _compose(
         survey, measured, position, scores, ranking_note, planner, choice, started=started
     )

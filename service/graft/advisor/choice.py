@@ -10,7 +10,7 @@ import torch
 
 from graft.advisor import cancel
 from graft.advisor.advice import SEED, Depth, PilotResult
-from graft.advisor.estimates import FE_MARGIN
+from graft.advisor.estimates import DEPARTURE_MAX_PER_CLASS, FE_MARGIN
 from graft.advisor.measure import BackboneMeasurement, DecodedSample
 from graft.advisor.pilot import pilot_fine_tune, time_training_step
 from graft.advisor.probe import holdout_probe, stratified_folds
@@ -126,10 +126,23 @@ class Choice:
         return self.fe_speed if self.strategy == Strategy.FEATURE_EXTRACTION else self.ft_speed
 
 
-def pilot_and_choose(planner: Planner, matrix_strategy: Strategy, *, small: bool) -> Choice:
+def departs(
+    matrix_strategy: Strategy, per_class: float, probe_holdout: float, pilot_accuracy: float
+) -> bool:
+    """Whether feature extraction replaces the matrix's fine-tuning: the probe on the
+    pilot's split reaches the pilot (within FE_MARGIN), on a dataset no larger than
+    DEPARTURE_MAX_PER_CLASS images per class."""
+    return (
+        matrix_strategy != Strategy.FEATURE_EXTRACTION
+        and per_class <= DEPARTURE_MAX_PER_CLASS
+        and probe_holdout >= pilot_accuracy - FE_MARGIN
+    )
+
+
+def pilot_and_choose(planner: Planner, matrix_strategy: Strategy, *, per_class: float) -> Choice:
     """The matrix's fine-tuning strategy, piloted on the sample; frozen features with a
     linear head, probed on the same split. Feature extraction replaces the matrix's
-    fine-tuning on a small dataset when the probe reaches what the pilot does."""
+    fine-tuning when the probe reaches what the pilot does (departs)."""
     fine_tune = (
         matrix_strategy if matrix_strategy != Strategy.FEATURE_EXTRACTION else None
     ) or Strategy.PARTIAL_FINE_TUNE
@@ -155,11 +168,7 @@ def pilot_and_choose(planner: Planner, matrix_strategy: Strategy, *, small: bool
         planner.depth.cut.features, sample.labels, pilot_train, pilot_val, num_classes=num_classes
     )
     strategy = matrix_strategy
-    if (
-        small
-        and matrix_strategy != Strategy.FEATURE_EXTRACTION
-        and probe_holdout >= pilot.accuracy - FE_MARGIN
-    ):
+    if departs(matrix_strategy, per_class, probe_holdout, pilot.accuracy):
         strategy = Strategy.FEATURE_EXTRACTION
     fe_plan = planner.plan(Strategy.FEATURE_EXTRACTION, None)
     return Choice(

@@ -7,7 +7,7 @@ from __future__ import annotations
 from graft.advisor.advice import Advice, Depth, PilotResult
 from graft.advisor.declared import plan_sentence
 from graft.advisor.depth import CUT_GRID
-from graft.advisor.estimates import FE_MARGIN
+from graft.advisor.estimates import DEPARTURE_MAX_PER_CLASS, FE_MARGIN
 from graft.backbones import get_spec
 from graft.backbones.spec import PretrainedSpec
 from graft.domain import Quadrant, Strategy
@@ -168,9 +168,10 @@ def _pilot_sentence(advice: Advice, pilot: PilotResult) -> str:
         and advice.matrix_strategy != Strategy.FEATURE_EXTRACTION
         else "the plan follows the matrix"
         + (
-            " (the dataset is large: a pilot on a sample cannot show what fine-tuning "
-            "gains from all of it)"
-            if advice.images_per_class >= advice.small_threshold
+            f" (more than {DEPARTURE_MAX_PER_CLASS:,} images per class: a pilot on a sample "
+            "cannot show what fine-tuning gains from all of them, and frozen features were "
+            "measured to keep up only to that size)"
+            if advice.images_per_class > DEPARTURE_MAX_PER_CLASS
             else " (fine-tuning measured better)"
         )
     )
