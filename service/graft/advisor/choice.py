@@ -83,13 +83,16 @@ class Planner:
         )
 
     def _checkpoint_seconds(self, draft: TrainingPlan) -> float:
-        """One epoch's checkpoint: the model's weights, plus for fine-tuning the best
-        weights and AdamW's two moments of what trains (counted as the whole model: an
-        upper bound, like the rest of the estimate)."""
+        """One epoch's checkpoint: for fine-tuning the model's weights, the best weights
+        and AdamW's two moments of what trains (counted as the whole model: an upper bound,
+        like the rest of the estimate); for feature extraction the head's weights and
+        moments alone (the checkpoint keeps nothing else: Run.kept_state)."""
         if self.m.save_bytes_per_second <= 0:
             return 0.0
-        copies = 1 if draft.strategy == Strategy.FEATURE_EXTRACTION else 4
-        return copies * self.m.weight_bytes / self.m.save_bytes_per_second
+        if draft.strategy == Strategy.FEATURE_EXTRACTION:
+            head_bytes = 4 * (self.depth.cut.features.shape[1] + 1) * self.num_classes
+            return 4 * head_bytes / self.m.save_bytes_per_second
+        return 4 * self.m.weight_bytes / self.m.save_bytes_per_second
 
     def _head_seconds(self, draft: TrainingPlan) -> float:
         if draft.strategy != Strategy.FEATURE_EXTRACTION:
