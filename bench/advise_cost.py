@@ -29,6 +29,8 @@ PHASES = [
     ("all linear probes (ranking, depth, curve)", "advisor/probe.py", "linear_probe"),
     ("all LogME scores", "advisor/logme.py", "logme"),
     ("similarity bootstrap interval", "advisor/bootstrap.py", "similarity_interval"),
+    ("learning curve on more images (large datasets)", "advisor/advise.py", "_curve"),
+    ("dataset report (sizes, duplicates)", "advisor/report.py", "dataset_report"),
 ]
 
 

@@ -14,8 +14,14 @@ from graft.advisor import cancel
 from graft.advisor.advice import SEED, Advice, BackboneScore, StrategyEstimate
 from graft.advisor.bootstrap import is_borderline, similarity_interval
 from graft.advisor.choice import Choice, Planner, pilot_and_choose
+from graft.advisor.curve_sample import cut_columns, extension, nested_curve
 from graft.advisor.depth import choose_depth
-from graft.advisor.estimates import FE_MARGIN, fine_tune_range, strategy_estimates
+from graft.advisor.estimates import (
+    FE_MARGIN,
+    LearningCurve,
+    fine_tune_range,
+    strategy_estimates,
+)
 from graft.advisor.measure import (
     SIGNAL_MAX_IMAGES,
     BackboneMeasurement,
@@ -24,6 +30,7 @@ from graft.advisor.measure import (
     measure_backbone,
     needed_short_side,
     select_sample,
+    stage_features_pass,
     transform_seconds,
 )
 from graft.advisor.ranking import _rank, rank_backbones, resolve_candidates
@@ -145,8 +152,9 @@ def advise_dataset(
     planner = _planner(survey, measured, position.quadrant, scores[0].backbone, config, device)
     matrix_strategy = MATRIX[position.quadrant]
     choice = pilot_and_choose(planner, matrix_strategy, per_class=survey.per_class)
+    curve = _curve(ds, survey, measured, planner, config, device)
     return _compose(
-        survey, measured, position, scores, ranking_note, planner, choice, started=started
+        survey, measured, position, scores, ranking_note, planner, choice, curve, started=started
     )
 
 
@@ -295,6 +303,51 @@ def _planner(
     )
 
 
+def _curve(
+    ds: ScannedDataset,
+    survey: _Survey,
+    measured: _Measured,
+    planner: Planner,
+    config: Config,
+    device: torch.device | str,
+) -> LearningCurve | None:
+    """On a dataset far larger than the sample, the learning curve measured on more of its
+    images at the chosen cut (curve_sample.py); None: the sample's own curve will do."""
+    sample, m = measured.sample, planner.m
+    more = extension(
+        ds.samples,
+        sample,
+        train_per_class=survey.num_train / survey.num_classes,
+        num_classes=survey.num_classes,
+        max_images=config.advise_max_images,
+        seed=SEED,
+    )
+    if not more:
+        return None
+    started = time.perf_counter()
+    extra = decode_sample(more, max_short_side=needed_short_side([m.spec], [m.image_size]))
+    stage, grid = stage_features_pass(
+        m.spec,
+        extra,
+        image_size=m.image_size,
+        batch_size=m.batch_size,
+        weights_dir=config.weights_dir,
+        device=device,
+    )
+    cut = planner.depth.cut
+    features = torch.cat([cut.features, cut_columns(cut, stage, grid)])
+    curve = nested_curve(
+        features, [*sample.labels, *extra.labels], survey.num_classes, survey.num_train
+    )
+    log.info(
+        "advise: learning curve on %d images in %.1f s: %s",
+        len(features),
+        time.perf_counter() - started,
+        curve,
+    )
+    return curve
+
+
 def _compose(
     survey: _Survey,
     measured: _Measured,
@@ -303,6 +356,7 @@ def _compose(
     ranking_note: str,
     planner: Planner,
     choice: Choice,
+    curve: LearningCurve | None,
     *,
     started: float,
 ) -> Advice:
@@ -320,6 +374,7 @@ def _compose(
         probe_holdout=choice.probe_holdout,
         fe_seconds=planner.seconds(choice.fe_plan, choice.fe_speed),
         ft_seconds=planner.seconds(choice.ft_plan, choice.ft_speed),
+        curve=curve,
     )
     mine = next(e for e in estimates if e.strategy == choice.strategy)
     advice = Advice(

@@ -57,8 +57,13 @@ class LearningCurve:
     extrapolated to the dataset's size: the accuracy it predicts there."""
 
     exponent: float  # b; 0 when the error did not fall with more images
-    points: tuple[tuple[float, float], ...]  # (fraction of the sample, probe accuracy)
+    points: tuple[tuple[float, float], ...]  # (fraction of the images, probe accuracy)
     predicted: float  # the accuracy at the dataset's size (at least the sample's)
+    basis: str = ""  # what it was fitted on, for the estimate's basis
+    # What the probe reached on its largest subset, less one standard error: a floor for
+    # the dataset (more images do not make a linear probe worse); 0 when the curve's
+    # points are the sample's own (its probe is the floor then).
+    floor: float = 0.0
 
     def gain(self, full: float) -> float:
         return max(0.0, self.predicted - full)
@@ -89,7 +94,12 @@ def learning_curve(
         points.append((fraction, probe.accuracy))
     points.sort()
     exponent, predicted = power_law(points, n, scale)
-    return LearningCurve(exponent, tuple(points), max(full.accuracy, predicted))
+    return LearningCurve(
+        exponent,
+        tuple(points),
+        max(full.accuracy, predicted),
+        f"{len(points)} subsets of the sample",
+    )
 
 
 def power_law(points: Sequence[tuple[float, float]], n: int, scale: float) -> tuple[float, float]:
@@ -124,24 +134,27 @@ def strategy_estimates(
     probe_holdout: float,
     fe_seconds: float,
     ft_seconds: float,
+    curve: LearningCurve | None = None,
 ) -> tuple[StrategyEstimate, StrategyEstimate]:
     """Accuracy ranges of feature extraction and of `fine_tune`: measured on the sample
     (`labels`, `sample_images` of them), extended to the dataset's size (`per_class`) by
-    the probe's own learning curve (a power law of its error in the number of images,
-    fitted on a quarter, half and all of the sample)."""
+    the probe's learning curve (a power law of its error in the number of images): `curve`
+    when it was measured on more images (curve_sample.py), else fitted on a quarter, half
+    and all of the sample."""
     scale = max(1.0, per_class) / max(1.0, sample_images / num_classes)
-    curve = learning_curve(cut.features, labels, num_classes, cut.probe, scale)
+    if curve is None:
+        curve = learning_curve(cut.features, labels, num_classes, cut.probe, scale)
     extra = curve.gain(cut.probe.accuracy)
     fe_acc = cut.probe
     return (
         StrategyEstimate(
             Strategy.FEATURE_EXTRACTION,
-            max(0.0, fe_acc.accuracy - fe_acc.std),
+            max(0.0, fe_acc.accuracy - fe_acc.std, curve.floor),
             min(1.0, fe_acc.accuracy + fe_acc.std + extra),
             fe_seconds,
             f"{fe_acc.folds}-fold linear probe of the cut on {sample_images} sampled images "
             f"± its spread over the folds; its learning curve (error ∝ images^-"
-            f"{curve.exponent:.2f}, fitted on {len(curve.points)} subsets of the sample) "
+            f"{curve.exponent:.2f}, fitted on {curve.basis}) "
             f"adds {100 * extra:.1f} points at the dataset's {scale:.1f}× the images",
         ),
         StrategyEstimate(

@@ -232,6 +232,30 @@ def measure_backbone(
     )
 
 
+def stage_features_pass(
+    spec: PretrainedSpec,
+    sample: DecodedSample,
+    *,
+    image_size: int,
+    batch_size: int,
+    weights_dir: Path | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Each stage's output over `sample` at `image_size`, pooled globally and over the
+    CUT_GRID x CUT_GRID grid, as measure_backbone captures them, without its signals,
+    timing or anything else (more images for the learning curve: advisor/curve_sample.py)."""
+    device = torch.device(device)
+    net = create_imagenet_model(spec.name, weights_dir)
+    net = net.to(device).to(memory_format=torch.channels_last).eval()
+    forward = _Forward(net, sample, device, batch_size)
+    with torch.no_grad(), _capturing(net, spec) as captured:
+        forward.run(len(sample), eval_transform(spec, image_size))
+    return (
+        tuple(torch.cat(parts) for parts in captured.staged if parts),
+        tuple(torch.cat(parts) for parts in captured.gridded if parts),
+    )
+
+
 @dataclass
 class _Forward:
     """The network on its device, run over the decoded sample a batch at a time."""

@@ -1,0 +1,147 @@
+"""On a dataset far larger than the Advise sample, the learning curve is measured on more of
+its images at the chosen cut (graft.advisor.curve_sample), and the accuracy estimates
+extend the sample's probe along it."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from graft.advisor import measure as measure_module
+from graft.advisor.advice import CutChoice, PilotResult
+from graft.advisor.advise import advise_dataset
+from graft.advisor.curve_sample import (
+    CURVE_MAX_SCALE,
+    NESTED_FRACTIONS,
+    cut_columns,
+    extension,
+    nested_curve,
+)
+from graft.advisor.estimates import LearningCurve, strategy_estimates
+from graft.advisor.measure import DecodedSample, select_sample
+from graft.advisor.probe import linear_probe
+from graft.config import Config
+from graft.data import Sample, scan_dataset
+from graft.domain import Strategy
+from graft_devtools.datasets import write_fashion_mnist_folder
+
+
+def _samples(per_class: int, classes: int = 4) -> list[Sample]:
+    return [
+        Sample(Path(f"/d/c{c}/{i:04d}.png"), c) for c in range(classes) for i in range(per_class)
+    ]
+
+
+def _decoded(samples: list[Sample]) -> DecodedSample:
+    return DecodedSample(samples, [None] * len(samples), [s.label for s in samples], 0.0)  # type: ignore[list-item]
+
+
+def test_the_extension_continues_the_sample_on_large_datasets_only() -> None:
+    everything = _samples(100)
+    sample = _decoded(select_sample(everything, max_per_class=10, max_images=400, seed=0))
+    more = extension(everything, sample, train_per_class=90, num_classes=4, max_images=200, seed=0)
+    # Up to max_images in all, the sample's images first: the same seeded shuffle, so the
+    # sample is each class's first share and the extension the rest of a wider sample.
+    wider = select_sample(everything, max_per_class=200, max_images=200, seed=0)
+    assert {s.path for s in sample.samples} | {s.path for s in more} == {s.path for s in wider}
+    assert not {s.path for s in sample.samples} & {s.path for s in more}
+    assert len(more) == 160 and set(Counter(s.label for s in more).values()) == {40}
+    # Interleaved class by class: every prefix is stratified.
+    assert [s.label for s in more[:8]] == [0, 1, 2, 3, 0, 1, 2, 3]
+    # Within CURVE_MAX_SCALE of the sample per class, or no room to double it: nothing.
+    within = CURVE_MAX_SCALE * 10
+    assert (
+        extension(everything, sample, train_per_class=within, num_classes=4, max_images=200, seed=0)
+        == []
+    )
+    assert (
+        extension(everything, sample, train_per_class=90, num_classes=4, max_images=79, seed=0)
+        == []
+    )
+
+
+def test_the_cut_reads_the_grid_or_the_global_pools() -> None:
+    stage = [torch.full((3, 2), float(i)) for i in range(1, 4)]
+    grid = [torch.full((3, 8), float(10 * i)) for i in range(1, 4)]
+    probe = linear_probe(torch.randn(8, 2), [0, 1] * 4)
+    pooled = CutChoice((2, 3), probe, torch.empty(0), ())
+    assert cut_columns(pooled, stage, grid).tolist() == [[2.0, 2.0, 3.0, 3.0]] * 3
+    gridded = CutChoice((3,), probe, torch.empty(0), (), grid=2)
+    assert cut_columns(gridded, stage, grid).tolist() == [[30.0] * 8] * 3
+
+
+def _blobs(n: int, classes: int, seed: int) -> tuple[torch.Tensor, list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    labels = [i % classes for i in range(n)]  # interleaved, as a sample is
+    centres = torch.randn(classes, 32, generator=g)
+    return centres[labels] + 2.0 * torch.randn(n, 32, generator=g), labels
+
+
+def test_the_nested_curve_is_scored_on_a_held_out_quarter_and_extrapolated() -> None:
+    x, labels = _blobs(800, 4, seed=0)
+    curve = nested_curve(x, labels, 4, train_images=6000)
+    assert [round(f, 3) for f, _ in curve.points] == list(NESTED_FRACTIONS)
+    assert "4 nested subsets of 600 images, each scored on 200 others" in curve.basis
+    last = curve.points[-1][1]
+    # More rows help a probe on noisy blobs; 10x the rows predict more, never less.
+    assert curve.points[0][1] < last and curve.exponent > 0
+    assert last <= curve.predicted <= 1.0
+    assert curve.floor == pytest.approx(last - math.sqrt(last * (1 - last) / 200))
+    # No more images than the curve's own: nothing extrapolated.
+    assert nested_curve(x, labels, 4, train_images=600).predicted == pytest.approx(last)
+
+
+def test_a_measured_curve_sets_the_feature_extraction_range() -> None:
+    x, labels = _blobs(200, 4, seed=1)
+    probe = linear_probe(x, labels)
+    cut = CutChoice((9,), probe, x, ())
+    pilot = PilotResult(accuracy=0.7, train_images=160, val_images=40, epochs=4, seconds=1.0)
+    curve = LearningCurve(0.2, ((0.5, 0.8), (1.0, 0.85)), 0.93, "what it read", floor=0.84)
+    fe, ft = strategy_estimates(
+        cut,
+        labels,
+        4,
+        sample_images=200,
+        per_class=2000,
+        fine_tune=Strategy.FULL_FINE_TUNE,
+        pilot=pilot,
+        probe_holdout=0.7,
+        fe_seconds=1.0,
+        ft_seconds=2.0,
+        curve=curve,
+    )
+    # The low end is the larger of the sample's probe less its spread and the curve's
+    # floor; the high end the curve's prediction plus the probe's spread.
+    assert fe.accuracy_low == pytest.approx(max(probe.accuracy - probe.std, 0.84))
+    assert fe.accuracy_high == pytest.approx(min(1.0, max(probe.accuracy, 0.93) + probe.std))
+    assert "fitted on what it read" in fe.basis
+    assert ft.strategy == Strategy.FULL_FINE_TUNE and ft.accuracy_low < ft.accuracy_high
+
+
+@pytest.mark.pretrained
+def test_advise_reads_more_images_for_the_curve_of_a_large_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[Path] = []
+    real_load = measure_module.load_image
+
+    def counting_load(path: Path):  # type: ignore[no-untyped-def]
+        decoded.append(path)
+        return real_load(path)
+
+    monkeypatch.setattr(measure_module, "load_image", counting_load)
+    folder = write_fashion_mnist_folder(tmp_path / "fashion", per_class=30)
+    # A sample of 4 per class, 27 per class to train on: more than CURVE_MAX_SCALE times.
+    config = Config(data_dir=tmp_path / "data", advise_max_per_class=4, advise_max_images=100)
+    advice = advise_dataset(scan_dataset(folder), config=config, candidates=["efficientnet_lite0"])
+    assert advice.sample_images == 40
+    # The sample, then 60 more for the curve: 10 per class in all, each decoded once.
+    assert len(decoded) == len(set(decoded)) == 100
+    assert set(Counter(p.parent.name for p in decoded).values()) == {10}
+    fe = next(e for e in advice.strategy_estimates if e.strategy == Strategy.FEATURE_EXTRACTION)
+    assert "4 nested subsets of 75 images, each scored on 25 others" in fe.basis
+    assert 0 <= fe.accuracy_low <= fe.accuracy_high <= 1
