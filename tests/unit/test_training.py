@@ -216,7 +216,8 @@ def test_should_stop_cancels_within_one_step(colours: Any, tmp_path: Path) -> No
     with pytest.raises(TrainingCancelled):
         run(
             colours,
-            plan_for(Strategy.PARTIAL_FINE_TUNE),
+            # Augmented: every step reads images (no frozen-stage pass asks first).
+            plan_for(Strategy.PARTIAL_FINE_TUNE, augmentation=True),
             tmp_path,
             rec,
             should_stop=should_stop,

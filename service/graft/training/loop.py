@@ -118,6 +118,7 @@ def train(
     observer: TrainingObserver | None = None,
     stop_at_checkpoint: Callable[[], bool] = lambda: False,
     ddp: DistributedRank | None = None,
+    cache_frozen_stages: bool = True,
 ) -> TrainResult:
     """Train `plan` (resolved: see plan.resolve_plan) on the samples and return the best
     epoch's model. Resumes from `checkpoint_dir` when it holds a checkpoint of this same
@@ -130,6 +131,9 @@ def train(
 
     `observer` gets step, epoch and checkpoint timings. When `stop_at_checkpoint()` is True
     after an epoch's checkpoint is written, TrainingPreempted is raised (worker shutdown).
+
+    `cache_frozen_stages`: partial fine-tuning without augmentation runs the frozen stages
+    once (prefix.py); False runs them every epoch.
 
     `ddp`: this process is one rank of several training the job (distributed.py; launch.py
     starts them). Rank 0's `should_stop` and `stop_at_checkpoint` decide for all, and only
@@ -157,6 +161,7 @@ def train(
         observer=observer or NoObserver(),
         stop_at_checkpoint=stop_at_checkpoint,
         ddp=ddp,
+        cache_frozen_stages=cache_frozen_stages,
     )
     state = _start(run, started)
     while state.epoch < plan.epochs:
@@ -191,6 +196,7 @@ def _set_up(
     observer: TrainingObserver,
     stop_at_checkpoint: Callable[[], bool],
     ddp: DistributedRank | None,
+    cache_frozen_stages: bool,
 ) -> Run:
     """The model (pretrained body + fresh head, initialised from the seed), the data and
     the loss: everything but the optimiser, which belongs to the TrainState."""
@@ -221,6 +227,8 @@ def _set_up(
         device=device,
         should_stop=should_stop,
         progress=progress,
+        distributed=ddp is not None,
+        cache_frozen_stages=cache_frozen_stages,
     )
     loss_fn = make_loss(plan, [s.label for s in train_samples], len(classes), device)
     if ddp is not None:  # the steps of a sharded epoch, BatchNorm

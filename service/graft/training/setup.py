@@ -10,17 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from graft.backbones.pretrained import PretrainedSpec
 from graft.backbones.spec import GraftModel
-from graft.data import ImageDataset, Sample, eval_transform, train_transform
+from graft.data import ImageDataset, Sample, eval_transform, load_image, train_transform
 from graft.domain import Strategy, TrainingPlan
 from graft.errors import FailedPrecondition
+from graft.training import prefix
 from graft.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from graft.training.engine import to_device
 from graft.training.features import feature_key, feature_statistics, load_or_compute_features
 from graft.training.progress import Progress
-from graft.training.strategies import trained_stage_count
+from graft.training.strategies import frozen_stage_indices, trained_stage_count
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -44,6 +47,9 @@ class TrainingData:
     pin_memory: bool
     feature_mean: torch.Tensor | None = None
     feature_std: torch.Tensor | None = None
+    # Partial fine-tuning on the frozen stages' outputs (prefix.py): the module that reads
+    # them, which is what trains and evaluates; None when the data are images or features.
+    suffix: nn.Module | None = None
 
     def train_loader(self, epoch: int) -> DataLoader:
         return DataLoader(
@@ -71,57 +77,54 @@ def build_data(
     device: torch.device,
     should_stop: Callable[[], bool],
     progress: Progress,
+    distributed: bool = False,
+    cache_frozen_stages: bool = True,
 ) -> TrainingData:
     # num_workers=0: datasets here are small and decoded images are cached in memory after
     # the first epoch (ImageDataset), and on a 2-core host worker processes only compete
     # with the training threads. It also keeps augmentation on the main process's RNG,
     # which the checkpoint saves, so a resumed run draws the same augmentations.
     pin = device.type == "cuda"
-    mean = std = None
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+    train_data: Dataset
+    val_data: Dataset
+    suffix: nn.Module | None = None
     if plan.strategy == Strategy.FEATURE_EXTRACTION:
-        key = feature_key(
-            backbone=plan.backbone,
-            image_size=plan.image_size,
-            pretrained=pretrained,
-            dataset_fingerprint=dataset_fingerprint,
+        train_data, val_data, mean, std = _feature_data(
+            model,
+            plan,
+            spec,
             classes=classes,
             train_samples=train_samples,
             val_samples=val_samples,
-            feature_stages=plan.feature_stages,
-            feature_grid=plan.feature_grid,
-        )
-        t0 = time.monotonic()
-        features, from_cache = load_or_compute_features(
-            model,
-            eval_transform(spec, plan.image_size),
-            key=key,
-            batch_size=plan.batch_size,
-            train_samples=train_samples,
-            val_samples=val_samples,
+            dataset_fingerprint=dataset_fingerprint,
+            pretrained=pretrained,
             checkpoint_dir=checkpoint_dir,
             device=device,
             should_stop=should_stop,
+            progress=progress,
         )
-        counts = f"{len(features.train_y)} train / {len(features.val_y)} val"
-        if from_cache:
-            msg = f"features read from the cache: {counts}"
-        else:
-            msg = f"features computed and cached: {counts} ({time.monotonic() - t0:.1f} s)"
-        progress.message(msg)
-        # The head trains on standardised features (each feature scaled by the training
-        # features' mean and spread), as a linear probe does: pooled stage outputs differ in
-        # scale by orders of magnitude, and unscaled they train far worse in the same
-        # epochs. The scaling is folded into the head at the end, so the served model is
-        # the plain body + Linear (fold_standardization).
-        mean, std = feature_statistics(features.train_x)
-        train_data: Dataset = TensorDataset((features.train_x - mean) / std, features.train_y)
-        val_data: Dataset = TensorDataset((features.val_x - mean) / std, features.val_y)
         drop_last = False  # the head alone has no BatchNorm
     else:
         train_data = ImageDataset(
             train_samples, train_transform(spec, plan.image_size, plan.augmentation)
         )
         val_data = ImageDataset(val_samples, eval_transform(spec, plan.image_size))
+        if cache_frozen_stages:
+            cached = _frozen_stages(
+                model,
+                plan,
+                spec,
+                train_samples,
+                val_samples,
+                device,
+                should_stop,
+                progress,
+                distributed,
+            )
+            if cached is not None:
+                train_data, val_data, suffix = cached
         # BatchNorm cannot normalise one image whose final feature map is 1x1; drop a last
         # batch of exactly one image (a different one each epoch, as the order is shuffled).
         drop_last = (
@@ -132,7 +135,108 @@ def build_data(
         n_train // plan.batch_size if drop_last else math.ceil(n_train / plan.batch_size)
     )
     val_loader = DataLoader(val_data, batch_size=plan.batch_size, shuffle=False, pin_memory=pin)
-    return TrainingData(train_data, val_loader, plan, drop_last, steps_per_epoch, pin, mean, std)
+    return TrainingData(
+        train_data, val_loader, plan, drop_last, steps_per_epoch, pin, mean, std, suffix
+    )
+
+
+def _feature_data(
+    model: GraftModel,
+    plan: TrainingPlan,
+    spec: PretrainedSpec,
+    *,
+    classes: list[str],
+    train_samples: Sequence[Sample],
+    val_samples: Sequence[Sample],
+    dataset_fingerprint: str,
+    pretrained: bool,
+    checkpoint_dir: Path,
+    device: torch.device,
+    should_stop: Callable[[], bool],
+    progress: Progress,
+) -> tuple[Dataset, Dataset, torch.Tensor, torch.Tensor]:
+    """Feature extraction's data: the body's features of every image, computed once and
+    cached in `checkpoint_dir` (features.py), standardised; and the standardisation."""
+    key = feature_key(
+        backbone=plan.backbone,
+        image_size=plan.image_size,
+        pretrained=pretrained,
+        dataset_fingerprint=dataset_fingerprint,
+        classes=classes,
+        train_samples=train_samples,
+        val_samples=val_samples,
+        feature_stages=plan.feature_stages,
+        feature_grid=plan.feature_grid,
+    )
+    t0 = time.monotonic()
+    features, from_cache = load_or_compute_features(
+        model,
+        eval_transform(spec, plan.image_size),
+        key=key,
+        batch_size=plan.batch_size,
+        train_samples=train_samples,
+        val_samples=val_samples,
+        checkpoint_dir=checkpoint_dir,
+        device=device,
+        should_stop=should_stop,
+    )
+    counts = f"{len(features.train_y)} train / {len(features.val_y)} val"
+    if from_cache:
+        msg = f"features read from the cache: {counts}"
+    else:
+        msg = f"features computed and cached: {counts} ({time.monotonic() - t0:.1f} s)"
+    progress.message(msg)
+    # The head trains on standardised features (each feature scaled by the training
+    # features' mean and spread), as a linear probe does: pooled stage outputs differ in
+    # scale by orders of magnitude, and unscaled they train far worse in the same
+    # epochs. The scaling is folded into the head at the end, so the served model is
+    # the plain body + Linear (fold_standardization).
+    mean, std = feature_statistics(features.train_x)
+    train_data = TensorDataset((features.train_x - mean) / std, features.train_y)
+    val_data = TensorDataset((features.val_x - mean) / std, features.val_y)
+    return train_data, val_data, mean, std
+
+
+def _frozen_stages(
+    model: GraftModel,
+    plan: TrainingPlan,
+    spec: PretrainedSpec,
+    train_samples: Sequence[Sample],
+    val_samples: Sequence[Sample],
+    device: torch.device,
+    should_stop: Callable[[], bool],
+    progress: Progress,
+    distributed: bool,
+) -> tuple[Dataset, Dataset, nn.Module] | None:
+    """The frozen stages' outputs of the training and validation images, and the module
+    that trains on them (prefix.py); None, with a message saying why when the plan would
+    have allowed it, when the run trains on images."""
+    if prefix.why_not(plan, distributed):
+        return None
+    t0 = time.monotonic()
+    tf = eval_transform(spec, plan.image_size)
+    probe = torch.stack([tf(load_image(s.path)) for s in train_samples[:4]])
+    parts = prefix.split(
+        model, plan, to_device(probe, device), len(train_samples) + len(val_samples)
+    )
+    if isinstance(parts, str):
+        progress.message(f"the frozen stages run every epoch: {parts}")
+        return None
+    modules, suffix = parts
+    train_x, val_x = (
+        prefix.frozen_outputs(
+            modules, part, tf, batch_size=plan.batch_size, device=device, should_stop=should_stop
+        )
+        for part in (train_samples, val_samples)
+    )
+    frozen = len(frozen_stage_indices(model, plan))
+    progress.message(
+        f"frozen stages 1-{frozen} computed once ({len(train_x)} train / {len(val_x)} val "
+        f"images, {(train_x.numel() + val_x.numel()) * 4 / 2**20:,.0f} MiB, "
+        f"{time.monotonic() - t0:.1f} s): each epoch runs the trained stages and the head"
+    )
+    labels = [torch.tensor([s.label for s in part]) for part in (train_samples, val_samples)]
+    return TensorDataset(train_x, labels[0]), TensorDataset(val_x, labels[1]), suffix
 
 
 def usable_checkpoint(

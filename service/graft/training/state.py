@@ -52,8 +52,11 @@ class Run:
 
     @property
     def trained_module(self) -> nn.Module:
-        """What train_one_epoch and evaluate run: the head alone on features, or the model."""
-        return self.model.head if self.feature_extraction else self.model
+        """What train_one_epoch and evaluate run: the head alone on features, the trained
+        stages and the head on the frozen stages' outputs (prefix.py), or the model."""
+        if self.feature_extraction:
+            return self.model.head
+        return self.data.suffix if self.data.suffix is not None else self.model
 
     @property
     def head_only_weights(self) -> bool:
