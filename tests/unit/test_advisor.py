@@ -197,6 +197,17 @@ def test_estimate_formula() -> None:
     assert estimate_training_seconds(partial, slow, num_train=800, num_val=200) == (
         pytest.approx(180.0 + 0.8 + 10 * 0.03)
     )
+    # Frozen stages run once (training.prefix): stages 1-6, F = 6/9 of the forward, once
+    # per image (1000 x 0.01 x 6/9); each epoch trains at s - c·F = 0.02 - 0.00667 and
+    # validates at c·(1 - F): 6.67 + 10 x 800 x 0.01333 + 10 x 200 x 0.00333.
+    once = dataclasses.replace(speed, frozen_once=True)
+    assert estimate_training_seconds(partial, once, num_train=800, num_val=200) == (
+        pytest.approx(6.667 + 106.667 + 6.667, abs=0.01)
+    )
+    augmented = dataclasses.replace(partial, augmentation=True)
+    assert estimate_training_seconds(augmented, once, num_train=800, num_val=200) == (
+        pytest.approx(180.0)
+    )
 
 
 # --------------------------------------------------------------------------- the probe

@@ -80,6 +80,8 @@ class Planner:
             build_seconds=self.m.build_seconds,
             checkpoint_seconds=self._checkpoint_seconds(draft),
             head_seconds_per_image=self._head_seconds(draft),
+            # training.prefix checks the body on real images; timm's are plain sequences.
+            frozen_once=self.m.spec.architecture.startswith("timm:"),
         )
 
     def _checkpoint_seconds(self, draft: TrainingPlan) -> float:

@@ -70,6 +70,10 @@ class Speed:
     checkpoint_seconds: float = 0.0
     # Feature extraction: one epoch of the head on cached features, per image.
     head_seconds_per_image: float = 0.0
+    # Partial fine-tuning without augmentation runs the frozen stages once and trains on
+    # their outputs (graft.training.prefix): true for bodies that are the plain sequence of
+    # their stages, which the training checks (the planner sets it for timm's).
+    frozen_once: bool = False
 
     def trainable_fraction(self, trainable_stages: int) -> float:
         if trainable_stages <= 0:
@@ -95,7 +99,11 @@ def estimate_training_seconds(
       once per epoch when the dataset is too big for the worker's decoded-image cache;
     - plus building the model (b) once and a checkpoint (k) every epoch, and for feature
       extraction the head's epochs on cached features (h per image per epoch). Without
-      them the estimate was half the real time (docs/ADVISOR.md).
+      them the estimate was half the real time (docs/ADVISOR.md);
+    - partial fine-tuning without augmentation on a body whose frozen stages run once
+      (`speed.frozen_once`): those stages' share F of the forward time, once per image,
+      (n_train + n_val) · (c·F + p); then per epoch n_train · (s − c·F) for training and
+      n_val · c · (1 − F) for validation, with no preprocessing.
     """
     if speed.images_per_second <= 0:
         return 0.0
@@ -113,6 +121,12 @@ def estimate_training_seconds(
         1 + BACKWARD_COST * speed.trainable_fraction(plan.trainable_stages)
     )
     warm = min(plan.head_warmup_epochs, plan.epochs)
+    if speed.frozen_once and plan.strategy == Strategy.PARTIAL_FINE_TUNE and not plan.augmentation:
+        kept = speed.trainable_fraction(plan.trainable_stages)  # 1 - F
+        once = (num_train + num_val) * (c * (1.0 - kept) + p)
+        train = (plan.epochs - warm) * num_train * max(step - c * (1.0 - kept), c * kept)
+        train += warm * num_train * c * kept
+        return once + train + plan.epochs * num_val * c * kept + decode + fixed
     train = (plan.epochs - warm) * num_train * (step + a)
     train += warm * num_train * (c + a)
     return train + plan.epochs * num_val * (c + p) + decode + fixed
