@@ -21,7 +21,7 @@ from graft.advisor.curve_sample import (
     extension,
     nested_curve,
 )
-from graft.advisor.estimates import LearningCurve, strategy_estimates
+from graft.advisor.estimates import LearningCurve, fine_tune_range, strategy_estimates
 from graft.advisor.measure import DecodedSample, select_sample
 from graft.advisor.probe import linear_probe
 from graft.config import Config
@@ -90,7 +90,13 @@ def test_the_nested_curve_is_scored_on_a_held_out_quarter_and_extrapolated() -> 
     # More rows help a probe on noisy blobs; 10x the rows predict more, never less.
     assert curve.points[0][1] < last and curve.exponent > 0
     assert last <= curve.predicted <= 1.0
-    assert curve.floor == pytest.approx(last - math.sqrt(last * (1 - last) / 200))
+    # The prediction's 90% interval from resampling the 200 held-out images: it holds the
+    # prediction, and at least its last point's own spread (1.645 standard errors below).
+    assert curve.interval is not None
+    low, high = curve.interval
+    assert low <= curve.predicted <= high <= 1.0
+    assert low >= last - 2 * math.sqrt(last * (1 - last) / 200)
+    assert nested_curve(x, labels, 4, train_images=6000).interval == curve.interval  # seeded
     # No more images than the curve's own: nothing extrapolated.
     assert nested_curve(x, labels, 4, train_images=600).predicted == pytest.approx(last)
 
@@ -100,7 +106,7 @@ def test_a_measured_curve_sets_the_feature_extraction_range() -> None:
     probe = linear_probe(x, labels)
     cut = CutChoice((9,), probe, x, ())
     pilot = PilotResult(accuracy=0.7, train_images=160, val_images=40, epochs=4, seconds=1.0)
-    curve = LearningCurve(0.2, ((0.5, 0.8), (1.0, 0.85)), 0.93, "what it read", floor=0.84)
+    curve = LearningCurve(0.2, ((0.5, 0.8), (1.0, 0.85)), 0.9, "what it read", (0.87, 0.93))
     fe, ft = strategy_estimates(
         cut,
         labels,
@@ -114,12 +120,13 @@ def test_a_measured_curve_sets_the_feature_extraction_range() -> None:
         ft_seconds=2.0,
         curve=curve,
     )
-    # The low end is the larger of the sample's probe less its spread and the curve's
-    # floor; the high end the curve's prediction plus the probe's spread.
-    assert fe.accuracy_low == pytest.approx(max(probe.accuracy - probe.std, 0.84))
-    assert fe.accuracy_high == pytest.approx(min(1.0, max(probe.accuracy, 0.93) + probe.std))
-    assert "fitted on what it read" in fe.basis
-    assert ft.strategy == Strategy.FULL_FINE_TUNE and ft.accuracy_low < ft.accuracy_high
+    # The range is the measured curve's interval; the fine-tune's high end gains what the
+    # curve predicts over the sample's probe.
+    assert (fe.accuracy_low, fe.accuracy_high) == (0.87, 0.93)
+    assert "fitted on what it read" in fe.basis and "90.0%" in fe.basis
+    assert ft.strategy == Strategy.FULL_FINE_TUNE
+    extra = max(0.0, 0.9 - probe.accuracy)
+    assert ft.accuracy_high == pytest.approx(fine_tune_range(0.7, 40, 0.7, extra)[1])
 
 
 @pytest.mark.pretrained

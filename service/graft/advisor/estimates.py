@@ -60,10 +60,9 @@ class LearningCurve:
     points: tuple[tuple[float, float], ...]  # (fraction of the images, probe accuracy)
     predicted: float  # the accuracy at the dataset's size (at least the sample's)
     basis: str = ""  # what it was fitted on, for the estimate's basis
-    # What the probe reached on its largest subset, less one standard error: a floor for
-    # the dataset (more images do not make a linear probe worse); 0 when the curve's
-    # points are the sample's own (its probe is the floor then).
-    floor: float = 0.0
+    # The 90% interval of `predicted` when the curve's scores were resampled (curve_sample
+    # bootstraps its held-out images); None for the sample's own curve.
+    interval: tuple[float, float] | None = None
 
     def gain(self, full: float) -> float:
         return max(0.0, self.predicted - full)
@@ -146,16 +145,28 @@ def strategy_estimates(
         curve = learning_curve(cut.features, labels, num_classes, cut.probe, scale)
     extra = curve.gain(cut.probe.accuracy)
     fe_acc = cut.probe
+    fe_range = (fe_acc.accuracy - fe_acc.std, fe_acc.accuracy + fe_acc.std + extra)
+    fe_basis = (
+        f"{fe_acc.folds}-fold linear probe of the cut on {sample_images} sampled images "
+        f"± its spread over the folds; its learning curve (error ∝ images^-"
+        f"{curve.exponent:.2f}, fitted on {curve.basis}) "
+        f"adds {100 * extra:.1f} points at the dataset's {scale:.1f}× the images"
+    )
+    if curve.interval is not None:
+        fe_range = curve.interval
+        fe_basis = (
+            f"the linear probe's learning curve on the cut (error ∝ images^-"
+            f"{curve.exponent:.2f}, fitted on {curve.basis}), extrapolated to the dataset's "
+            f"training images: {100 * curve.predicted:.1f}%, its 90% interval from "
+            "resampling the held-out images"
+        )
     return (
         StrategyEstimate(
             Strategy.FEATURE_EXTRACTION,
-            max(0.0, fe_acc.accuracy - fe_acc.std, curve.floor),
-            min(1.0, fe_acc.accuracy + fe_acc.std + extra),
+            max(0.0, fe_range[0]),
+            min(1.0, fe_range[1]),
             fe_seconds,
-            f"{fe_acc.folds}-fold linear probe of the cut on {sample_images} sampled images "
-            f"± its spread over the folds; its learning curve (error ∝ images^-"
-            f"{curve.exponent:.2f}, fitted on {curve.basis}) "
-            f"adds {100 * extra:.1f} points at the dataset's {scale:.1f}× the images",
+            fe_basis,
         ),
         StrategyEstimate(
             fine_tune,

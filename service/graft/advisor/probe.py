@@ -178,11 +178,25 @@ def holdout_probe(
 ) -> float:
     """Accuracy on `val_idx` of the linear classifier fit on `train_idx` (standardised with
     the training part's statistics), to compare with a pilot fine-tune on the same split."""
+    hits = holdout_hits(features, labels, train_idx, val_idx, num_classes=num_classes, l2=l2)
+    return float(hits.float().mean())
+
+
+def holdout_hits(
+    features: torch.Tensor,
+    labels: Sequence[int],
+    train_idx: Sequence[int],
+    val_idx: Sequence[int],
+    *,
+    num_classes: int,
+    l2: float | None = None,
+) -> torch.Tensor:
+    """Which of `val_idx` (bool, in that order) the linear classifier fit on `train_idx`
+    gets right (holdout_probe)."""
     x = features.detach().to("cpu", torch.float32)
     y = torch.as_tensor(list(labels), dtype=torch.long)
     tr = torch.as_tensor(list(train_idx), dtype=torch.long)
     va = torch.as_tensor(list(val_idx), dtype=torch.long)
     mean, std = feature_statistics(x[tr])
     w, b = fit_logistic((x[tr] - mean) / std, y[tr], num_classes, l2=l2)
-    pred = (((x[va] - mean) / std) @ w + b).argmax(1)
-    return float((pred == y[va]).float().mean())
+    return (((x[va] - mean) / std) @ w + b).argmax(1) == y[va]
