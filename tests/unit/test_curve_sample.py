@@ -21,7 +21,12 @@ from graft.advisor.curve_sample import (
     extension,
     nested_curve,
 )
-from graft.advisor.estimates import LearningCurve, fine_tune_range, strategy_estimates
+from graft.advisor.estimates import (
+    LearningCurve,
+    fine_tune_range,
+    strategy_estimates,
+    validation_range,
+)
 from graft.advisor.measure import DecodedSample, select_sample
 from graft.advisor.probe import linear_probe
 from graft.config import Config
@@ -152,3 +157,15 @@ def test_advise_reads_more_images_for_the_curve_of_a_large_dataset(
     fe = next(e for e in advice.strategy_estimates if e.strategy == Strategy.FEATURE_EXTRACTION)
     assert "4 nested subsets of 75 images, each scored on 25 others" in fe.basis
     assert 0 <= fe.accuracy_low <= fe.accuracy_high <= 1
+
+
+def test_the_validation_range_adds_the_spread_of_a_measured_accuracy() -> None:
+    # 87% measured on 500 validation images: 1.645 x sqrt(0.87 x 0.13 / 500) = 2.47 points,
+    # added in quadrature to each side of the expected accuracy's interval.
+    low, high = validation_range(0.87, (0.84, 0.90), 500)
+    spread = 1.645 * math.sqrt(0.87 * 0.13 / 500)
+    assert low == pytest.approx(0.87 - math.hypot(0.03, spread))
+    assert high == pytest.approx(0.87 + math.hypot(0.03, spread))
+    # No validation images to measure on: the interval as it is; clipped to [0, 1].
+    assert validation_range(0.87, (0.84, 0.90), 0) == pytest.approx((0.84, 0.90))
+    assert validation_range(1.0, (0.99, 1.0), 50) == pytest.approx((0.99, 1.0))

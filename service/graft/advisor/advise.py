@@ -375,6 +375,7 @@ def _compose(
         fe_seconds=planner.seconds(choice.fe_plan, choice.fe_speed),
         ft_seconds=planner.seconds(choice.ft_plan, choice.ft_speed),
         curve=curve,
+        num_val=survey.num_val,
     )
     mine = next(e for e in estimates if e.strategy == choice.strategy)
     advice = Advice(
