@@ -137,13 +137,14 @@ def advise_dataset(
     for the default backbone, the similarity signals."""
     started = time.perf_counter()
     survey = _survey(ds, config, candidates, small_threshold)
+    max_images = max_images or config.advise_max_images
     measured = _measure(
         ds,
         survey,
         config,
         device,
         max_per_class=max_per_class or config.advise_max_per_class,
-        max_images=max_images or config.advise_max_images,
+        max_images=max_images,
     )
     scores, ranking_note = rank_backbones(
         survey.names, measured.measurements, measured.sample, survey.num_classes
@@ -152,7 +153,7 @@ def advise_dataset(
     planner = _planner(survey, measured, position.quadrant, scores[0].backbone, config, device)
     matrix_strategy = MATRIX[position.quadrant]
     choice = pilot_and_choose(planner, matrix_strategy, per_class=survey.per_class)
-    curve = _curve(ds, survey, measured, planner, config, device)
+    curve = _curve(ds, survey, measured, planner, config, device, max_images)
     return _compose(
         survey, measured, position, scores, ranking_note, planner, choice, curve, started=started
     )
@@ -310,16 +311,18 @@ def _curve(
     planner: Planner,
     config: Config,
     device: torch.device | str,
+    max_images: int,
 ) -> LearningCurve | None:
     """On a dataset far larger than the sample, the learning curve measured on more of its
-    images at the chosen cut (curve_sample.py); None: the sample's own curve will do."""
+    images (`max_images` in all, as the sample is bounded) at the chosen cut
+    (curve_sample.py); None: the sample's own curve will do."""
     sample, m = measured.sample, planner.m
     more = extension(
         ds.samples,
         sample,
         train_per_class=survey.num_train / survey.num_classes,
         num_classes=survey.num_classes,
-        max_images=config.advise_max_images,
+        max_images=max_images,
         seed=SEED,
     )
     if not more:
