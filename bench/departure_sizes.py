@@ -6,9 +6,10 @@ class: the evidence behind advisor.estimates.DEPARTURE_MAX_PER_CLASS.)
         [--test-per-class 1000]
 
 On a Fashion-MNIST subset: Advise with the departure switched off (its plan is then the
-matrix's fine-tuning, as Advise writes it), and feature extraction on the cut Advise
-measured (its stages and pooling grid), both trained in-process by the worker's own
-`train()`, then scored on held-out test images (10,000 by default: one standard error
+matrix's fine-tuning, as Advise writes it), feature extraction on the cut Advise measured
+(its stages and pooling grid), and partial fine-tuning of the top 3 stages for 4 epochs
+(the second hand-written baseline of bench/advise_eval.py), all trained in-process by the
+worker's own `train()`, then scored on held-out test images (10,000 by default: one standard error
 about 0.3 points); and the hand-written baseline, frozen final features + logistic
 regression (bench/baselines.py), on the same images. Wall times are training's alone.
 """
@@ -82,8 +83,22 @@ def main() -> int:
             feature_stages=() if classic else cut.stages,
             feature_grid=cut.grid if cut.grid > 1 else 0,
         )
+        partial = TrainingPlan(
+            strategy=Strategy.PARTIAL_FINE_TUNE,
+            backbone=advice.plan.backbone,
+            image_size=advice.plan.image_size,
+            trainable_stages=3,
+            epochs=4,
+        )
         plans = {
             "matrix": advice.plan,
+            # The second hand-written baseline of bench/advise_eval.py: top 3 stages, 4 epochs.
+            "partial": resolve_plan(
+                partial,
+                get_spec(advice.plan.backbone),
+                num_train_images=len(ds.samples),
+                median_size=ds.median_size,
+            ),
             "cut": resolve_plan(
                 frozen,
                 get_spec(advice.plan.backbone),
