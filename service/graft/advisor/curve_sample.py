@@ -9,7 +9,8 @@ holds more than CURVE_MAX_SCALE times the sample's images per class, the chosen 
 runs over more of it (up to `advise_max_images` in all, the sample's images first) at the
 cut Advise chose, and the curve is fitted on nested stratified subsets of those images,
 each scored on the same held-out quarter; the feature-extraction range is its prediction's
-90% bootstrap interval. At Fashion-MNIST 1,000 and 3,000 per class
+90% bootstrap interval, widened by the spread of a validation accuracy
+(estimates.validation_range). At Fashion-MNIST 1,000 and 3,000 per class
 (2,000 images, 2.8 s more) it predicts 90.1% and 90.8% for the advised cut, which reached
 89.0% and 90.1% on all 10,000 test images, where the sample's own curve said 82.6% and
 96.0% (docs/ADVISOR.md § The learning curve on more images).
