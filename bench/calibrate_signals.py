@@ -8,7 +8,9 @@ graft.advisor.signals.SIGNALS come from it.
     .venv/bin/python bench/calibrate_signals.py --per-class 16 --seeds 0 1
 
 With `--estimate`, instead: advise on Fashion-MNIST and photo crops, train each advised plan
-(epochs capped by `--epochs`) and print the estimated against the measured training time.
+(epochs capped by `--epochs`) and print the estimated against the measured training time;
+`--small-threshold 10 --matrix` makes both sets "large" and keeps the matrix's strategy
+(the photos' partial fine-tune then runs its frozen stages once).
 
 Needs graft_devtools with scikit-learn and scikit-image (`make setup`) and Fashion-MNIST in
 /usr/share/datasets/fashion-mnist (`make system-deps`).
@@ -87,10 +89,16 @@ def response(
     return ImageNetResponse(spec.name, size, torch.cat(logits), moments)
 
 
-def check_estimate(per_class: int, epochs: int) -> None:
-    """Advise, then train the advised plan (at most `epochs` epochs) and compare times."""
+def check_estimate(
+    per_class: int, epochs: int, small_threshold: int | None = None, matrix: bool = False
+) -> None:
+    """Advise, then train the advised plan (at most `epochs` epochs) and compare times.
+    `small_threshold` moves the matrix's size boundary (a low one makes these sets "large":
+    the photos then get quadrant 2's partial fine-tune without augmentation, whose frozen
+    stages run once); `matrix` switches the departure to feature extraction off."""
     import dataclasses
 
+    import graft.advisor.choice as choice
     from graft.advisor.advise import advise_dataset
     from graft.config import Config
     from graft.data import split_dataset
@@ -107,7 +115,11 @@ def check_estimate(per_class: int, epochs: int) -> None:
         for label, path in sets.items():
             ds = scan_dataset(path)
             t0 = time.perf_counter()
-            advice = advise_dataset(ds, config=Config(data_dir=root / "graft"))
+            if matrix:
+                choice.DEPARTURE_MAX_PER_CLASS = -1
+            advice = advise_dataset(
+                ds, config=Config(data_dir=root / "graft"), small_threshold=small_threshold
+            )
             advise_s = time.perf_counter() - t0
             plan = advice.plan
             if plan.strategy != Strategy.FEATURE_EXTRACTION and plan.epochs > epochs:
@@ -159,6 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--estimate", action="store_true", help="check the time estimate instead")
     ap.add_argument("--epochs", type=int, default=5, help="with --estimate: epochs at most")
     ap.add_argument(
+        "--small-threshold", type=int, default=None, help="with --estimate: the size boundary"
+    )
+    ap.add_argument(
+        "--matrix", action="store_true", help="with --estimate: no departure from the matrix"
+    )
+    ap.add_argument(
         "--signal-size",
         type=int,
         default=0,
@@ -168,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.estimate:
-        check_estimate(args.per_class, args.epochs)
+        check_estimate(args.per_class, args.epochs, args.small_threshold, args.matrix)
         return
 
     spec = get_spec(args.backbone)
