@@ -10,6 +10,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from graft.advisor import MATRIX, DeclaredStats, advise_declared, quadrant_for, 
 from graft.advisor import measure as measure_module
 from graft.advisor.advise import FE_MARGIN, advise_dataset, fine_tune_range
 from graft.advisor.bootstrap import similarity_interval
-from graft.advisor.choice import departs
+from graft.advisor.choice import Planner, departs
 from graft.advisor.estimates import DEPARTURE_MAX_PER_CLASS
 from graft.advisor.measure import (
     SIGNAL_MIN_IMAGES,
@@ -208,6 +209,25 @@ def test_estimate_formula() -> None:
     assert estimate_training_seconds(augmented, once, num_train=800, num_val=200) == (
         pytest.approx(180.0)
     )
+
+
+def test_a_checkpoint_costs_the_head_under_feature_extraction_and_the_model_otherwise() -> None:
+    # Planner._checkpoint_seconds: four tensors the size of what the checkpoint keeps (the
+    # weights, the best weights, AdamW's two moments), at the measured write speed. Under
+    # feature extraction that is the head (Run.kept_state): 1,536 features + 1 bias, x 10.
+    m = SimpleNamespace(save_bytes_per_second=1e6, weight_bytes=18_000_000)
+    cut = SimpleNamespace(features=torch.zeros(4, 1536))
+    planner = Planner(  # type: ignore[arg-type]
+        **{f.name: None for f in dataclasses.fields(Planner)}
+        | {"m": m, "depth": SimpleNamespace(cut=cut), "num_classes": 10}
+    )
+    fe = TrainingPlan(strategy=Strategy.FEATURE_EXTRACTION)
+    assert planner._checkpoint_seconds(fe) == pytest.approx(4 * 4 * 1537 * 10 / 1e6)
+    full = TrainingPlan(strategy=Strategy.FULL_FINE_TUNE)
+    assert planner._checkpoint_seconds(full) == pytest.approx(4 * 18_000_000 / 1e6)
+    # No write speed measured: no term.
+    unmeasured = dataclasses.replace(planner, m=SimpleNamespace(save_bytes_per_second=0.0))
+    assert unmeasured._checkpoint_seconds(fe) == 0.0
 
 
 # --------------------------------------------------------------------------- the probe
