@@ -88,10 +88,15 @@ def compute_features(
     batch_size: int,
     device: torch.device,
     should_stop: Callable[[], bool],
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    what: str = "features",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features float32 on CPU, labels int64) of `samples`: `model.features` (the head's
-    input, so a feature cut applies) with the model in eval mode."""
+    input, so a feature cut applies) with the model in eval mode; or `forward` of each
+    batch instead (partial fine-tuning's frozen stages: prefix.py), `what` naming it in
+    the cancellation's message. Inference tensors: clone them before autograd reads them."""
     model.eval()
+    forward = forward or model.features
     loader = DataLoader(
         ImageDataset(samples, transform),
         batch_size=batch_size,
@@ -103,10 +108,10 @@ def compute_features(
     labels: list[torch.Tensor] = []
     for images, targets in loader:
         if should_stop():
-            raise TrainingCancelled("cancelled while computing features")
+            raise TrainingCancelled(f"cancelled while computing {what}")
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out = model.features(images)
+            out = forward(images)
         # Move to CPU per batch: the cache is written from CPU memory, and this keeps GPU
         # memory flat. (The copy syncs with the GPU once per batch, which is fine here.)
         feats.append(out.float().cpu())

@@ -19,22 +19,18 @@ fits MAX_CACHE_BYTES; under several ranks (distributed.py) it is not used.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from graft.backbones.spec import GraftModel
-from graft.data import ImageDataset, Sample
+from graft.data import Sample
 from graft.data.transforms import Transform
 from graft.domain import Strategy, TrainingPlan
-from graft.training.engine import to_device
-from graft.training.errors import TrainingCancelled
+from graft.training.features import compute_features
 from graft.training.strategies import frozen_stage_indices
-
-log = logging.getLogger(__name__)
 
 # The frozen stages' outputs kept in memory for a run, at most (training and validation
 # images together, float32).
@@ -56,16 +52,14 @@ class Suffix(nn.Module):
         self._pool: Callable[[torch.Tensor], torch.Tensor] = model.body.forward_head  # type: ignore[assignment]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for module in self.stages:
-            x = module(x)
-        return self.head(self._pool(x))
+        return self.head(self._pool(_run(self.stages, x)))
 
 
 def _stage_modules(model: GraftModel, stages: Sequence[Sequence[str]]) -> list[nn.Module]:
     return [model.body.get_submodule(name) for stage in stages for name in stage]
 
 
-def _run(modules: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+def _run(modules: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
     for module in modules:
         x = module(x)
     return x
@@ -117,6 +111,7 @@ def split(
 
 
 def frozen_outputs(
+    model: GraftModel,
     prefix: Sequence[nn.Module],
     samples: Sequence[Sample],
     transform: Transform,
@@ -124,16 +119,18 @@ def frozen_outputs(
     batch_size: int,
     device: torch.device,
     should_stop: Callable[[], bool],
-) -> torch.Tensor:
-    """The last frozen stage's output for every sample, in order, float32 on the CPU."""
-    loader = DataLoader(ImageDataset(samples, transform), batch_size=batch_size, shuffle=False)
-    outputs = []
-    for module in prefix:
-        module.eval()
-    with torch.no_grad():
-        for images, _ in loader:
-            if should_stop():
-                raise TrainingCancelled("cancelled while computing the frozen stages")
-            out = _run(prefix, to_device(images, device))
-            outputs.append(out.float().cpu().contiguous())
-    return torch.cat(outputs)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the last frozen stage's output, the label) of every sample, in order, on the CPU:
+    feature extraction's pass (features.compute_features) with the frozen stages in place
+    of the model's features, its inference tensors cloned for training to read."""
+    x, y = compute_features(
+        model,
+        samples,
+        transform,
+        batch_size=batch_size,
+        device=device,
+        should_stop=should_stop,
+        forward=functools.partial(_run, prefix),
+        what="the frozen stages",
+    )
+    return x.clone(), y.clone()

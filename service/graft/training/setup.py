@@ -223,9 +223,15 @@ def _frozen_stages(
         progress.message(f"the frozen stages run every epoch: {parts}")
         return None
     modules, suffix = parts
-    train_x, val_x = (
+    (train_x, train_y), (val_x, val_y) = (
         prefix.frozen_outputs(
-            modules, part, tf, batch_size=plan.batch_size, device=device, should_stop=should_stop
+            model,
+            modules,
+            part,
+            tf,
+            batch_size=plan.batch_size,
+            device=device,
+            should_stop=should_stop,
         )
         for part in (train_samples, val_samples)
     )
@@ -235,8 +241,7 @@ def _frozen_stages(
         f"images, {(train_x.numel() + val_x.numel()) * 4 / 2**20:,.0f} MiB, "
         f"{time.monotonic() - t0:.1f} s): each epoch runs the trained stages and the head"
     )
-    labels = [torch.tensor([s.label for s in part]) for part in (train_samples, val_samples)]
-    return TensorDataset(train_x, labels[0]), TensorDataset(val_x, labels[1]), suffix
+    return TensorDataset(train_x, train_y), TensorDataset(val_x, val_y), suffix
 
 
 def usable_checkpoint(
