@@ -214,13 +214,14 @@ def measure_backbone(
         ips, fractions, measured = time_inference(
             net, spec, sample.images, transform, batch_size, device, timer=timer
         )
+    stage_features, stage_grid_features = captured.stages()
     return BackboneMeasurement(
         spec=spec,
         image_size=image_size,
         batch_size=batch_size,
         features=captured.features(spec.num_features),
-        stage_features=tuple(torch.cat(parts) for parts in captured.staged if parts),
-        stage_grid_features=tuple(torch.cat(parts) for parts in captured.gridded if parts),
+        stage_features=stage_features,
+        stage_grid_features=stage_grid_features,
         images_per_second=ips,
         stage_fractions=fractions,
         stage_fractions_measured=measured,
@@ -250,10 +251,7 @@ def stage_features_pass(
     forward = _Forward(net, sample, device, batch_size)
     with torch.no_grad(), _capturing(net, spec) as captured:
         forward.run(len(sample), eval_transform(spec, image_size))
-    return (
-        tuple(torch.cat(parts) for parts in captured.staged if parts),
-        tuple(torch.cat(parts) for parts in captured.gridded if parts),
-    )
+    return captured.stages()
 
 
 @dataclass
@@ -305,6 +303,13 @@ class _Captured:
 
     def features(self, num_features: int) -> torch.Tensor:
         return torch.cat(self.pooled) if self.pooled else torch.empty(0, num_features)
+
+    def stages(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """Each stage's outputs over all batches: pooled globally, and over the grid."""
+        return (
+            tuple(torch.cat(parts) for parts in self.staged if parts),
+            tuple(torch.cat(parts) for parts in self.gridded if parts),
+        )
 
 
 @contextlib.contextmanager
