@@ -416,10 +416,8 @@ def fashion_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_fashion_mnist_folder(tmp_path_factory.mktemp("fashion"), per_class=12)
 
 
-@pytest.mark.pretrained
-def test_advise_dataset_on_fashion_mnist(
-    fashion_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The paths Advise decodes from now on, in order (measure.load_image counted)."""
     decoded: list[Path] = []
     real_load = measure_module.load_image
 
@@ -428,6 +426,14 @@ def test_advise_dataset_on_fashion_mnist(
         return real_load(path)
 
     monkeypatch.setattr(measure_module, "load_image", counting_load)
+    return decoded
+
+
+@pytest.mark.pretrained
+def test_advise_dataset_on_fashion_mnist(
+    fashion_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded = count_decodes(monkeypatch)
     config = Config(data_dir=tmp_path, advise_max_per_class=8, advise_max_images=60)
     ds = scan_dataset(fashion_folder)
     # Two candidates keep the test short; resolve_candidates' default list is tested below.

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from graft.advisor import measure as measure_module
 from graft.advisor.advice import CutChoice, PilotResult
 from graft.advisor.advise import advise_dataset
 from graft.advisor.curve_sample import (
@@ -33,6 +32,7 @@ from graft.config import Config
 from graft.data import Sample, scan_dataset
 from graft.domain import Strategy
 from graft_devtools.datasets import write_fashion_mnist_folder
+from tests.unit.test_advisor import count_decodes
 
 
 def _samples(per_class: int, classes: int = 4) -> list[Sample]:
@@ -138,18 +138,14 @@ def test_a_measured_curve_sets_the_feature_extraction_range() -> None:
 def test_advise_reads_more_images_for_the_curve_of_a_large_dataset(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    decoded: list[Path] = []
-    real_load = measure_module.load_image
-
-    def counting_load(path: Path):  # type: ignore[no-untyped-def]
-        decoded.append(path)
-        return real_load(path)
-
-    monkeypatch.setattr(measure_module, "load_image", counting_load)
+    decoded = count_decodes(monkeypatch)
     folder = write_fashion_mnist_folder(tmp_path / "fashion", per_class=30)
     # A sample of 4 per class, 27 per class to train on: more than CURVE_MAX_SCALE times.
-    config = Config(data_dir=tmp_path / "data", advise_max_per_class=4, advise_max_images=100)
-    advice = advise_dataset(scan_dataset(folder), config=config, candidates=["efficientnet_lite0"])
+    # The request's max_images (not the configured 2,000) bounds the curve as the sample.
+    config = Config(data_dir=tmp_path / "data", advise_max_per_class=4)
+    advice = advise_dataset(
+        scan_dataset(folder), config=config, candidates=["efficientnet_lite0"], max_images=100
+    )
     assert advice.sample_images == 40
     # The sample, then 60 more for the curve: 10 per class in all, each decoded once.
     assert len(decoded) == len(set(decoded)) == 100
