@@ -16,10 +16,12 @@ from graft.advisor.advise import advise_dataset
 from graft.advisor.curve_sample import (
     CURVE_MAX_SCALE,
     NESTED_FRACTIONS,
-    cut_columns,
+    RECHECK_CUTS,
     extension,
     nested_curve,
+    recheck,
 )
+from graft.advisor.depth import CUT_GRID, cut_columns
 from graft.advisor.estimates import (
     LearningCurve,
     fine_tune_range,
@@ -72,11 +74,8 @@ def test_the_extension_continues_the_sample_on_large_datasets_only() -> None:
 def test_the_cut_reads_the_grid_or_the_global_pools() -> None:
     stage = [torch.full((3, 2), float(i)) for i in range(1, 4)]
     grid = [torch.full((3, 8), float(10 * i)) for i in range(1, 4)]
-    probe = linear_probe(torch.randn(8, 2), [0, 1] * 4)
-    pooled = CutChoice((2, 3), probe, torch.empty(0), ())
-    assert cut_columns(pooled, stage, grid).tolist() == [[2.0, 2.0, 3.0, 3.0]] * 3
-    gridded = CutChoice((3,), probe, torch.empty(0), (), grid=2)
-    assert cut_columns(gridded, stage, grid).tolist() == [[30.0] * 8] * 3
+    assert cut_columns((2, 3), 1, stage, grid).tolist() == [[2.0, 2.0, 3.0, 3.0]] * 3
+    assert cut_columns((3,), 2, stage, grid).tolist() == [[30.0] * 8] * 3
 
 
 def _blobs(n: int, classes: int, seed: int) -> tuple[torch.Tensor, list[int]]:
@@ -104,6 +103,56 @@ def test_the_nested_curve_is_scored_on_a_held_out_quarter_and_extrapolated() -> 
     assert nested_curve(x, labels, 4, train_images=6000).interval == curve.interval  # seeded
     # No more images than the curve's own: nothing extrapolated.
     assert nested_curve(x, labels, 4, train_images=600).predicted == pytest.approx(last)
+
+
+def _cuts(informative: tuple[tuple[int, ...], int], seed: int = 3):  # type: ignore[no-untyped-def]
+    """A cut chosen on the sample at stage 9, four others probed there, and columns in
+    which only `informative` separates the classes (the rest are noise)."""
+    x, labels = _blobs(800, 4, seed=seed)
+    noise = torch.randn(800, 32, generator=torch.Generator().manual_seed(seed + 1))
+
+    def columns(stages: tuple[int, ...], grid: int) -> torch.Tensor:
+        return x if (stages, grid) == informative else noise
+
+    probe = linear_probe(x[:200], labels[:200])
+    cut = CutChoice(
+        (9,),
+        probe,
+        x[:200],
+        candidates=(((9,), 0.80), ((8, 9), 0.79), ((7, 8), 0.70), ((5,), 0.40)),
+        grid_candidates=(((8, 9), 0.78), ((7, 8), 0.60)),
+    )
+    return cut, columns, labels
+
+
+def test_the_cut_is_rechecked_on_the_curves_images() -> None:
+    # The sample's choice does best on the curve's images too: it stays, with what the
+    # re-check measured, the choice first, then the best probes on the sample.
+    cut, columns, labels = _cuts(informative=((9,), 1))
+    kept = recheck(cut, columns, labels, 4, sample_rows=200, seed=0)
+    assert (kept.stages, kept.grid, kept.probe) == ((9,), 1, cut.probe)
+    assert [(s, g) for s, g, _ in kept.rechecked] == [
+        ((9,), 1),
+        ((8, 9), 1),
+        ((8, 9), 2),
+        ((7, 8), 1),
+    ]
+    assert len(kept.rechecked) == RECHECK_CUTS and kept.recheck_split == (600, 200)
+    assert kept.rechecked[0][2] > 0.8 and max(a for *_, a in kept.rechecked[1:]) < 0.5
+
+    # A cut the sample ranked behind does better on them: it replaces the choice, with its
+    # own k-fold probe and features on the sample's rows.
+    cut, columns, labels = _cuts(informative=((8, 9), CUT_GRID))
+    moved = recheck(cut, columns, labels, 4, sample_rows=200, seed=0)
+    assert (moved.stages, moved.grid) == ((8, 9), CUT_GRID)
+    assert torch.equal(moved.features, columns((8, 9), CUT_GRID)[:200])
+    assert moved.probe.accuracy > 0.8 and moved.probe.folds == cut.probe.folds
+    assert moved.global_probe == cut.probe  # the globally pooled cut it replaced
+    assert moved.candidates == cut.candidates and moved.rechecked[0][:2] == ((9,), 1)
+
+    # A cut the sample probed below the RECHECK_CUTS best is not probed again.
+    cut, columns, labels = _cuts(informative=((5,), 1))
+    assert recheck(cut, columns, labels, 4, sample_rows=200, seed=0).stages == (9,)
 
 
 def test_a_measured_curve_sets_the_feature_extraction_range() -> None:
@@ -165,3 +214,16 @@ def test_the_validation_range_adds_the_spread_of_a_measured_accuracy() -> None:
     # No validation images to measure on: the interval as it is; clipped to [0, 1].
     assert validation_range(0.87, (0.84, 0.90), 0) == pytest.approx((0.84, 0.90))
     assert validation_range(1.0, (0.99, 1.0), 50) == pytest.approx((0.99, 1.0))
+
+
+def test_the_rationale_names_the_recheck() -> None:
+    from graft.advisor.rationale import _recheck_words
+
+    cut, columns, labels = _cuts(informative=((8, 9), CUT_GRID))
+    assert _recheck_words(cut) == ""  # a sample's curve: nothing re-checked
+    moved = recheck(cut, columns, labels, 4, sample_rows=200, seed=0)
+    words = _recheck_words(moved)
+    assert "probed again on 800 images of the dataset (600 to fit, 200 held out)" in words
+    assert "8+9 on the 2x2 grid replaces the sample's choice, 9 pooled globally" in words
+    kept = recheck(*_cuts(informative=((9,), 1)), 4, sample_rows=200, seed=0)
+    assert "the sample's choice stands" in _recheck_words(kept)

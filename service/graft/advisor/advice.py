@@ -68,6 +68,11 @@ class CutChoice:
     # (stages, probe accuracy) tried again pooled over a CUT_GRID x CUT_GRID grid
     grid_candidates: tuple[tuple[tuple[int, ...], float], ...] = ()
     global_probe: ProbeResult | None = None  # the best globally pooled cut, when grid > 1
+    # On a large dataset, the best cuts probed again on the learning curve's images
+    # (curve_sample.recheck): (stages, grid, held-out accuracy), the sample's choice first,
+    # and (training images, held-out images) of that probe.
+    rechecked: tuple[tuple[tuple[int, ...], int, float], ...] = ()
+    recheck_split: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)

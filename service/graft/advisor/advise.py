@@ -3,6 +3,7 @@ plan for it (docs/ADVISOR.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from graft.advisor import cancel
 from graft.advisor.advice import SEED, Advice, BackboneScore, StrategyEstimate
 from graft.advisor.bootstrap import is_borderline, similarity_interval
 from graft.advisor.choice import Choice, Planner, pilot_and_choose
-from graft.advisor.curve_sample import cut_columns, extension, nested_curve
+from graft.advisor.curve_sample import measure_curve
 from graft.advisor.depth import choose_depth
 from graft.advisor.estimates import (
     FE_MARGIN,
@@ -30,7 +31,6 @@ from graft.advisor.measure import (
     measure_backbone,
     needed_short_side,
     select_sample,
-    stage_features_pass,
     transform_seconds,
 )
 from graft.advisor.ranking import _rank, rank_backbones, resolve_candidates
@@ -151,9 +151,8 @@ def advise_dataset(
     )
     position = _position(survey, measured)
     planner = _planner(survey, measured, position.quadrant, scores[0].backbone, config, device)
-    matrix_strategy = MATRIX[position.quadrant]
-    choice = pilot_and_choose(planner, matrix_strategy, per_class=survey.per_class)
-    curve = _curve(ds, survey, measured, planner, config, device, max_images)
+    curve, planner = _curve(ds, survey, planner, config, device, max_images)
+    choice = pilot_and_choose(planner, MATRIX[position.quadrant], per_class=survey.per_class)
     return _compose(
         survey, measured, position, scores, ranking_note, planner, choice, curve, started=started
     )
@@ -307,48 +306,30 @@ def _planner(
 def _curve(
     ds: ScannedDataset,
     survey: _Survey,
-    measured: _Measured,
     planner: Planner,
     config: Config,
     device: torch.device | str,
     max_images: int,
-) -> LearningCurve | None:
-    """On a dataset far larger than the sample, the learning curve measured on more of its
-    images (`max_images` in all, as the sample is bounded) at the chosen cut
-    (curve_sample.py); None: the sample's own curve will do."""
-    sample, m = measured.sample, planner.m
-    more = extension(
+) -> tuple[LearningCurve | None, Planner]:
+    """On a dataset far larger than the sample, its learning curve measured on more images
+    and the cut re-checked on them (curve_sample.py), the planner at that cut; else no
+    curve (the sample's own will do) and the planner as it was."""
+    measured = measure_curve(
         ds.samples,
-        sample,
-        train_per_class=survey.num_train / survey.num_classes,
+        planner.sample,
+        planner.m,
+        planner.depth,
+        train_images=survey.num_train,
         num_classes=survey.num_classes,
         max_images=max_images,
-        seed=SEED,
-    )
-    if not more:
-        return None
-    started = time.perf_counter()
-    extra = decode_sample(more, max_short_side=needed_short_side([m.spec], [m.image_size]))
-    stage, grid = stage_features_pass(
-        m.spec,
-        extra,
-        image_size=m.image_size,
-        batch_size=m.batch_size,
         weights_dir=config.weights_dir,
         device=device,
+        seed=SEED,
     )
-    cut = planner.depth.cut
-    features = torch.cat([cut.features, cut_columns(cut, stage, grid)])
-    curve = nested_curve(
-        features, [*sample.labels, *extra.labels], survey.num_classes, survey.num_train
-    )
-    log.info(
-        "advise: learning curve on %d images in %.1f s: %s",
-        len(features),
-        time.perf_counter() - started,
-        curve,
-    )
-    return curve
+    if measured is None:
+        return None, planner
+    curve, cut = measured
+    return curve, dataclasses.replace(planner, depth=dataclasses.replace(planner.depth, cut=cut))
 
 
 def _compose(

@@ -14,19 +14,39 @@ each scored on the same held-out quarter; the feature-extraction range is its pr
 (2,000 images, 2.8 s more) it predicts 90.1% and 90.8% for the advised cut, which reached
 89.0% and 90.1% on all 10,000 test images, where the sample's own curve said 82.6% and
 96.0% (docs/ADVISOR.md § The learning curve on more images).
+
+The same images check the cut: the cuts that probed best on the sample (a near-tie there
+decided between cuts up to 4 points apart trained on all the data: docs/ADVISOR.md §
+Advise in seconds, third pass) are probed again on them, each fitted on the curve's
+training rows and scored on its held-out quarter, and a cut that does at least
+MIN_CUT_GAIN better there than the sample's choice replaces it (recheck).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
-from graft.advisor.advice import CutChoice
+from graft.advisor.advice import CutChoice, Depth
+from graft.advisor.depth import CUT_GRID, MIN_CUT_GAIN, cut_columns
 from graft.advisor.estimates import LearningCurve, power_law
-from graft.advisor.measure import DecodedSample, select_sample
-from graft.advisor.probe import holdout_hits
+from graft.advisor.measure import (
+    BackboneMeasurement,
+    DecodedSample,
+    decode_sample,
+    needed_short_side,
+    select_sample,
+    stage_features_pass,
+)
+from graft.advisor.probe import holdout_hits, linear_probe
 from graft.data import Sample
+
+log = logging.getLogger(__name__)
 
 # The sample's own curve extrapolates at most this many times its images per class;
 # beyond, the curve is measured on more images.
@@ -37,6 +57,120 @@ HOLDOUT_FRACTION = 0.25
 NESTED_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 # Resamples of the held-out images behind the prediction's interval.
 BOOTSTRAP = 400
+# Cuts probed again on the curve's images: the sample's choice and the others that probed
+# best on the sample (pooled as they were probed there), this many in all.
+RECHECK_CUTS = 4
+
+# A cut's features on the curve's images: (stages, grid) -> (images, columns).
+Columns = Callable[[tuple[int, ...], int], torch.Tensor]
+
+
+def measure_curve(
+    samples: Sequence[Sample],
+    sample: DecodedSample,
+    m: BackboneMeasurement,
+    depth: Depth,
+    *,
+    train_images: int,
+    num_classes: int,
+    max_images: int,
+    weights_dir: Path | None,
+    device: torch.device | str,
+    seed: int,
+) -> tuple[LearningCurve, CutChoice] | None:
+    """On a dataset far larger than the sample (`train_images` to train on), `m`'s stage
+    outputs over more of `samples` (`max_images` in all, the sample's first), the cut
+    re-checked on them and its learning curve; None: the sample's own curve will do."""
+    more = extension(
+        samples,
+        sample,
+        train_per_class=train_images / num_classes,
+        num_classes=num_classes,
+        max_images=max_images,
+        seed=seed,
+    )
+    if not more:
+        return None
+    started = time.perf_counter()
+    extra = decode_sample(more, max_short_side=needed_short_side([m.spec], [m.image_size]))
+    stage, grid = stage_features_pass(
+        m.spec,
+        extra,
+        image_size=m.image_size,
+        batch_size=m.batch_size,
+        weights_dir=weights_dir,
+        device=device,
+    )
+
+    def columns(stages: tuple[int, ...], g: int) -> torch.Tensor:
+        mine = cut_columns(stages, g, m.stage_features, m.stage_grid_features)
+        return torch.cat([mine, cut_columns(stages, g, stage, grid)])
+
+    labels = [*sample.labels, *extra.labels]
+    cut = recheck(depth.cut, columns, labels, num_classes, sample_rows=len(sample), seed=seed)
+    curve = nested_curve(columns(cut.stages, cut.grid), labels, num_classes, train_images)
+    log.info(
+        "advise: learning curve on %d images in %.1f s, cuts re-checked %s: %s",
+        len(labels),
+        time.perf_counter() - started,
+        cut.rechecked,
+        curve,
+    )
+    return curve, cut
+
+
+def recheck(
+    cut: CutChoice,
+    columns: Columns,
+    labels: Sequence[int],
+    num_classes: int,
+    *,
+    sample_rows: int,
+    seed: int,
+) -> CutChoice:
+    """`cut`, or the cut among the RECHECK_CUTS best-probing ones on the sample that does
+    at least MIN_CUT_GAIN better than it fitted on the curve's training rows and scored on
+    its held-out quarter (the same split as nested_curve's last point); ties go to the cut
+    ending at the latest stage, then the narrowest, as depth.choose_depth breaks them. The
+    curve's rows are the sample's (`sample_rows`, first) and the extension's; a cut that
+    replaces `cut` gets its k-fold probe on the sample like the ones depth chose."""
+    probed = [((s, 1), a) for s, a in cut.candidates]
+    probed += [((s, CUT_GRID), a) for s, a in cut.grid_candidates]
+    best_first = [k for k, _ in sorted(probed, key=lambda t: t[1], reverse=True)]
+    keys = list(dict.fromkeys([(cut.stages, cut.grid), *best_first]))[:RECHECK_CUTS]
+    fit_rows, held = _split(len(labels))
+    scores, widths = {}, {}
+    for key in keys:
+        x = columns(*key)
+        widths[key] = x.shape[1]
+        hits = holdout_hits(x, labels, range(fit_rows), held, num_classes=num_classes)
+        scores[key] = float(hits.float().mean())
+    mine = (cut.stages, cut.grid)
+    top = max(keys, key=lambda k: (scores[k], k[0][-1], -widths[k]))
+    rechecked = dataclasses.replace(
+        cut,
+        rechecked=tuple((k[0], k[1], scores[k]) for k in keys),
+        recheck_split=(fit_rows, len(held)),
+    )
+    if scores[top] < scores[mine] + MIN_CUT_GAIN:
+        return rechecked
+    features = columns(*top)[:sample_rows]
+    probe = linear_probe(features, labels[:sample_rows], num_classes=num_classes, seed=seed)
+    best_global = cut.global_probe if cut.grid > 1 else cut.probe
+    return dataclasses.replace(
+        rechecked,
+        stages=top[0],
+        grid=top[1],
+        probe=probe,
+        features=features,
+        global_probe=best_global if top[1] > 1 else None,
+    )
+
+
+def _split(n: int) -> tuple[int, list[int]]:
+    """The curve's training rows (a prefix) and its held-out rows (the last quarter)."""
+    fit_rows = n - max(1, round(HOLDOUT_FRACTION * n))
+    return fit_rows, list(range(fit_rows, n))
 
 
 def extension(
@@ -60,15 +194,6 @@ def extension(
     return [s for s in wider if s.path not in have]
 
 
-def cut_columns(
-    cut: CutChoice, stage: Sequence[torch.Tensor], grid: Sequence[torch.Tensor]
-) -> torch.Tensor:
-    """The cut's features from each stage's pooled outputs, as depth.choose_depth joins
-    them (globally pooled, or over the grid when the cut reads it)."""
-    source = grid if cut.grid > 1 else stage
-    return torch.cat([source[s - 1] for s in cut.stages], dim=1)
-
-
 def nested_curve(
     features: torch.Tensor,
     labels: Sequence[int],
@@ -82,9 +207,7 @@ def nested_curve(
     `train_images`; its 90% interval from BOOTSTRAP resamples of the held-out rows (each
     resample rescoring every subset and refitting the law). The rows come interleaved class
     by class, so every prefix and the held-out tail are stratified."""
-    n = len(labels)
-    fit_rows = n - max(1, round(HOLDOUT_FRACTION * n))
-    held = list(range(fit_rows, n))
+    fit_rows, held = _split(len(labels))
     fractions, hits = [], []
     for fraction in NESTED_FRACTIONS:
         rows = max(num_classes, round(fraction * fit_rows))

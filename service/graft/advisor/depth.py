@@ -50,6 +50,18 @@ CUT_GRID = 2
 GRID_CANDIDATES = 3
 
 
+def cut_columns(
+    stages: Sequence[int],
+    grid: int,
+    pooled: Sequence[torch.Tensor],
+    gridded: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """A cut's features: its stages' outputs (1-based) side by side, each pooled globally
+    (`pooled`) or, when `grid` > 1, over the CUT_GRID x CUT_GRID grid (`gridded`)."""
+    source = gridded if grid > 1 else pooled
+    return torch.cat([source[s - 1] for s in stages], dim=1)
+
+
 def score_stages(
     stage_features: Sequence[torch.Tensor], labels: Sequence[int], num_classes: int, seed: int
 ) -> tuple[StageScore, ...]:
@@ -95,7 +107,7 @@ def _try_grid(
     best_first = sorted(tried, key=lambda c: (tried[c].accuracy, c[-1], -width(c)), reverse=True)
     grid_tried: dict[tuple[int, ...], ProbeResult] = {}
     for c in dict.fromkeys([cut.stages, *best_first[:GRID_CANDIDATES]]):
-        concat = torch.cat([grid_features[s - 1] for s in c], dim=1)
+        concat = cut_columns(c, CUT_GRID, (), grid_features)
         grid_tried[c] = linear_probe(concat, labels, num_classes=num_classes, seed=seed)
     top = max(p.accuracy for p in grid_tried.values())
     near = [c for c in grid_tried if grid_tried[c].accuracy >= top - MIN_CUT_GAIN]
@@ -106,7 +118,7 @@ def _try_grid(
     return CutChoice(
         stages=alt,
         probe=grid_tried[alt],
-        features=torch.cat([grid_features[s - 1] for s in alt], dim=1),
+        features=cut_columns(alt, CUT_GRID, (), grid_features),
         candidates=cut.candidates,
         grid=CUT_GRID,
         grid_candidates=grid_candidates,
@@ -137,7 +149,7 @@ def choose_depth(
     around = [s.stage for s in ranked[:AROUND_BEST]]
     for run in candidate_cuts(last, around, best.stage):
         if run not in tried:
-            concat = torch.cat([stage_features[s - 1] for s in run], dim=1)
+            concat = cut_columns(run, 1, stage_features, ())
             tried[run] = linear_probe(concat, labels, num_classes=num_classes, seed=seed)
 
     def width(cut: tuple[int, ...]) -> int:
@@ -154,7 +166,7 @@ def choose_depth(
         alt = min(near, key=lambda c: (-c[-1], width(c)))
         if tried[alt].accuracy >= tried[(last,)].accuracy + MIN_CUT_GAIN:
             chosen = alt
-    features = torch.cat([stage_features[s - 1] for s in chosen], dim=1)
+    features = cut_columns(chosen, 1, stage_features, ())
     cut = CutChoice(
         stages=chosen,
         probe=tried[chosen],

@@ -4,7 +4,7 @@ declared-statistics rationale, and `plan_sentence` that both end with, are in de
 
 from __future__ import annotations
 
-from graft.advisor.advice import Advice, Depth, PilotResult
+from graft.advisor.advice import Advice, CutChoice, Depth, PilotResult
 from graft.advisor.declared import plan_sentence
 from graft.advisor.depth import CUT_GRID
 from graft.advisor.estimates import DEPARTURE_MAX_PER_CLASS, FE_MARGIN
@@ -150,6 +150,30 @@ def _depth_sentence(depth: Depth, backbone: str) -> str:
         f"partial fine-tuning unfreezes the {depth.trainable_stages} stage(s) above it; "
         f"of {len(cut.candidates)} cuts probed (single stages and runs of consecutive "
         f"stages around the best ones{grid_words}), feature extraction reads {cut_words}."
+        + _recheck_words(cut)
+    )
+
+
+def _recheck_words(cut: CutChoice) -> str:
+    """The best cuts probed again on the learning curve's images (curve_sample.recheck)."""
+    if not cut.rechecked:
+        return ""
+
+    def name(stages: tuple[int, ...], grid: int) -> str:
+        pooled = f" on the {grid}x{grid} grid" if grid > 1 else " pooled globally"
+        return "+".join(map(str, stages)) + pooled
+
+    fit, held = cut.recheck_split
+    scores = ", ".join(f"{name(s, g)} {_pct(a)}" for s, g, a in cut.rechecked)
+    first = cut.rechecked[0]
+    verdict = (
+        "the sample's choice stands"
+        if first[:2] == (cut.stages, cut.grid)
+        else f"{name(cut.stages, cut.grid)} replaces the sample's choice, {name(*first[:2])}"
+    )
+    return (
+        f" The best cuts probed again on {fit + held} images of the dataset ({fit} to fit, "
+        f"{held} held out): {scores}; {verdict}."
     )
 
 
