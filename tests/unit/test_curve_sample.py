@@ -174,13 +174,17 @@ def test_a_measured_curve_sets_the_feature_extraction_range() -> None:
         ft_seconds=2.0,
         curve=curve,
     )
-    # The range is the measured curve's interval; the fine-tune's high end gains what the
-    # curve predicts over the sample's probe.
+    # The range is the measured curve's interval; the fine-tune's low end is its pilot's,
+    # and its high end what the pilot and the curve's gain over the sample's probe give,
+    # raised to feature extraction's high end (a pilot cannot see what more data gives).
     assert (fe.accuracy_low, fe.accuracy_high) == (0.87, 0.93)
     assert "fitted on what it read" in fe.basis and "90.0%" in fe.basis
     assert ft.strategy == Strategy.FULL_FINE_TUNE
     extra = max(0.0, 0.9 - probe.accuracy)
-    assert ft.accuracy_high == pytest.approx(fine_tune_range(0.7, 40, 0.7, extra)[1])
+    from_pilot = fine_tune_range(0.7, 40, 0.7, extra)
+    assert from_pilot[1] < 0.93
+    assert (ft.accuracy_low, ft.accuracy_high) == pytest.approx((from_pilot[0], 0.93))
+    assert "raised to feature extraction's" in ft.basis
 
 
 @pytest.mark.pretrained
