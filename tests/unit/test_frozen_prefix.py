@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 import torch
 
+from graft.backbones import backbone_names, get_spec
 from graft.domain import EventKind, Strategy
+from graft.plans.advised import runs_frozen_stages_once
 from graft.training import prefix
 from graft.training.engine import build_model
 from graft.training.errors import TrainingCancelled
@@ -75,6 +77,16 @@ def test_a_body_that_is_not_its_stages_in_sequence_is_found_out() -> None:
     assert prefix.split(model, plan, probe, images=10) == (
         "the body does more than run its stages in sequence"
     )
+
+
+@pytest.mark.parametrize("name", backbone_names())
+def test_the_estimate_assumes_the_frozen_pass_where_the_training_runs_it(name: str) -> None:
+    # Advise's time estimate cannot build the network; what it assumes from the spec is
+    # what prefix.split finds on the built one, for every catalogued backbone.
+    plan = plan_for(Strategy.PARTIAL_FINE_TUNE, backbone=name, image_size=96, trainable_stages=1)
+    model = build_model(plan, 3, device=torch.device("cpu"), seed=0, pretrained=False)
+    parts = prefix.split(model, plan, torch.randn(2, 3, 96, 96), images=10)
+    assert runs_frozen_stages_once(get_spec(name)) == (not isinstance(parts, str)), parts
 
 
 def test_a_cache_over_its_memory_bound_is_not_kept(

@@ -16,7 +16,12 @@ from graft.advisor.pilot import pilot_fine_tune, time_training_step
 from graft.advisor.probe import holdout_probe, stratified_folds
 from graft.advisor.timing import time_head_epoch
 from graft.domain import Quadrant, Strategy, TrainingPlan
-from graft.plans.advised import Speed, build_plan, estimate_training_seconds
+from graft.plans.advised import (
+    Speed,
+    build_plan,
+    estimate_training_seconds,
+    runs_frozen_stages_once,
+)
 
 
 @dataclass(frozen=True)
@@ -80,8 +85,7 @@ class Planner:
             build_seconds=self.m.build_seconds,
             checkpoint_seconds=self._checkpoint_seconds(draft),
             head_seconds_per_image=self._head_seconds(draft),
-            # training.prefix checks the body on real images; timm's are plain sequences.
-            frozen_once=self.m.spec.architecture.startswith("timm:"),
+            frozen_once=runs_frozen_stages_once(self.m.spec),
         )
 
     def _checkpoint_seconds(self, draft: TrainingPlan) -> float:

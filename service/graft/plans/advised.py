@@ -81,6 +81,15 @@ class Speed:
         return min(1.0, sum(self.stage_fractions[-trainable_stages:]))
 
 
+def runs_frozen_stages_once(spec: PretrainedSpec) -> bool:
+    """Whether partial fine-tuning without augmentation runs `spec`'s frozen stages once
+    (`Speed.frozen_once`). The training checks the body on real images before it does
+    (graft.training.prefix.split); the estimate, which builds no network, goes by its
+    architecture: timm's bodies are the sequence of their stages with a pooling of their
+    own, torchvision's have none (a test checks this on every catalogued backbone)."""
+    return spec.architecture.startswith("timm:")
+
+
 def estimate_training_seconds(
     plan: TrainingPlan, speed: Speed, *, num_train: int, num_val: int
 ) -> float:
