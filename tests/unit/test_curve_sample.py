@@ -206,6 +206,15 @@ def test_advise_reads_more_images_for_the_curve_of_a_large_dataset(
     fe = next(e for e in advice.strategy_estimates if e.strategy == Strategy.FEATURE_EXTRACTION)
     assert "4 nested subsets of 75 images, each scored on 25 others" in fe.basis
     assert 0 <= fe.accuracy_low <= fe.accuracy_high <= 1
+    # The same images re-checked the best cuts, and the plan reads the cut that came out.
+    cut = advice.depth.cut
+    assert cut.recheck_split == (75, 25) and 2 <= len(cut.rechecked) <= RECHECK_CUTS
+    assert (cut.stages, cut.grid) in [(s, g) for s, g, _ in cut.rechecked]
+    assert tuple(advice.plan.feature_stages) in ((), cut.stages)
+    assert advice.plan.feature_grid in (0, 1, cut.grid)
+    assert "probed again on 100 images of the dataset (75 to fit, 25 held out)" in (
+        advice.rationale
+    )
 
 
 def test_the_validation_range_adds_the_spread_of_a_measured_accuracy() -> None:
