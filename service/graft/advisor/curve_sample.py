@@ -128,12 +128,12 @@ def recheck(
     sample_rows: int,
     seed: int,
 ) -> CutChoice:
-    """`cut`, or the cut among the RECHECK_CUTS best-probing ones on the sample that does
-    at least MIN_CUT_GAIN better than it fitted on the curve's training rows and scored on
-    its held-out quarter (the same split as nested_curve's last point); ties go to the cut
-    ending at the latest stage, then the narrowest, as depth.choose_depth breaks them. The
-    curve's rows are the sample's (`sample_rows`, first) and the extension's; a cut that
-    replaces `cut` gets its k-fold probe on the sample like the ones depth chose."""
+    """`cut`, or the best of the RECHECK_CUTS best-probing cuts on the sample when it does
+    at least MIN_CUT_GAIN better than `cut`, each fitted on the curve's training rows and
+    scored on its held-out quarter (the same split as nested_curve's last point); equal
+    scores go to the cut ending at the later stage, then the narrower. The curve's rows are
+    the sample's (`sample_rows`, first) and the extension's; a cut that replaces `cut` gets
+    its k-fold probe on the sample like the ones depth chose."""
     probed = [((s, 1), a) for s, a in cut.candidates]
     probed += [((s, CUT_GRID), a) for s, a in cut.grid_candidates]
     best_first = [k for k, _ in sorted(probed, key=lambda t: t[1], reverse=True)]
