@@ -30,6 +30,7 @@ PHASES = [
     ("all LogME scores", "advisor/logme.py", "logme"),
     ("similarity bootstrap interval", "advisor/bootstrap.py", "similarity_interval"),
     ("learning curve on more images (large datasets)", "advisor/advise.py", "_curve"),
+    ("  of which the cuts re-checked on them", "advisor/curve_sample.py", "recheck"),
     ("dataset report (sizes, duplicates)", "advisor/report.py", "dataset_report"),
 ]
 
