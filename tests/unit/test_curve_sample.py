@@ -129,30 +129,30 @@ def test_the_cut_is_rechecked_on_the_curves_images() -> None:
     # The sample's choice does best on the curve's images too: it stays, with what the
     # re-check measured, the choice first, then the best probes on the sample.
     cut, columns, labels = _cuts(informative=((9,), 1))
-    kept = recheck(cut, columns, labels, 4, sample_rows=200, seed=0)
+    kept, hits = recheck(cut, columns, labels, 4, sample_rows=200, seed=0)
     assert (kept.stages, kept.grid, kept.probe) == ((9,), 1, cut.probe)
-    assert [(s, g) for s, g, _ in kept.rechecked] == [
-        ((9,), 1),
-        ((8, 9), 1),
-        ((8, 9), 2),
-        ((7, 8), 1),
-    ]
+    assert [(s, g) for s, g, _ in kept.rechecked] == [((9,), 1), ((8, 9), 1), ((8, 9), 2)]
     assert len(kept.rechecked) == RECHECK_CUTS and kept.recheck_split == (600, 200)
     assert kept.rechecked[0][2] > 0.8 and max(a for *_, a in kept.rechecked[1:]) < 0.5
+    # With it, the held-out hits of the cut it returns: the curve's last point, not refitted.
+    assert hits.shape == (200,) and float(hits.float().mean()) == kept.rechecked[0][2]
+    x = columns((9,), 1)
+    assert nested_curve(x, labels, 4, 6000, full_hits=hits) == nested_curve(x, labels, 4, 6000)
 
     # A cut the sample ranked behind does better on them: it replaces the choice, with its
     # own k-fold probe and features on the sample's rows.
     cut, columns, labels = _cuts(informative=((8, 9), CUT_GRID))
-    moved = recheck(cut, columns, labels, 4, sample_rows=200, seed=0)
+    moved, hits = recheck(cut, columns, labels, 4, sample_rows=200, seed=0)
     assert (moved.stages, moved.grid) == ((8, 9), CUT_GRID)
+    assert float(hits.float().mean()) == moved.rechecked[2][2]
     assert torch.equal(moved.features, columns((8, 9), CUT_GRID)[:200])
     assert moved.probe.accuracy > 0.8 and moved.probe.folds == cut.probe.folds
     assert moved.global_probe == cut.probe  # the globally pooled cut it replaced
     assert moved.candidates == cut.candidates and moved.rechecked[0][:2] == ((9,), 1)
 
     # A cut the sample probed below the RECHECK_CUTS best is not probed again.
-    cut, columns, labels = _cuts(informative=((5,), 1))
-    assert recheck(cut, columns, labels, 4, sample_rows=200, seed=0).stages == (9,)
+    cut, columns, labels = _cuts(informative=((7, 8), 1))
+    assert recheck(cut, columns, labels, 4, sample_rows=200, seed=0)[0].stages == (9,)
 
 
 def test_a_measured_curve_sets_the_feature_extraction_range() -> None:
@@ -234,9 +234,9 @@ def test_the_rationale_names_the_recheck() -> None:
 
     cut, columns, labels = _cuts(informative=((8, 9), CUT_GRID))
     assert _recheck_words(cut) == ""  # a sample's curve: nothing re-checked
-    moved = recheck(cut, columns, labels, 4, sample_rows=200, seed=0)
+    moved, _ = recheck(cut, columns, labels, 4, sample_rows=200, seed=0)
     words = _recheck_words(moved)
     assert "probed again on 800 images of the dataset (600 to fit, 200 held out)" in words
     assert "8+9 on the 2x2 grid replaces the sample's choice, 9 pooled globally" in words
-    kept = recheck(*_cuts(informative=((9,), 1)), 4, sample_rows=200, seed=0)
+    kept, _ = recheck(*_cuts(informative=((9,), 1)), 4, sample_rows=200, seed=0)
     assert "the sample's choice stands" in _recheck_words(kept)

@@ -58,8 +58,10 @@ NESTED_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 # Resamples of the held-out images behind the prediction's interval.
 BOOTSTRAP = 400
 # Cuts probed again on the curve's images: the sample's choice and the others that probed
-# best on the sample (pooled as they were probed there), this many in all.
-RECHECK_CUTS = 4
+# best on the sample (pooled as they were probed there), this many in all. At Fashion-MNIST
+# 500, 1,000 and 3,000 per class the fourth best re-checked last every time (docs/ADVISOR.md
+# § The cut re-checked on more images), and each costs a probe of 1,500 rows (0.7 s).
+RECHECK_CUTS = 3
 
 # A cut's features on the curve's images: (stages, grid) -> (images, columns).
 Columns = Callable[[tuple[int, ...], int], torch.Tensor]
@@ -107,8 +109,10 @@ def measure_curve(
         return torch.cat([mine, cut_columns(stages, g, stage, grid)])
 
     labels = [*sample.labels, *extra.labels]
-    cut = recheck(depth.cut, columns, labels, num_classes, sample_rows=len(sample), seed=seed)
-    curve = nested_curve(columns(cut.stages, cut.grid), labels, num_classes, train_images)
+    cut, hits = recheck(depth.cut, columns, labels, num_classes, sample_rows=len(sample), seed=seed)
+    curve = nested_curve(
+        columns(cut.stages, cut.grid), labels, num_classes, train_images, full_hits=hits
+    )
     log.info(
         "advise: learning curve on %d images in %.1f s, cuts re-checked %s: %s",
         len(labels),
@@ -127,24 +131,25 @@ def recheck(
     *,
     sample_rows: int,
     seed: int,
-) -> CutChoice:
+) -> tuple[CutChoice, torch.Tensor]:
     """`cut`, or the best of the RECHECK_CUTS best-probing cuts on the sample when it does
     at least MIN_CUT_GAIN better than `cut`, each fitted on the curve's training rows and
     scored on its held-out quarter (the same split as nested_curve's last point); equal
     scores go to the cut ending at the later stage, then the narrower. The curve's rows are
     the sample's (`sample_rows`, first) and the extension's; a cut that replaces `cut` gets
-    its k-fold probe on the sample like the ones depth chose."""
+    its k-fold probe on the sample like the ones depth chose. With it, which held-out rows
+    the returned cut got right (nested_curve's last point)."""
     probed = [((s, 1), a) for s, a in cut.candidates]
     probed += [((s, CUT_GRID), a) for s, a in cut.grid_candidates]
     best_first = [k for k, _ in sorted(probed, key=lambda t: t[1], reverse=True)]
     keys = list(dict.fromkeys([(cut.stages, cut.grid), *best_first]))[:RECHECK_CUTS]
     fit_rows, held = _split(len(labels))
-    scores, widths = {}, {}
+    scores, widths, hits = {}, {}, {}
     for key in keys:
         x = columns(*key)
         widths[key] = x.shape[1]
-        hits = holdout_hits(x, labels, range(fit_rows), held, num_classes=num_classes)
-        scores[key] = float(hits.float().mean())
+        hits[key] = holdout_hits(x, labels, range(fit_rows), held, num_classes=num_classes)
+        scores[key] = float(hits[key].float().mean())
     mine = (cut.stages, cut.grid)
     top = max(keys, key=lambda k: (scores[k], k[0][-1], -widths[k]))
     rechecked = dataclasses.replace(
@@ -153,11 +158,11 @@ def recheck(
         recheck_split=(fit_rows, len(held)),
     )
     if scores[top] < scores[mine] + MIN_CUT_GAIN:
-        return rechecked
+        return rechecked, hits[mine]
     features = columns(*top)[:sample_rows]
     probe = linear_probe(features, labels[:sample_rows], num_classes=num_classes, seed=seed)
     best_global = cut.global_probe if cut.grid > 1 else cut.probe
-    return dataclasses.replace(
+    moved = dataclasses.replace(
         rechecked,
         stages=top[0],
         grid=top[1],
@@ -165,6 +170,7 @@ def recheck(
         features=features,
         global_probe=best_global if top[1] > 1 else None,
     )
+    return moved, hits[top]
 
 
 def _split(n: int) -> tuple[int, list[int]]:
@@ -201,17 +207,22 @@ def nested_curve(
     train_images: int,
     *,
     seed: int = 0,
+    full_hits: torch.Tensor | None = None,
 ) -> LearningCurve:
     """The power law of the probe's error fitted on nested prefixes (NESTED_FRACTIONS) of
     the first 1 - HOLDOUT_FRACTION of the rows, each scored on the rest, and extrapolated to
     `train_images`; its 90% interval from BOOTSTRAP resamples of the held-out rows (each
     resample rescoring every subset and refitting the law). The rows come interleaved class
-    by class, so every prefix and the held-out tail are stratified."""
+    by class, so every prefix and the held-out tail are stratified. `full_hits`: the
+    last point's scores when already measured (recheck), which that fit would repeat."""
     fit_rows, held = _split(len(labels))
     fractions, hits = [], []
     for fraction in NESTED_FRACTIONS:
         rows = max(num_classes, round(fraction * fit_rows))
         fractions.append(rows / fit_rows)
+        if rows == fit_rows and full_hits is not None:
+            hits.append(full_hits)
+            continue
         hits.append(
             holdout_hits(features, labels, list(range(rows)), held, num_classes=num_classes)
         )
