@@ -4,6 +4,7 @@ extend the sample's probe along it."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,7 @@ from graft.advisor.curve_sample import (
     CURVE_MAX_SCALE,
     NESTED_FRACTIONS,
     RECHECK_CUTS,
+    RECHECK_MARGIN,
     extension,
     nested_curve,
     recheck,
@@ -153,6 +155,13 @@ def test_the_cut_is_rechecked_on_the_curves_images() -> None:
     # A cut the sample probed below the RECHECK_CUTS best is not probed again.
     cut, columns, labels = _cuts(informative=((7, 8), 1))
     assert recheck(cut, columns, labels, 4, sample_rows=200, seed=0)[0].stages == (9,)
+    # Nor is one more than RECHECK_MARGIN behind the best on the sample: with none near,
+    # the choice alone is scored (the curve's last point).
+    cut, columns, labels = _cuts(informative=((8, 9), CUT_GRID))
+    behind = 0.80 - RECHECK_MARGIN - 0.001
+    cut = dataclasses.replace(cut, candidates=(((9,), 0.80),), grid_candidates=(((8, 9), behind),))
+    alone, _ = recheck(cut, columns, labels, 4, sample_rows=200, seed=0)
+    assert alone.stages == (9,) and [k[:2] for k in alone.rechecked] == [((9,), 1)]
 
 
 def test_a_measured_curve_sets_the_feature_extraction_range() -> None:
@@ -208,13 +217,12 @@ def test_advise_reads_more_images_for_the_curve_of_a_large_dataset(
     assert 0 <= fe.accuracy_low <= fe.accuracy_high <= 1
     # The same images re-checked the best cuts, and the plan reads the cut that came out.
     cut = advice.depth.cut
-    assert cut.recheck_split == (75, 25) and 2 <= len(cut.rechecked) <= RECHECK_CUTS
+    assert cut.recheck_split == (75, 25) and 1 <= len(cut.rechecked) <= RECHECK_CUTS
     assert (cut.stages, cut.grid) in [(s, g) for s, g, _ in cut.rechecked]
     assert tuple(advice.plan.feature_stages) in ((), cut.stages)
     assert advice.plan.feature_grid in (0, 1, cut.grid)
-    assert "probed again on 100 images of the dataset (75 to fit, 25 held out)" in (
-        advice.rationale
-    )
+    assert "100 images of the dataset" in advice.rationale
+    assert "75 to fit, 25 held out" in advice.rationale
 
 
 def test_the_validation_range_adds_the_spread_of_a_measured_accuracy() -> None:
@@ -240,3 +248,5 @@ def test_the_rationale_names_the_recheck() -> None:
     assert "8+9 on the 2x2 grid replaces the sample's choice, 9 pooled globally" in words
     kept, _ = recheck(*_cuts(informative=((9,), 1)), 4, sample_rows=200, seed=0)
     assert "the sample's choice stands" in _recheck_words(kept)
+    alone = dataclasses.replace(kept, rechecked=kept.rechecked[:1])
+    assert _recheck_words(alone).startswith(" No other cut probed within 2 points of the best")

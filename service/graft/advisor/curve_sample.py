@@ -62,6 +62,11 @@ BOOTSTRAP = 400
 # 500, 1,000 and 3,000 per class the fourth best re-checked last every time (docs/ADVISOR.md
 # § The cut re-checked on more images), and each costs a probe of 1,500 rows (0.7 s).
 RECHECK_CUTS = 3
+# ... among the cuts whose probe on the sample came within this of the best one's: about a
+# standard error of a 5-fold probe on 500 images at 85% (1.6 points). A cut further behind
+# is behind on the curve's images too (at 1,000 per class the next cuts were 3 points
+# behind on the sample, 5-6 on the curve's images and 3-5 trained on all the data).
+RECHECK_MARGIN = 0.02
 
 # A cut's features on the curve's images: (stages, grid) -> (images, columns).
 Columns = Callable[[tuple[int, ...], int], torch.Tensor]
@@ -132,16 +137,19 @@ def recheck(
     sample_rows: int,
     seed: int,
 ) -> tuple[CutChoice, torch.Tensor]:
-    """`cut`, or the best of the RECHECK_CUTS best-probing cuts on the sample when it does
-    at least MIN_CUT_GAIN better than `cut`, each fitted on the curve's training rows and
-    scored on its held-out quarter (the same split as nested_curve's last point); equal
-    scores go to the cut ending at the later stage, then the narrower. The curve's rows are
-    the sample's (`sample_rows`, first) and the extension's; a cut that replaces `cut` gets
-    its k-fold probe on the sample like the ones depth chose. With it, which held-out rows
-    the returned cut got right (nested_curve's last point)."""
+    """`cut`, or the best of the RECHECK_CUTS best-probing cuts on the sample (within
+    RECHECK_MARGIN of the best there) when it does at least MIN_CUT_GAIN better than `cut`,
+    each fitted on the curve's training rows and scored on its held-out quarter (the same
+    split as nested_curve's last point); equal scores go to the cut ending at the later
+    stage, then the narrower. The curve's rows are the sample's (`sample_rows`, first) and
+    the extension's; a cut that replaces `cut` gets its k-fold probe on the sample like the
+    ones depth chose. With it, which held-out rows the returned cut got right
+    (nested_curve's last point)."""
     probed = [((s, 1), a) for s, a in cut.candidates]
     probed += [((s, CUT_GRID), a) for s, a in cut.grid_candidates]
-    best_first = [k for k, _ in sorted(probed, key=lambda t: t[1], reverse=True)]
+    best = max((a for _, a in probed), default=cut.probe.accuracy)
+    near = [(k, a) for k, a in probed if a >= best - RECHECK_MARGIN]
+    best_first = [k for k, _ in sorted(near, key=lambda t: t[1], reverse=True)]
     keys = list(dict.fromkeys([(cut.stages, cut.grid), *best_first]))[:RECHECK_CUTS]
     fit_rows, held = _split(len(labels))
     scores, widths, hits = {}, {}, {}

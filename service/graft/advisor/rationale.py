@@ -5,6 +5,7 @@ declared-statistics rationale, and `plan_sentence` that both end with, are in de
 from __future__ import annotations
 
 from graft.advisor.advice import Advice, CutChoice, Depth, PilotResult
+from graft.advisor.curve_sample import RECHECK_MARGIN
 from graft.advisor.declared import plan_sentence
 from graft.advisor.depth import CUT_GRID
 from graft.advisor.estimates import DEPARTURE_MAX_PER_CLASS, FE_MARGIN
@@ -164,6 +165,12 @@ def _recheck_words(cut: CutChoice) -> str:
         return "+".join(map(str, stages)) + pooled
 
     fit, held = cut.recheck_split
+    if len(cut.rechecked) == 1:
+        return (
+            f" No other cut probed within {100 * RECHECK_MARGIN:.0f} points of the best on the "
+            f"sample, so none was probed again on {fit + held} images of the dataset; this one "
+            f"scored {_pct(cut.rechecked[0][2])} there ({fit} to fit, {held} held out)."
+        )
     scores = ", ".join(f"{name(s, g)} {_pct(a)}" for s, g, a in cut.rechecked)
     first = cut.rechecked[0]
     verdict = (
