@@ -188,7 +188,7 @@ def strategy_estimates(
     if curve.interval is not None and fe_range[1] > ft_high:
         # A pilot on a few hundred images cannot show what fine-tuning gains from twenty
         # times more: at Fashion-MNIST 500-3,000 per class the full fine-tune reached
-        # 88.7-92.2% where its pilot-based range said 69-86% (docs/ADVISOR.md § Large
+        # 88.7-92.2% where its pilot-based range said about 69-82% (docs/ADVISOR.md § Large
         # datasets through the service). Training what feature extraction freezes, on the
         # whole dataset it can reach what the frozen features' curve predicts.
         ft_high = fe_range[1]
