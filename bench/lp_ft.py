@@ -22,16 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 import graft.training.loop as loop
 from graft.advisor.probe import feature_statistics, fit_logistic, linear_probe
 from graft.backbones import get_spec
 from graft.backbones.spec import GraftModel
-from graft.data import ImageDataset, Sample, eval_transform, scan_dataset, split_dataset
+from graft.data import Sample, eval_transform, scan_dataset, split_dataset
 from graft.domain import Strategy, TrainingPlan
 from graft.plans.defaults import resolve_plan
-from graft.training.features import fold_standardization
+from graft.training.features import compute_features, fold_standardization
 from graft_devtools.datasets import write_fashion_mnist_folder
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -40,22 +39,18 @@ from departure_sizes import _test_accuracy
 L2_GRID = (1.0, 3.0, 10.0)  # times the probe's default, 1 / n
 
 
-@torch.no_grad()
-def _features(model: GraftModel, plan: TrainingPlan, samples: Sequence[Sample]) -> torch.Tensor:
-    loader = DataLoader(
-        ImageDataset(samples, eval_transform(model.spec, plan.image_size)), batch_size=128
-    )
-    model.eval()
-    return torch.cat(
-        [model.features(x.contiguous(memory_format=torch.channels_last)) for x, _ in loader]
-    )
-
-
 def _probe_head(model: GraftModel, plan: TrainingPlan, train: Sequence[Sample]) -> str:
     """Fit the head as a logistic regression on the frozen features (standardised, then
     folded into the Linear); the L2 strength with the best 5-fold probe."""
-    x = _features(model, plan, train)
-    labels = [s.label for s in train]
+    x, y = compute_features(
+        model,
+        train,
+        eval_transform(model.spec, plan.image_size),
+        batch_size=128,
+        device=torch.device("cpu"),
+        should_stop=lambda: False,
+    )
+    x, labels = x.clone(), y.tolist()  # inference tensors: clone before autograd reads them
     n, c = len(labels), model.head.out_features
     scores = {k: linear_probe(x, labels, num_classes=c, l2=k / n).accuracy for k in L2_GRID}
     best = max(scores, key=lambda k: (scores[k], k))
