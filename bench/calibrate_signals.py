@@ -112,11 +112,11 @@ def check_estimate(
             "fashion-mnist 28 px": write_fashion_mnist_folder(root / "fashion", per_class),
             "photos 256 px": write_photos_folder(root / "photos", per_class, size=256),
         }
+        if matrix:
+            choice.DEPARTURE_MAX_PER_CLASS = -1  # no dataset is small enough to depart
         for label, path in sets.items():
             ds = scan_dataset(path)
             t0 = time.perf_counter()
-            if matrix:
-                choice.DEPARTURE_MAX_PER_CLASS = -1
             advice = advise_dataset(
                 ds, config=Config(data_dir=root / "graft"), small_threshold=small_threshold
             )
