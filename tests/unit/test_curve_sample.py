@@ -19,6 +19,7 @@ from graft.advisor.curve_sample import (
     NESTED_FRACTIONS,
     RECHECK_CUTS,
     RECHECK_MARGIN,
+    Columns,
     extension,
     nested_curve,
     recheck,
@@ -107,7 +108,9 @@ def test_the_nested_curve_is_scored_on_a_held_out_quarter_and_extrapolated() -> 
     assert nested_curve(x, labels, 4, train_images=600).predicted == pytest.approx(last)
 
 
-def _cuts(informative: tuple[tuple[int, ...], int], seed: int = 3):  # type: ignore[no-untyped-def]
+def _cuts(
+    informative: tuple[tuple[int, ...], int], seed: int = 3
+) -> tuple[CutChoice, Columns, list[int]]:
     """A cut chosen on the sample at stage 9, four others probed there, and columns in
     which only `informative` separates the classes (the rest are noise)."""
     x, labels = _blobs(800, 4, seed=seed)

@@ -65,7 +65,7 @@ RECHECK_CUTS = 3
 # ... among the cuts whose probe on the sample came within this of the best one's: about a
 # standard error of a 5-fold probe on 500 images at 85% (1.6 points). A cut further behind
 # is behind on the curve's images too (at 1,000 per class the next cuts were 3 points
-# behind on the sample, 5-6 on the curve's images and 3-5 trained on all the data).
+# behind on the sample, 6-7 on the curve's images and 3-5 trained on all the data).
 RECHECK_MARGIN = 0.02
 
 # A cut's features on the curve's images: (stages, grid) -> (images, columns).
@@ -152,14 +152,14 @@ def recheck(
     best_first = [k for k, _ in sorted(near, key=lambda t: t[1], reverse=True)]
     keys = list(dict.fromkeys([(cut.stages, cut.grid), *best_first]))[:RECHECK_CUTS]
     fit_rows, held = _split(len(labels))
-    scores, widths, hits = {}, {}, {}
-    for key in keys:
-        x = columns(*key)
-        widths[key] = x.shape[1]
-        hits[key] = holdout_hits(x, labels, range(fit_rows), held, num_classes=num_classes)
-        scores[key] = float(hits[key].float().mean())
+    xs = {key: columns(*key) for key in keys}
+    hits = {
+        key: holdout_hits(x, labels, range(fit_rows), held, num_classes=num_classes)
+        for key, x in xs.items()
+    }
+    scores = {key: float(h.float().mean()) for key, h in hits.items()}
     mine = (cut.stages, cut.grid)
-    top = max(keys, key=lambda k: (scores[k], k[0][-1], -widths[k]))
+    top = max(keys, key=lambda k: (scores[k], k[0][-1], -xs[k].shape[1]))
     rechecked = dataclasses.replace(
         cut,
         rechecked=tuple((k[0], k[1], scores[k]) for k in keys),
@@ -167,7 +167,7 @@ def recheck(
     )
     if scores[top] < scores[mine] + MIN_CUT_GAIN:
         return rechecked, hits[mine]
-    features = columns(*top)[:sample_rows]
+    features = xs[top][:sample_rows]
     probe = linear_probe(features, labels[:sample_rows], num_classes=num_classes, seed=seed)
     best_global = cut.global_probe if cut.grid > 1 else cut.probe
     moved = dataclasses.replace(
