@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from graft.advisor.advice import CutChoice, PilotResult
+from graft.advisor import curve_sample
+from graft.advisor.advice import SEED, CutChoice, PilotResult
 from graft.advisor.advise import advise_dataset
 from graft.advisor.curve_sample import (
     CURVE_MAX_SCALE,
@@ -32,7 +33,7 @@ from graft.advisor.estimates import (
     validation_range,
 )
 from graft.advisor.measure import DecodedSample, select_sample
-from graft.advisor.probe import linear_probe
+from graft.advisor.probe import holdout_probe, linear_probe, stratified_folds
 from graft.config import Config
 from graft.data import Sample, scan_dataset
 from graft.domain import Strategy
@@ -226,6 +227,41 @@ def test_advise_reads_more_images_for_the_curve_of_a_large_dataset(
     assert advice.plan.feature_grid in (0, 1, cut.grid)
     assert "100 images of the dataset" in advice.rationale
     assert "75 to fit, 25 held out" in advice.rationale
+
+
+@pytest.mark.pretrained
+def test_the_pilot_and_the_plan_use_the_rechecked_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The re-check runs before the pilot: a cut it moves to is the one planned and piloted.
+    moved_to: list[tuple[int, ...]] = []
+    advice_labels: list[list[int]] = []
+
+    def move(cut: CutChoice, columns: Columns, labels: list[int], num_classes: int, **kw: int):  # type: ignore[no-untyped-def]
+        kept, hits = recheck(cut, columns, labels, num_classes, **kw)
+        others = [(a, s) for s, a in cut.candidates if s != kept.stages and s[-1] < 9]
+        other = max(others)[1]  # the best-probing other cut: feature extraction stays likely
+        moved_to.append(other)
+        advice_labels.append(labels[: kw["sample_rows"]])
+        features = columns(other, 1)[: kw["sample_rows"]]
+        return dataclasses.replace(kept, stages=other, grid=1, features=features), hits
+
+    monkeypatch.setattr(curve_sample, "recheck", move)
+    folder = write_fashion_mnist_folder(tmp_path / "fashion", per_class=30)
+    config = Config(data_dir=tmp_path / "data", advise_max_per_class=4)
+    advice = advise_dataset(
+        scan_dataset(folder), config=config, candidates=["efficientnet_lite0"], max_images=100
+    )
+    assert advice.depth.cut.stages == moved_to[0]
+    fe = advice.plan if advice.plan.strategy == Strategy.FEATURE_EXTRACTION else None
+    assert fe is None or (tuple(fe.feature_stages) == moved_to[0] and fe.feature_grid <= 1)
+    # The pilot's split scored the moved cut's features against its fine-tune.
+    sample_labels = advice_labels[0]
+    fold = stratified_folds(sample_labels, 5, SEED)
+    val = [i for i, f in enumerate(fold) if f == 0]
+    train = [i for i, f in enumerate(fold) if f != 0]
+    probe = holdout_probe(advice.depth.cut.features, sample_labels, train, val, num_classes=10)
+    assert advice.holdout_probe_accuracy == probe
 
 
 def test_the_validation_range_adds_the_spread_of_a_measured_accuracy() -> None:
