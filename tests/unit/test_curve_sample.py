@@ -237,7 +237,9 @@ def test_the_pilot_and_the_plan_use_the_rechecked_cut(
     moved_to: list[tuple[int, ...]] = []
     advice_labels: list[list[int]] = []
 
-    def move(cut: CutChoice, columns: Columns, labels: list[int], num_classes: int, **kw: int):  # type: ignore[no-untyped-def]
+    def move(
+        cut: CutChoice, columns: Columns, labels: list[int], num_classes: int, **kw: int
+    ) -> tuple[CutChoice, torch.Tensor]:
         kept, hits = recheck(cut, columns, labels, num_classes, **kw)
         others = [(a, s) for s, a in cut.candidates if s != kept.stages and s[-1] < 9]
         other = max(others)[1]  # the best-probing other cut: feature extraction stays likely
