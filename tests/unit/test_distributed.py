@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 import graft.training.engine as engine
 from graft.backbones import create_model
@@ -36,7 +36,7 @@ from graft.domain import DatasetRef, EventKind, JobState, Strategy, TrainingPlan
 from graft.training import TrainingCancelled, load_checkpoint, train
 from graft.training.distributed import DistributedRank, GlobalMeanLoss, sharded_steps
 from graft.training.launch import DataParallelTraining, select_devices, train_on_devices
-from graft.training.setup import TrainingData
+from graft.training.setup import TrainingData, epoch_generator, loader
 from graft.training.state import TrainResult
 from graft.training.strategies import set_train_mode
 from graft.worker import Worker
@@ -151,6 +151,30 @@ def test_the_ranks_shares_are_the_one_process_batches(n: int, world: int) -> Non
             assert sorted(i for s in shares for i in s[step]) == sorted(batch)
             assert [rank.global_batch_size(step + 1) for rank in ranks] == [len(batch)] * world
     assert one != [b[0].tolist() for b in data.train_loader(0)]  # each epoch reshuffles
+
+
+@pytest.mark.parametrize(("n", "drop_last"), [(35, False), (33, True), (32, False), (5, False)])
+def test_tensors_in_memory_come_in_a_plain_dataloaders_batches(n: int, drop_last: bool) -> None:
+    """setup.loader gathers cached features a batch at a time: the batches and their order
+    must be exactly those DataLoader(shuffle=True, generator=…) draws from the same seed
+    (and shuffle=False for validation), or a change of loader would change every model."""
+    data = TensorDataset(torch.randn(n, 3), torch.arange(n))
+    for epoch in (0, 1):
+        fast = list(loader(data, 8, generator=epoch_generator(7, epoch), drop_last=drop_last))
+        plain = list(
+            DataLoader(
+                data,
+                batch_size=8,
+                shuffle=True,
+                generator=epoch_generator(7, epoch),
+                drop_last=drop_last,
+            )
+        )
+        assert len(fast) == len(plain) == (n // 8 if drop_last else -(-n // 8))
+        for (x, y), (px, py) in zip(fast, plain, strict=True):
+            assert torch.equal(x, px) and torch.equal(y, py)
+    ordered = torch.cat([y for _, y in loader(data, 8)])
+    assert ordered.tolist() == list(range(n))
 
 
 @pytest.mark.parametrize("preference", ["", "cpu", "cpu,cpu", " cpu , cpu "])

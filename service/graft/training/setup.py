@@ -11,7 +11,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+)
 
 from graft.backbones.pretrained import PretrainedSpec
 from graft.backbones.spec import GraftModel
@@ -52,15 +59,52 @@ class TrainingData:
     suffix: nn.Module | None = None
 
     def train_loader(self, epoch: int) -> DataLoader:
-        return DataLoader(
+        return loader(
             self.train,
-            batch_size=self.plan.batch_size,
-            shuffle=True,
+            self.plan.batch_size,
             generator=epoch_generator(self.plan.seed, epoch),
             drop_last=self.drop_last,
-            num_workers=0,
             pin_memory=self.pin_memory,
         )
+
+
+def loader(
+    data: Dataset,
+    batch_size: int,
+    *,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """`DataLoader(data, batch_size, shuffle=generator is not None, generator=generator,
+    drop_last=drop_last)`: the same batches in the same order. Tensors held in memory
+    (cached features, the frozen stages' outputs) are gathered a batch at a time —
+    `TensorDataset[indices]` indexes each tensor once — instead of row by row and stacked,
+    which made a head epoch on cached features wait on the loader for about as long as it
+    trained (docs/TRAINING.md § Batches of tensors in memory). The order is the one
+    DataLoader's own RandomSampler draws from `generator`, so resumed and distributed runs
+    (distributed.py) see the batches a plain DataLoader would (a test compares them)."""
+    if not isinstance(data, TensorDataset):
+        return DataLoader(
+            data,
+            batch_size=batch_size,
+            shuffle=generator is not None,
+            generator=generator,
+            drop_last=drop_last,
+            num_workers=0,
+            pin_memory=pin_memory,
+        )
+    order = (
+        SequentialSampler(data) if generator is None else RandomSampler(data, generator=generator)
+    )
+    return DataLoader(
+        data,
+        batch_size=None,  # the sampler yields whole batches of indices; no collation
+        sampler=BatchSampler(order, batch_size, drop_last),
+        generator=generator,
+        num_workers=0,
+        pin_memory=pin_memory,
+    )
 
 
 def build_data(
@@ -134,7 +178,7 @@ def build_data(
     steps_per_epoch = (
         n_train // plan.batch_size if drop_last else math.ceil(n_train / plan.batch_size)
     )
-    val_loader = DataLoader(val_data, batch_size=plan.batch_size, shuffle=False, pin_memory=pin)
+    val_loader = loader(val_data, plan.batch_size, pin_memory=pin)
     return TrainingData(
         train_data, val_loader, plan, drop_last, steps_per_epoch, pin, mean, std, suffix
     )
