@@ -622,6 +622,44 @@ def test_feature_extraction_serves_the_standardised_head_folded_into_a_linear(
     assert accuracy == pytest.approx(result.metrics.accuracy)
 
 
+def test_feature_extraction_hands_the_report_its_validation_logits(
+    colours: Any, tmp_path: Path
+) -> None:
+    """Calibration and the report read the kept model's validation logits: feature
+    extraction has them from its cached features (TrainResult.validation_logits), and they
+    must be what the served model gives on the validation images; fine-tuning has none."""
+    from graft.training.validation_outputs import validation_outputs
+
+    classes, _, val_s = colours
+    plan = plan_for(Strategy.FEATURE_EXTRACTION, epochs=3)
+    result = run(colours, plan, tmp_path / "fe")
+    assert result.validation_logits is not None
+    cpu = torch.device("cpu")
+    served = validation_outputs(result.model, plan, val_s, num_classes=len(classes), device=cpu)
+    torch.testing.assert_close(result.validation_logits, served.logits, atol=1e-4, rtol=1e-4)
+    reused = validation_outputs(
+        result.model,
+        plan,
+        val_s,
+        num_classes=len(classes),
+        device=cpu,
+        logits=result.validation_logits,
+    )
+    assert torch.equal(reused.logits, result.validation_logits)
+    assert torch.equal(reused.targets, served.targets) and reused.samples == served.samples
+    with pytest.raises(ValueError, match="validation logits"):
+        validation_outputs(
+            result.model,
+            plan,
+            val_s[:-1],
+            num_classes=len(classes),
+            device=cpu,
+            logits=result.validation_logits,
+        )
+    tuned = run(colours, plan_for(Strategy.PARTIAL_FINE_TUNE, epochs=1), tmp_path / "ft")
+    assert tuned.validation_logits is None
+
+
 def test_feature_statistics_do_not_blow_up_a_channel_constant_in_training() -> None:
     from graft.training.loop import feature_statistics
 

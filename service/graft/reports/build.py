@@ -100,13 +100,20 @@ def prepare(
     device: torch.device,
     store: JobStore,
     config: Config,
+    validation_logits: torch.Tensor | None = None,
 ) -> Prepared:
     """Calibration and the report of the model `job` trained (`card`: its card so far).
-    Never raises (see the module doc)."""
+    `validation_logits`: the model's on `val_samples` when training has them
+    (TrainResult.validation_logits). Never raises (see the module doc)."""
     plan, started = card.plan, time.monotonic()
     try:
         outputs = validation_outputs(
-            model, plan, val_samples, num_classes=len(card.labels), device=device
+            model,
+            plan,
+            val_samples,
+            num_classes=len(card.labels),
+            device=device,
+            logits=validation_logits,
         )
         calibrated = calibrate(outputs.logits, outputs.targets, plan.seed)
     except Exception as exc:

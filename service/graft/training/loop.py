@@ -35,6 +35,7 @@ from graft.training.engine import (
     make_loss,
     make_optimizer,
     make_scheduler,
+    predict,
     select_device,
     train_epoch,
 )
@@ -404,8 +405,15 @@ def _finish(run: Run, state: TrainState) -> TrainResult:
     best, model = state.best, run.model
     assert best.weights is not None and best.metrics is not None
     run.load_kept(best.weights)
+    logits = None
     if run.feature_extraction:
         assert run.data.feature_mean is not None and run.data.feature_std is not None
+        # The kept head on the cached validation features is the served model on the
+        # validation images (the same body, transform and batches computed them): the
+        # calibration and the report read these instead of a second pass over the images.
+        logits, _ = predict(
+            model.head, run.data.val_loader, num_classes=len(run.classes), device=run.device
+        )
         fold_standardization(model.head, run.data.feature_mean, run.data.feature_std)
     model.to("cpu").to(memory_format=torch.contiguous_format)  # safetensors wants contiguous
     model.eval()
@@ -416,4 +424,5 @@ def _finish(run: Run, state: TrainState) -> TrainResult:
         best_epoch=best.epoch,
         resumed_from_epoch=state.resumed_from,
         train_seconds=state.train_seconds(),
+        validation_logits=logits,
     )

@@ -123,6 +123,10 @@ class TrainResult:
     best_epoch: int  # 1-based
     resumed_from_epoch: int  # completed epochs found in the checkpoint (0: fresh start)
     train_seconds: float  # wall time of all attempts together
+    # The kept model's fp32 logits on the validation split, in its order, when training has
+    # them without running the images again: feature extraction's kept head on the cached
+    # features. None: calibration and the report run the model over the images.
+    validation_logits: torch.Tensor | None = None
 
 
 def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -47,9 +47,20 @@ def validation_outputs(
     num_classes: int,
     device: torch.device,
     should_stop: Callable[[], bool] = lambda: False,
+    logits: torch.Tensor | None = None,
 ) -> ValidationOutputs:
     """`model`'s outputs on `samples` (the validation split), computed on `device` in the
-    plan's batches. The model is back on the CPU afterwards, as training returned it."""
+    plan's batches. The model is back on the CPU afterwards, as training returned it.
+    `logits`: the model's logits on `samples` as training already computed them
+    (TrainResult.validation_logits); then nothing runs."""
+    if logits is not None:
+        if logits.shape != (len(samples), num_classes):
+            raise ValueError(
+                f"{tuple(logits.shape)} validation logits for {len(samples)} images "
+                f"of {num_classes} classes"
+            )
+        targets = torch.tensor([s.label for s in samples], dtype=torch.long)
+        return ValidationOutputs(logits.float().cpu(), targets, tuple(samples))
     dataset = ImageDataset(samples, eval_transform(get_spec(plan.backbone), plan.image_size))
     loader = DataLoader(dataset, batch_size=plan.batch_size, shuffle=False)
     model.to(device)

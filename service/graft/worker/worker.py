@@ -311,6 +311,7 @@ class Worker:
             device=self.device,
             store=self.store,
             config=self.config,
+            validation_logits=result.validation_logits,
         )
         emit(ProgressEvent(EventKind.MESSAGE, JobState.RUNNING, message=extras.message()))
         version = self.registry.register(
