@@ -58,12 +58,27 @@ def test_full_fine_tune_defaults() -> None:
 
 
 def test_feature_extraction_defaults() -> None:
-    p = resolve(TrainingPlan(strategy=Strategy.FEATURE_EXTRACTION))
+    p = resolve(TrainingPlan(strategy=Strategy.FEATURE_EXTRACTION), median_size=(28, 28))
     assert p.trainable_stages == 0 and p.base_learning_rate == 0.0
     assert p.head_learning_rate == 3e-3 and p.weight_decay == 0.05
-    assert p.epochs == DEFAULTS.feature_extraction_epochs
+    assert p.epochs == DEFAULTS.feature_extraction_epochs  # 16 steps an epoch: the cap
     assert p.warmup_epochs == 0 and p.head_warmup_epochs == 0
     validate_plan(p, LITE0)
+
+
+@pytest.mark.parametrize(
+    ("images", "epochs"), [(1000, 30), (4000, 12), (8000, 6), (24_000, 4), (100_000, 4)]
+)
+def test_a_feature_extraction_head_trains_for_about_750_steps(images: int, epochs: int) -> None:
+    """30 epochs over thousands of cached feature rows over-fitted the head (docs/TRAINING.md
+    § The head's epochs on cached features): the default is about 750 steps, in 4 to 30
+    epochs."""
+    fe = TrainingPlan(strategy=Strategy.FEATURE_EXTRACTION)
+    p = resolve(fe, n=images, median_size=(28, 28))  # 64 px: batches of 64
+    assert p.batch_size == 64 and p.epochs == epochs
+    assert resolve(p, n=images) == p  # resolved twice: the same plan
+    given = resolve(dataclasses.replace(fe, epochs=30), n=images, median_size=(28, 28))
+    assert given.epochs == 30  # a plan's own epochs are kept
 
 
 def test_set_fields_are_kept() -> None:

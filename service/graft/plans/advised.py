@@ -145,7 +145,7 @@ def _epochs(
     strategy: Strategy, num_train: int, batch_size: int, epoch_seconds: float | None
 ) -> int:
     if strategy == Strategy.FEATURE_EXTRACTION:
-        return 0  # resolve_plan's default: head epochs on cached features cost milliseconds
+        return 0  # resolve_plan's rule: about 750 steps of the head on cached features
     steps_per_epoch = max(1, math.ceil(num_train / max(1, batch_size)))
     epochs = math.ceil(TARGET_OPTIMIZER_STEPS / steps_per_epoch)
     epochs = min(MAX_FINE_TUNE_EPOCHS, max(MIN_FINE_TUNE_EPOCHS, epochs))

@@ -80,8 +80,8 @@ def loader(
     drop_last=drop_last)`: the same batches in the same order. Tensors held in memory
     (cached features, the frozen stages' outputs) are gathered a batch at a time —
     `TensorDataset[indices]` indexes each tensor once — instead of row by row and stacked,
-    which made a head epoch on cached features wait on the loader for about as long as it
-    trained (docs/TRAINING.md § Batches of tensors in memory). The order is the one
+    which cost a quarter of a head epoch on cached features, 2.7 times what this does
+    (docs/TRAINING.md § The head's epochs on cached features). The order is the one
     DataLoader's own RandomSampler draws from `generator`, so resumed and distributed runs
     (distributed.py) see the batches a plain DataLoader would (a test compares them)."""
     if not isinstance(data, TensorDataset):
