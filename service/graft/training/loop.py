@@ -35,7 +35,6 @@ from graft.training.engine import (
     make_loss,
     make_optimizer,
     make_scheduler,
-    predict,
     select_device,
     train_epoch,
 )
@@ -406,15 +405,8 @@ def _finish(run: Run, state: TrainState) -> TrainResult:
     assert best.weights is not None and best.metrics is not None
     run.load_kept(best.weights)
     logits = None
-    if run.feature_extraction:
-        assert run.data.feature_mean is not None and run.data.feature_std is not None
-        # The kept head on the cached validation features is the served model on the
-        # validation images (the same body, transform and batches computed them): the
-        # calibration and the report read these instead of a second pass over the images.
-        logits, _ = predict(
-            model.head, run.data.val_loader, num_classes=len(run.classes), device=run.device
-        )
-        fold_standardization(model.head, run.data.feature_mean, run.data.feature_std)
+    if run.feature_extraction:  # the served head reads raw features
+        logits = run.data.finish_head(model.head, len(run.classes), run.device)
     model.to("cpu").to(memory_format=torch.contiguous_format)  # safetensors wants contiguous
     model.eval()
     return TrainResult(

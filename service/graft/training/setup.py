@@ -27,8 +27,13 @@ from graft.domain import Strategy, TrainingPlan
 from graft.errors import FailedPrecondition
 from graft.training import prefix
 from graft.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from graft.training.engine import to_device
-from graft.training.features import feature_key, feature_statistics, load_or_compute_features
+from graft.training.engine import predict, to_device
+from graft.training.features import (
+    feature_key,
+    feature_statistics,
+    fold_standardization,
+    load_or_compute_features,
+)
 from graft.training.progress import Progress
 from graft.training.strategies import frozen_stage_indices, trained_stage_count
 
@@ -57,6 +62,17 @@ class TrainingData:
     # Partial fine-tuning on the frozen stages' outputs (prefix.py): the module that reads
     # them, which is what trains and evaluates; None when the data are images or features.
     suffix: nn.Module | None = None
+
+    def finish_head(self, head: nn.Linear, num_classes: int, device: torch.device) -> torch.Tensor:
+        """Feature extraction's end: the kept `head`'s logits on the cached validation
+        features, then the standardisation folded into it (features.fold_standardization).
+        The logits are the served model's on the validation images — the same body,
+        transform and batches computed the features — so calibration and the report read
+        them (TrainResult.validation_logits) instead of a second pass over the images."""
+        assert self.feature_mean is not None and self.feature_std is not None
+        logits, _ = predict(head, self.val_loader, num_classes=num_classes, device=device)
+        fold_standardization(head, self.feature_mean, self.feature_std)
+        return logits
 
     def train_loader(self, epoch: int) -> DataLoader:
         return loader(
