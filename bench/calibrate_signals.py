@@ -98,12 +98,13 @@ def check_estimate(
     stages run once); `matrix` switches the departure to feature extraction off."""
     import dataclasses
 
+    from _inprocess import train_split  # bench/, the script's folder
+
     import graft.advisor.choice as choice
     from graft.advisor.advise import advise_dataset
     from graft.config import Config
     from graft.data import split_dataset
     from graft.plans import estimate_training_seconds
-    from graft.training.loop import train
     from graft_devtools.datasets import write_fashion_mnist_folder, write_photos_folder
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,18 +129,8 @@ def check_estimate(
                 )
             train_s, val_s = split_dataset(ds, plan.validation_fraction, plan.seed)
             t0 = time.perf_counter()
-            result = train(
-                job_id="calibrate",
-                plan=plan,
-                classes=ds.classes,
-                train_samples=train_s,
-                val_samples=val_s,
-                dataset_fingerprint=ds.fingerprint,
-                weights_dir=None,
-                checkpoint_dir=root / f"ckpt-{len(label)}",
-                device=torch.device("cpu"),
-                emit=lambda e: None,
-                should_stop=lambda: False,
+            result = train_split(
+                plan, ds, train_s, val_s, root / f"ckpt-{len(label)}", job_id="calibrate"
             )
             actual = time.perf_counter() - t0
             assert advice.speed is not None

@@ -32,10 +32,10 @@ from graft.data import eval_transform, scan_dataset, split_dataset
 from graft.data.images import load_image
 from graft.domain import Strategy, TrainingPlan
 from graft.plans.defaults import resolve_plan
-from graft.training.loop import train
 from graft_devtools.datasets import write_fashion_mnist_folder
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _inprocess import train_split
 from baselines import logistic_on_final_features
 
 
@@ -113,19 +113,7 @@ def main() -> int:
         for label, plan in plans.items():
             tr, va = split_dataset(ds, plan.validation_fraction, plan.seed)
             t0 = time.perf_counter()
-            result = train(
-                job_id=label,
-                plan=plan,
-                classes=ds.classes,
-                train_samples=tr,
-                val_samples=va,
-                dataset_fingerprint=ds.fingerprint,
-                weights_dir=None,
-                checkpoint_dir=tmp / f"ckpt-{label}",
-                device=torch.device("cpu"),
-                emit=lambda event: None,
-                should_stop=lambda: False,
-            )
+            result = train_split(plan, ds, tr, va, tmp / f"ckpt-{label}", job_id=label)
             wall = time.perf_counter() - t0
             accuracy = _test_accuracy(result.model, plan, ds.classes, test)
             where = f" stages {plan.feature_stages or 'last'} grid {plan.feature_grid or 1}"

@@ -17,14 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from graft.backbones import get_spec
 from graft.data import scan_dataset, split_dataset
 from graft.domain import Strategy, TrainingPlan
 from graft.plans.defaults import resolve_plan
-from graft.training.loop import train
 from graft_devtools.datasets import write_fashion_mnist_folder
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _inprocess import train_split
 
 
 def main() -> int:
@@ -61,18 +61,13 @@ def main() -> int:
         results = {}
         for cached in (False, True):
             t0 = time.perf_counter()
-            result = train(
+            result = train_split(
+                plan,
+                ds,
+                tr,
+                va,
+                tmp / f"ckpt-{cached}",
                 job_id="cached" if cached else "every-epoch",
-                plan=plan,
-                classes=ds.classes,
-                train_samples=tr,
-                val_samples=va,
-                dataset_fingerprint=ds.fingerprint,
-                weights_dir=None,
-                checkpoint_dir=tmp / f"ckpt-{cached}",
-                device=torch.device("cpu"),
-                emit=lambda event: None,
-                should_stop=lambda: False,
                 cache_frozen_stages=cached,
             )
             results[cached] = (time.perf_counter() - t0, result.metrics.accuracy)

@@ -30,11 +30,11 @@ from graft.data import scan_dataset, split_dataset
 from graft.domain import Strategy, TrainingPlan
 from graft.plans.defaults import resolve_plan
 from graft.training.features import FEATURES_FILE
-from graft.training.loop import train
 from graft.training.setup import epoch_generator, loader
 from graft_devtools.datasets import write_fashion_mnist_folder
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _inprocess import train_split
 from departure_sizes import _test_accuracy
 
 BACKBONE = "efficientnet_lite0"
@@ -93,19 +93,8 @@ def main() -> int:
         def run(epochs: int) -> tuple[TrainingPlan, torch.nn.Module, float]:
             plan = dataclasses.replace(base, epochs=epochs)
             t0 = time.perf_counter()
-            result = train(
-                job_id=f"epochs-{epochs}",
-                plan=plan,
-                classes=ds.classes,
-                train_samples=tr,
-                val_samples=va,
-                dataset_fingerprint=ds.fingerprint,
-                weights_dir=None,
-                checkpoint_dir=tmp / "run",  # the features' cache is shared by the runs
-                device=torch.device("cpu"),
-                emit=lambda event: None,
-                should_stop=lambda: False,
-            )
+            # One checkpoint folder: the features' cache is shared by the runs.
+            result = train_split(plan, ds, tr, va, tmp / "run", job_id=f"epochs-{epochs}")
             return plan, result.model, time.perf_counter() - t0
 
         print(f"  the features pass and one head epoch: {run(1)[2]:.1f} s")

@@ -34,6 +34,7 @@ from graft.training.features import compute_features, fold_standardization
 from graft_devtools.datasets import write_fashion_mnist_folder
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _inprocess import train_split
 from departure_sizes import _test_accuracy
 
 L2_GRID = (1.0, 3.0, 10.0)  # times the probe's default, 1 / n
@@ -114,19 +115,7 @@ def main() -> int:
 
             loop.build_model = build  # type: ignore[assignment]
             t0 = time.perf_counter()
-            result = loop.train(
-                job_id=label,
-                plan=p,
-                classes=ds.classes,
-                train_samples=tr,
-                val_samples=va,
-                dataset_fingerprint=ds.fingerprint,
-                weights_dir=None,
-                checkpoint_dir=tmp / f"ckpt-{probe_first}",
-                device=torch.device("cpu"),
-                emit=lambda event: None,
-                should_stop=lambda: False,
-            )
+            result = train_split(p, ds, tr, va, tmp / f"ckpt-{probe_first}", job_id=label)
             wall = time.perf_counter() - t0
             accuracy = _test_accuracy(result.model, p, ds.classes, test)
             print(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +24,10 @@ from graft.domain import EventKind, ProgressEvent, Strategy, TrainingPlan
 from graft.plans import resolve_plan, validate_plan
 from graft.training.checkpoint import FILENAME
 from graft.training.engine import select_device
-from graft.training.loop import train
 from graft_devtools.datasets import write_fashion_mnist_folder
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _inprocess import train_split
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,18 +77,15 @@ def main(argv: list[str] | None = None) -> None:
                     messages.append(e.message)
 
             t0 = time.monotonic()
-            result = train(
+            result = train_split(
+                plan,
+                ds,
+                train_s,
+                val_s,
+                ckpt,
                 job_id=f"bench-{number}",
-                plan=plan,
-                classes=ds.classes,
-                train_samples=train_s,
-                val_samples=val_s,
-                dataset_fingerprint=ds.fingerprint,
-                weights_dir=None,
-                checkpoint_dir=ckpt,
                 device=device,
                 emit=emit,
-                should_stop=lambda: False,
                 pretrained=not args.no_pretrained,
                 update_bn_statistics=True if args.update_bn_statistics else None,
             )
