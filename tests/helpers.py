@@ -1,4 +1,4 @@
-"""Helpers shared by tests: a servable model without training."""
+"""Helpers shared by tests: a servable model without training; the images Advise decodes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 import torch
 
+import graft.advisor.measure as measure_module
 from graft.backbones import DEFAULT_BACKBONE, create_model, get_spec
 from graft.config import Config
 from graft.domain import DEFAULT_TENANT, Strategy, TrainingPlan
@@ -48,3 +50,16 @@ def register_random_model(
         )
     finally:
         store.close()
+
+
+def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The paths Advise decodes from now on, in order (measure.load_image counted)."""
+    decoded: list[Path] = []
+    real_load = measure_module.load_image
+
+    def counting_load(path: Path):  # type: ignore[no-untyped-def]
+        decoded.append(path)
+        return real_load(path)
+
+    monkeypatch.setattr(measure_module, "load_image", counting_load)
+    return decoded

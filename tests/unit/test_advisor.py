@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from graft.advisor import MATRIX, DeclaredStats, advise_declared, quadrant_for, size_axis
-from graft.advisor import measure as measure_module
 from graft.advisor.advise import FE_MARGIN, advise_dataset, fine_tune_range
 from graft.advisor.bootstrap import similarity_interval
 from graft.advisor.choice import Planner, departs
@@ -51,6 +50,7 @@ from graft_devtools.datasets import (
     write_fashion_mnist_folder,
     write_photos_folder,
 )
+from tests.helpers import count_decodes
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -414,19 +414,6 @@ def test_each_signal_scores_photos_above_glyphs(reference_signals: dict, other: 
 @pytest.fixture(scope="module")
 def fashion_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_fashion_mnist_folder(tmp_path_factory.mktemp("fashion"), per_class=12)
-
-
-def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """The paths Advise decodes from now on, in order (measure.load_image counted)."""
-    decoded: list[Path] = []
-    real_load = measure_module.load_image
-
-    def counting_load(path: Path):  # type: ignore[no-untyped-def]
-        decoded.append(path)
-        return real_load(path)
-
-    monkeypatch.setattr(measure_module, "load_image", counting_load)
-    return decoded
 
 
 @pytest.mark.pretrained

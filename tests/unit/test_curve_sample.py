@@ -38,7 +38,7 @@ from graft.config import Config
 from graft.data import Sample, scan_dataset
 from graft.domain import Strategy
 from graft_devtools.datasets import write_fashion_mnist_folder
-from tests.unit.test_advisor import count_decodes
+from tests.helpers import count_decodes
 
 
 def _samples(per_class: int, classes: int = 4) -> list[Sample]:
