@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from graft.backbones.spec import PretrainedSpec
+from graft.training.setup import loader
 
 # Batches timed for images/s: at least TIMING_BATCHES, more (up to TIMING_MAX_BATCHES)
 # until TIMING_MIN_SECONDS have passed. The fastest batch counts (as timeit does): slower
@@ -167,25 +168,25 @@ def time_head_epoch(
     features: torch.Tensor, labels: Sequence[int], num_classes: int, batch_size: int
 ) -> float:
     """Seconds per image of one epoch of a feature-extraction head on cached features, the
-    way the trainer runs it (a TensorDataset through a shuffling DataLoader, a linear head,
-    AdamW, cross-entropy) followed by an evaluation pass: measured on the sample's
-    features of the chosen cut, for the time estimate."""
+    way the trainer runs it (the cached features' batches drawn by training.setup.loader, a
+    linear head, AdamW, cross-entropy) followed by an evaluation pass: measured on the
+    sample's features of the chosen cut, for the time estimate."""
     x = features.detach().float()
     y = torch.as_tensor(list(labels), dtype=torch.long)
     if len(x) == 0:
         return 0.0
     head = nn.Linear(x.shape[1], num_classes)
     optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3)
-    loader = DataLoader(TensorDataset(x, y), batch_size=max(1, batch_size), shuffle=True)
+    data, batch = TensorDataset(x, y), max(1, batch_size)
     with torch.enable_grad(), torch.inference_mode(False):
         t0 = time.perf_counter()
-        for xb, yb in loader:
+        for xb, yb in loader(data, batch, generator=torch.Generator().manual_seed(0)):
             loss = nn.functional.cross_entropy(head(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         with torch.no_grad():
-            for xb, _ in DataLoader(TensorDataset(x, y), batch_size=max(1, batch_size)):
+            for xb, _ in loader(data, batch):
                 head(xb)
         seconds = time.perf_counter() - t0
     return seconds / (2 * len(x))
