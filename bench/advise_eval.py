@@ -250,7 +250,7 @@ def main() -> int:
         print(
             f"| {r['dataset']} | {100 * b['logistic'][0]:.1f}% ({b['logistic'][1]:.0f}) | "
             f"{100 * b['partial'][0]:.1f}% ({b['partial'][1]:.0f}) | "
-            f"{r['vs_baseline_points']:+.1f} | {r['wall_vs_fastest_baseline']:.1f} | "
+            f"{r['vs_baseline_points']:+.1f} | {r['wall_vs_fastest_baseline']:.2f} | "
             f"{r['plan_minus_best_points']:+.1f} | {r['time_estimate_vs_real']:.2f} |"
         )
     hits = sum(bool(r["in_range"]) for r in rows)
