@@ -306,31 +306,38 @@ def _two_colours(root: Path) -> Path:
     return root
 
 
+def _feature_extraction_job(tmp_path: Path) -> tuple[Worker, Job]:
+    """A worker that has run one feature-extraction job (1 epoch, 32 px) on two colours;
+    the caller closes its store."""
+    root = _two_colours(tmp_path / "datasets" / "two")
+    config = Config(data_dir=tmp_path / "data", data_roots=(root.parent,), device="cpu")
+    worker = Worker(config, "w1")
+    plan = TrainingPlan(strategy=Strategy.FEATURE_EXTRACTION, epochs=1, image_size=32)
+    job, _ = worker.store.create_job(
+        model_name="two",
+        dataset=DatasetRef(uri=str(root)),
+        plan=plan,
+        request_id=uuid.uuid4().hex,
+        plan_resolved=False,
+    )
+    claimed = worker.store.claim_job("w1", 60)
+    assert claimed is not None
+    worker.run_job(claimed)
+    return worker, job
+
+
 def test_a_report_that_fails_costs_the_version_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The worker trains and registers; drawing the report fails: the job succeeds, the
     version serves, keeps its calibration, and its report answers why there is none."""
-    root = _two_colours(tmp_path / "datasets" / "two")
-    config = Config(data_dir=tmp_path / "data", data_roots=(root.parent,), device="cpu")
-    worker = Worker(config, "w1")
 
     def broken(*args: object) -> bytes:
         raise RuntimeError("no fonts today")
 
     monkeypatch.setattr(figures, "curves", broken)
+    worker, job = _feature_extraction_job(tmp_path)
     try:
-        plan = TrainingPlan(strategy=Strategy.FEATURE_EXTRACTION, epochs=1, image_size=32)
-        job, _ = worker.store.create_job(
-            model_name="two",
-            dataset=DatasetRef(uri=str(root)),
-            plan=plan,
-            request_id=uuid.uuid4().hex,
-            plan_resolved=False,
-        )
-        claimed = worker.store.claim_job("w1", 60)
-        assert claimed is not None
-        worker.run_job(claimed)
         done = worker.store.get_job(job.job_id)
         assert (done.state, done.model_version) == (JobState.SUCCEEDED, 1), done.error
         mv, _, card = worker.registry.load(ModelRef("two"))
@@ -340,6 +347,31 @@ def test_a_report_that_fails_costs_the_version_nothing(
             read_report(worker.registry.artifact_dir(mv), "model 'two' version 1")
         messages = [e.message for e in worker.store.events_after(job.job_id, 0)]
         assert any("no model report: drawing the report failed" in m for m in messages)
+    finally:
+        worker.store.close()
+
+
+def test_a_feature_extraction_job_calibrates_without_a_second_pass_over_its_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker hands the report the logits training computed on the cached validation
+    features (TrainResult.validation_logits): with the validation pass over the images made
+    to fail, the job still calibrates and draws its report."""
+    import graft.training.validation_outputs as outputs_module
+
+    def no_second_pass(*args: object, **kwargs: object) -> Any:
+        raise AssertionError("the validation images were run through the model again")
+
+    monkeypatch.setattr(outputs_module, "predict", no_second_pass)
+    worker, job = _feature_extraction_job(tmp_path)
+    try:
+        done = worker.store.get_job(job.job_id)
+        assert (done.state, done.model_version) == (JobState.SUCCEEDED, 1), done.error
+        mv, _, card = worker.registry.load(ModelRef("two"))
+        assert card.calibration is not None and card.calibration.images > 0
+        messages = [e.message for e in worker.store.events_after(job.job_id, 0)]
+        assert any("model report drawn" in m for m in messages), messages
+        read_report(worker.registry.artifact_dir(mv), "model 'two' version 1")
     finally:
         worker.store.close()
 
