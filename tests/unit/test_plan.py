@@ -17,6 +17,7 @@ from graft.errors import InvalidArgument
 from graft.plans import (
     DEFAULTS,
     MATRIX,
+    Speed,
     build_plan,
     default_image_size,
     default_trainable_stages,
@@ -79,6 +80,16 @@ def test_a_feature_extraction_head_trains_for_about_750_steps(images: int, epoch
     assert resolve(p, n=images) == p  # resolved twice: the same plan
     given = resolve(dataclasses.replace(fe, epochs=30), n=images, median_size=(28, 28))
     assert given.epochs == 30  # a plan's own epochs are kept
+    advised = build_plan(  # Advise's feature-extraction plans take the same rule
+        Quadrant.SMALL_SIMILAR,
+        LITE0,
+        num_train=images,
+        num_val=images // 4,
+        median_size=(28, 28),
+        imbalance_ratio=1.0,
+        speed=Speed(images_per_second=1000.0, stage_fractions=(1 / 9,) * 9),
+    )
+    assert advised.strategy == Strategy.FEATURE_EXTRACTION and advised.epochs == epochs
 
 
 def test_set_fields_are_kept() -> None:
