@@ -13,6 +13,8 @@ import html
 import io
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -306,24 +308,34 @@ def _two_colours(root: Path) -> Path:
     return root
 
 
-def _feature_extraction_job(tmp_path: Path) -> tuple[Worker, Job]:
-    """A worker that has run one feature-extraction job (1 epoch, 32 px) on two colours;
-    the caller closes its store."""
+@contextmanager
+def _feature_extraction_job(
+    tmp_path: Path,
+) -> Iterator[tuple[Worker, Job, ModelVersion, ModelCard]]:
+    """A worker that has run one feature-extraction job (1 epoch, 32 px) on two colours,
+    checked to have succeeded as version 1: the worker, the job, the version and its card.
+    The worker's store is closed when the block ends."""
     root = _two_colours(tmp_path / "datasets" / "two")
     config = Config(data_dir=tmp_path / "data", data_roots=(root.parent,), device="cpu")
     worker = Worker(config, "w1")
-    plan = TrainingPlan(strategy=Strategy.FEATURE_EXTRACTION, epochs=1, image_size=32)
-    job, _ = worker.store.create_job(
-        model_name="two",
-        dataset=DatasetRef(uri=str(root)),
-        plan=plan,
-        request_id=uuid.uuid4().hex,
-        plan_resolved=False,
-    )
-    claimed = worker.store.claim_job("w1", 60)
-    assert claimed is not None
-    worker.run_job(claimed)
-    return worker, job
+    try:
+        plan = TrainingPlan(strategy=Strategy.FEATURE_EXTRACTION, epochs=1, image_size=32)
+        job, _ = worker.store.create_job(
+            model_name="two",
+            dataset=DatasetRef(uri=str(root)),
+            plan=plan,
+            request_id=uuid.uuid4().hex,
+            plan_resolved=False,
+        )
+        claimed = worker.store.claim_job("w1", 60)
+        assert claimed is not None
+        worker.run_job(claimed)
+        done = worker.store.get_job(job.job_id)
+        assert (done.state, done.model_version) == (JobState.SUCCEEDED, 1), done.error
+        mv, _, card = worker.registry.load(ModelRef("two"))
+        yield worker, job, mv, card
+    finally:
+        worker.store.close()
 
 
 def test_a_report_that_fails_costs_the_version_nothing(
@@ -336,19 +348,13 @@ def test_a_report_that_fails_costs_the_version_nothing(
         raise RuntimeError("no fonts today")
 
     monkeypatch.setattr(figures, "curves", broken)
-    worker, job = _feature_extraction_job(tmp_path)
-    try:
-        done = worker.store.get_job(job.job_id)
-        assert (done.state, done.model_version) == (JobState.SUCCEEDED, 1), done.error
-        mv, _, card = worker.registry.load(ModelRef("two"))
+    with _feature_extraction_job(tmp_path) as (worker, job, mv, card):
         assert card.calibration is not None and 0 < card.calibration.images < MIN_IMAGES
         assert not card.calibration.applied and card.temperature == 1.0  # too few to judge
         with pytest.raises(FailedPrecondition, match="RuntimeError: no fonts today"):
             read_report(worker.registry.artifact_dir(mv), "model 'two' version 1")
         messages = [e.message for e in worker.store.events_after(job.job_id, 0)]
         assert any("no model report: drawing the report failed" in m for m in messages)
-    finally:
-        worker.store.close()
 
 
 def test_a_feature_extraction_job_calibrates_without_a_second_pass_over_its_images(
@@ -363,17 +369,11 @@ def test_a_feature_extraction_job_calibrates_without_a_second_pass_over_its_imag
         raise AssertionError("the validation images were run through the model again")
 
     monkeypatch.setattr(outputs_module, "predict", no_second_pass)
-    worker, job = _feature_extraction_job(tmp_path)
-    try:
-        done = worker.store.get_job(job.job_id)
-        assert (done.state, done.model_version) == (JobState.SUCCEEDED, 1), done.error
-        mv, _, card = worker.registry.load(ModelRef("two"))
+    with _feature_extraction_job(tmp_path) as (worker, job, mv, card):
         assert card.calibration is not None and card.calibration.images > 0
         messages = [e.message for e in worker.store.events_after(job.job_id, 0)]
         assert any("model report drawn" in m for m in messages), messages
         read_report(worker.registry.artifact_dir(mv), "model 'two' version 1")
-    finally:
-        worker.store.close()
 
 
 def test_prepare_never_raises_and_leaves_the_card_uncalibrated_when_it_cannot_measure(
